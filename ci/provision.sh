@@ -1,0 +1,81 @@
+#!/bin/bash
+# Make sure everything the test suite needs exists: packages, a running
+# Docker daemon, and the locally built test images.  Idempotent; the
+# debootstrap tree and the images are cached, so a second run is quick.
+set -euo pipefail
+
+BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
+TEST_IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
+CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
+MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
+
+log() { echo "provision: $*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+    log "must run as root (it installs packages and starts dockerd)"
+    exit 1
+fi
+
+need_pkgs=()
+for p in docker.io autopkgtest debootstrap dpkg-dev socat devscripts fakeroot build-essential; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
+done
+# apt-get source autopkgtest needs deb-src entries
+if [ -f /etc/apt/sources.list.d/debian.sources ] && ! grep -q '^Types: deb deb-src' /etc/apt/sources.list.d/debian.sources; then
+    sed -i 's/^Types: deb$/Types: deb deb-src/' /etc/apt/sources.list.d/debian.sources
+    need_update=1
+fi
+if [ ${#need_pkgs[@]} -gt 0 ] || [ -n "${need_update:-}" ]; then
+    log "installing ${need_pkgs[*]:-(source lists only)}"
+    apt-get update -q >/dev/null
+    [ ${#need_pkgs[@]} -gt 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# A daemon: reuse a running one, else start dockerd in the background.
+if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd"
+    mkdir -p /var/log
+    nohup dockerd >/var/log/rdocker-test-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    if ! docker info >/dev/null 2>&1; then
+        log "dockerd did not come up; see /var/log/rdocker-test-dockerd.log"
+        tail -20 /var/log/rdocker-test-dockerd.log >&2 || true
+        exit 1
+    fi
+fi
+
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    mkdir -p "$CACHE"
+    tarball="$CACHE/bookworm-minbase.tar"
+    if [ ! -s "$tarball" ]; then
+        log "debootstrapping bookworm (cached in $tarball)"
+        root=$(mktemp -d "$CACHE/root.XXXXXX")
+        debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 || {
+            tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$root"; exit 1; }
+        tar -C "$root" -cf "$tarball.tmp" .
+        mv "$tarball.tmp" "$tarball"
+        rm -rf "$root"
+    fi
+    log "importing $BASE_IMAGE"
+    docker import "$tarball" "$BASE_IMAGE" >/dev/null
+fi
+
+if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
+    log "building $TEST_IMAGE with autopkgtest-build-docker"
+    autopkgtest-build-docker --docker --image "$BASE_IMAGE" --release bookworm --vendor debian \
+        --mirror "$MIRROR" --tag "$TEST_IMAGE" >"$CACHE/build-docker.log" 2>&1 || {
+        tail -30 "$CACHE/build-docker.log" >&2; exit 1; }
+fi
+
+# autopkgtest's upstream suite is our conformance reference.
+if [ ! -d "$CACHE/autopkgtest-src" ]; then
+    log "fetching autopkgtest source"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get source -q --download-only autopkgtest >/dev/null 2>&1 && dpkg-source -x autopkgtest_*.dsc src >/dev/null)
+    mv "$tmp/src" "$CACHE/autopkgtest-src"
+    rm -rf "$tmp"
+fi
+log "ready: daemon up, images $BASE_IMAGE and $TEST_IMAGE, autopkgtest source in $CACHE/autopkgtest-src"

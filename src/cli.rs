@@ -1,0 +1,49 @@
+//! Command-line options of the server mode.
+
+use clap::Parser;
+use std::path::PathBuf;
+
+/// autopkgtest virtualisation server that runs tests in Docker containers,
+/// talking to the Docker Engine API directly (no docker CLI needed).
+#[derive(Parser, Debug)]
+#[command(
+    name = "autopkgtest-virt-rdocker",
+    version,
+    after_help = "Normally run by autopkgtest: autopkgtest PKG -- rdocker IMAGE [DOCKER-RUN-OPTIONS...]\n\n\
+        docker run options after IMAGE: -v/--volume, -e/--env, --network, --tmpfs, --cap-add, \
+        --privileged, --memory, --cpus, --shm-size, --add-host, --platform.\n\n\
+        The daemon is found as the docker CLI finds it: --host, else DOCKER_HOST, else \
+        unix:///var/run/docker.sock."
+)]
+pub struct Cli {
+    /// Print debugging output, including which daemon and copy mode rdocker chose and why
+    #[arg(short, long)]
+    pub debug: bool,
+
+    /// Pull IMAGE through the daemon before starting the container
+    #[arg(short, long)]
+    pub pull: bool,
+
+    /// Assume the daemon cannot see this machine's filesystem: never use a shared directory
+    #[arg(long)]
+    pub remote: bool,
+
+    /// Share this host directory with the testbed (local daemon only); the scratch directory lives in it
+    #[arg(long, value_name = "PATH")]
+    pub shared_dir: Option<PathBuf>,
+
+    /// Daemon address (unix:///path or tcp://host:port); overrides DOCKER_HOST
+    #[arg(short = 'H', long, value_name = "URL")]
+    pub host: Option<String>,
+
+    /// Image to run the tests in, for example debian:sid
+    pub image: String,
+
+    /// docker run options for the testbed container
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "DOCKER-RUN-OPTIONS"
+    )]
+    pub run_args: Vec<String>,
+}

@@ -1,0 +1,530 @@
+//! Tar streams for the Engine API's archive endpoints: building them from
+//! host files for copydown, and unpacking them safely for copyup.
+//!
+//! Both sides are synchronous and streaming; the caller runs them on a
+//! blocking thread and bridges them to the HTTP body.
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use tar::{EntryType, Header, HeaderMode};
+
+/// Set-id bits never reach the host: a testbed is untrusted, and a set-uid
+/// file owned by whoever runs rdocker is a way out of it.
+const HOST_MODE_MASK: u32 = 0o1777;
+
+/// Write `src` (a file, followed if a symlink) as one entry named `name`.
+pub fn write_file<W: Write>(out: W, src: &Path, name: &str) -> Result<W> {
+    let md = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if !md.is_file() {
+        bail!(
+            "{} is not a regular file; copy directories with a trailing / on both paths",
+            src.display()
+        );
+    }
+    let file = fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let mut b = builder(out);
+    let mut h = header_for(&md);
+    b.append_data(&mut h, name, file)
+        .with_context(|| format!("cannot read {}", src.display()))?;
+    Ok(b.into_inner()?)
+}
+
+/// Write the directory `src` and everything below it, under `prefix`
+/// ("" for the archive root itself). Symlinks are stored, not followed.
+pub fn write_tree<W: Write>(out: W, src: &Path, prefix: &str) -> Result<W> {
+    let md = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
+    if !md.is_dir() {
+        bail!("{} is not a directory", src.display());
+    }
+    let mut b = builder(out);
+    let root = if prefix.is_empty() { "." } else { prefix };
+    let mut h = header_for(&md);
+    b.append_data(&mut h, root, io::empty())?;
+    walk(&mut b, src, Path::new(root))?;
+    Ok(b.into_inner()?)
+}
+
+fn builder<W: Write>(out: W) -> tar::Builder<W> {
+    let mut b = tar::Builder::new(out);
+    b.mode(HeaderMode::Complete);
+    b.follow_symlinks(false);
+    b
+}
+
+/// Entries are owned by root in the testbed, as the reference's
+/// `tar --no-same-owner` run as root gives.
+fn header_for(md: &fs::Metadata) -> Header {
+    let mut h = Header::new_gnu();
+    h.set_metadata_in_mode(md, HeaderMode::Complete);
+    h.set_uid(0);
+    h.set_gid(0);
+    let _ = h.set_username("root");
+    let _ = h.set_groupname("root");
+    h
+}
+
+fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &Path, name: &Path) -> Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .collect::<io::Result<_>>()
+        .with_context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        let ename = name.join(e.file_name());
+        let md = fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let ft = md.file_type();
+        let mut h = header_for(&md);
+        if ft.is_dir() {
+            b.append_data(&mut h, &ename, io::empty())?;
+            walk(b, &path, &ename)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path)?;
+            b.append_link(&mut h, &ename, target)?;
+        } else if ft.is_file() {
+            let f =
+                fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            b.append_data(&mut h, &ename, f)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            b.append_data(&mut h, &ename, io::empty())?;
+        } else {
+            // Sockets have no tar form; GNU tar skips them too.
+            eprintln!(
+                "autopkgtest-virt-rdocker: skipping socket {}",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where one archive member lands below the target, or None for the
+/// archive's root directory itself. Refuses anything that climbs out.
+pub fn member_path(raw: &Path, strip_root: bool) -> Result<Option<PathBuf>> {
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => bail!("refusing archive member {raw:?}: it contains `..`"),
+            Component::RootDir | Component::Prefix(_) => {
+                bail!("refusing archive member {raw:?}: it is an absolute path")
+            }
+        }
+    }
+    if strip_root {
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        parts.remove(0);
+    }
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parts.iter().collect()))
+}
+
+/// Make sure every directory between `root` and `rel`'s parent is a real
+/// directory below `root`, creating missing ones. A symlink on the way
+/// (planted by the testbed, or anything else) is refused, never followed.
+fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut cur = root.to_path_buf();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            cur.push(c);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => bail!(
+                    "refusing to write below {}: it is not a directory (a symlink planted in \
+                     the testbed?)",
+                    cur.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur)
+                        .with_context(|| format!("cannot create {}", cur.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", cur.display())),
+            }
+        }
+    }
+    Ok(root.join(rel))
+}
+
+/// Remove whatever non-directory is at `path`, so that we create a fresh
+/// entry rather than write through an existing symlink.
+fn clear_non_dir(path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => Ok(true),
+        Ok(_) => {
+            fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+            Ok(false)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+fn set_times(path: &Path, mtime: u64) {
+    let t = TimeSpec::new(mtime as i64, 0);
+    let _ = utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        UtimensatFlags::NoFollowSymlink,
+    );
+}
+
+/// Unpack a directory archive from the testbed into `dst`, merging with
+/// what is there. The archive's first path component is the testbed
+/// directory's own name and is dropped.
+pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(input);
+    let mut dir_times = Vec::new();
+    fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    for entry in archive
+        .entries()
+        .context("cannot read the archive from the testbed")?
+    {
+        let mut entry = entry.context("cannot read the archive from the testbed")?;
+        let raw = entry.path()?.into_owned();
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
+        let mtime = header.mtime().unwrap_or(0);
+        let Some(rel) = member_path(&raw, true)? else {
+            if kind.is_dir() {
+                fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
+                dir_times.push((dst.to_path_buf(), mtime));
+            }
+            continue;
+        };
+        let path = safe_parent(dst, &rel)?;
+        match kind {
+            EntryType::Directory => {
+                if !clear_non_dir(&path)? {
+                    fs::create_dir(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                }
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))?;
+                dir_times.push((path, mtime));
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy file {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                copy_exact(&mut entry, &mut f, &path)?;
+                f.set_permissions(fs::Permissions::from_mode(mode))?;
+                drop(f);
+                set_times(&path, mtime);
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name()?
+                    .ok_or_else(|| anyhow!("symlink {raw:?} has no target"))?
+                    .into_owned();
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy symlink {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                std::os::unix::fs::symlink(&target, &path)
+                    .with_context(|| format!("cannot create symlink {}", path.display()))?;
+                set_times(&path, mtime);
+            }
+            EntryType::Link => {
+                let target_raw = entry
+                    .link_name()?
+                    .ok_or_else(|| anyhow!("hard link {raw:?} has no target"))?
+                    .into_owned();
+                let target_rel = member_path(&target_raw, true)?
+                    .ok_or_else(|| anyhow!("refusing hard link {raw:?} to the archive root"))?;
+                let target = safe_parent(dst, &target_rel)?;
+                let md = fs::symlink_metadata(&target).with_context(|| {
+                    format!("hard link {raw:?} points to {target_raw:?}, which is not there")
+                })?;
+                if !md.is_file() {
+                    bail!("refusing hard link {raw:?}: its target {target_raw:?} is not a file");
+                }
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy link {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                fs::hard_link(&target, &path)
+                    .with_context(|| format!("cannot create link {}", path.display()))?;
+            }
+            EntryType::Fifo => {
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy fifo {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                nix::unistd::mkfifo(&path, Mode::from_bits_truncate(mode))
+                    .with_context(|| format!("cannot create fifo {}", path.display()))?;
+            }
+            EntryType::Char | EntryType::Block => {
+                // Device nodes from an untrusted testbed are not made on the host.
+                eprintln!(
+                    "autopkgtest-virt-rdocker: not copying device node {}",
+                    rel.display()
+                );
+            }
+            _ => {}
+        }
+    }
+    // Last, so that creating entries does not disturb them; deepest first.
+    for (path, mtime) in dir_times.into_iter().rev() {
+        set_times(&path, mtime);
+    }
+    Ok(())
+}
+
+/// Copy an entry's data, failing on a short archive: the tar reader just
+/// stops at the end of its input, which would pass a truncated file off as
+/// a whole one.
+fn copy_exact<R: Read>(entry: &mut tar::Entry<R>, out: &mut fs::File, path: &Path) -> Result<()> {
+    let want = entry.header().entry_size().unwrap_or(0);
+    let got = io::copy(entry, out).with_context(|| format!("cannot write {}", path.display()))?;
+    if got != want {
+        bail!(
+            "the archive from the testbed ended early: {} has {got} of {want} bytes",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// What the archive of a single testbed path turned out to hold.
+pub enum SingleFile {
+    Written,
+    /// The path is a symlink; the copy has to follow it.
+    Symlink(PathBuf),
+    Directory,
+}
+
+/// Unpack the one-member archive of a testbed file into `dst`. The data
+/// goes to a temporary name first, so that a failed copy leaves no partial
+/// target behind.
+pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
+    let mut archive = tar::Archive::new(input);
+    let mut entries = archive
+        .entries()
+        .context("cannot read the archive from the testbed")?;
+    let mut entry = entries
+        .next()
+        .ok_or_else(|| anyhow!("the testbed sent an empty archive"))?
+        .context("cannot read the archive from the testbed")?;
+    let header = entry.header();
+    match header.entry_type() {
+        EntryType::Regular | EntryType::Continuous => {}
+        EntryType::Symlink => {
+            let target = entry
+                .link_name()?
+                .ok_or_else(|| anyhow!("symlink without a target"))?;
+            return Ok(SingleFile::Symlink(target.into_owned()));
+        }
+        EntryType::Directory => return Ok(SingleFile::Directory),
+        other => bail!("the testbed path is not a regular file (tar type {other:?})"),
+    }
+    let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
+    let mtime = header.mtime().unwrap_or(0);
+    let name = dst
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".rdocker-{}", std::process::id()));
+    let tmp = dst.with_file_name(tmp_name);
+    let result = (|| -> Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        copy_exact(&mut entry, &mut f, dst)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_data().ok();
+        drop(f);
+        set_times(&tmp, mtime);
+        fs::rename(&tmp, dst).with_context(|| format!("cannot create {}", dst.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map(|_| SingleFile::Written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "rdocker-archive-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A hand-crafted archive; tar::Builder refuses bad paths, so the
+    /// header's name field is written raw.
+    fn crafted(entries: &[(&str, EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, kind, link, data) in entries {
+            let mut h = Header::new_old();
+            {
+                let raw = h.as_old_mut();
+                raw.name[..name.len()].copy_from_slice(name.as_bytes());
+                raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(data);
+            let pad = (512 - data.len() % 512) % 512;
+            out.extend(std::iter::repeat_n(0u8, pad));
+        }
+        out.extend(std::iter::repeat_n(0u8, 1024));
+        out
+    }
+
+    #[test]
+    fn member_paths() {
+        assert_eq!(member_path(Path::new("d"), true).unwrap(), None);
+        assert_eq!(member_path(Path::new("./d/"), true).unwrap(), None);
+        assert_eq!(
+            member_path(Path::new("d/a/b"), true).unwrap(),
+            Some(PathBuf::from("a/b"))
+        );
+        assert!(member_path(Path::new("d/../x"), true).is_err());
+        assert!(member_path(Path::new("/etc/passwd"), true).is_err());
+    }
+
+    #[test]
+    fn refuses_parent_and_absolute_members() {
+        for bad in ["d/../../escape", "/tmp/escape-abs"] {
+            let dst = tmpdir("bad");
+            let tar = crafted(&[(bad, EntryType::Regular, "", b"x")]);
+            let err = extract_tree(&tar[..], &dst).unwrap_err().to_string();
+            assert!(err.contains("refusing"), "{bad}: {err}");
+            assert!(!dst.parent().unwrap().join("escape").exists());
+        }
+    }
+
+    #[test]
+    fn refuses_writing_through_planted_symlinks() {
+        let outside = tmpdir("outside");
+        let dst = tmpdir("dst");
+        let link = outside.to_str().unwrap().to_string();
+        // outward symlink, then a file below it
+        let tar = crafted(&[
+            ("d/evil", EntryType::Symlink, &link, b""),
+            ("d/evil/pwned", EntryType::Regular, "", b"x"),
+        ]);
+        let err = extract_tree(&tar[..], &dst).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        assert!(!outside.join("pwned").exists());
+
+        // a symlink into an earlier entry, then a file written "through" it
+        let dst = tmpdir("dst2");
+        let tar = crafted(&[
+            ("d/real", EntryType::Regular, "", b"original"),
+            ("d/alias", EntryType::Symlink, "real", b""),
+            ("d/alias", EntryType::Regular, "", b"replaced"),
+        ]);
+        extract_tree(&tar[..], &dst).unwrap();
+        assert_eq!(fs::read(dst.join("real")).unwrap(), b"original");
+        assert_eq!(fs::read(dst.join("alias")).unwrap(), b"replaced");
+        assert!(!fs::symlink_metadata(dst.join("alias"))
+            .unwrap()
+            .is_symlink());
+    }
+
+    #[test]
+    fn refuses_hard_links_outside() {
+        let dst = tmpdir("hl");
+        let tar = crafted(&[("d/h", EntryType::Link, "/etc/passwd", b"")]);
+        assert!(extract_tree(&tar[..], &dst).is_err());
+        let tar = crafted(&[("d/h", EntryType::Link, "d/../../x", b"")]);
+        assert!(extract_tree(&tar[..], &dst).is_err());
+    }
+
+    #[test]
+    fn tree_roundtrip_keeps_modes_links_and_times() {
+        let src = tmpdir("src");
+        fs::create_dir(src.join("sub dir")).unwrap();
+        fs::write(src.join("sub dir/x%é"), b"hello").unwrap();
+        fs::set_permissions(src.join("sub dir/x%é"), fs::Permissions::from_mode(0o751)).unwrap();
+        std::os::unix::fs::symlink("sub dir/x%é", src.join("link")).unwrap();
+        set_times(&src.join("sub dir/x%é"), 1_000_000_000);
+        let tar = write_tree(Vec::new(), &src, "top").unwrap();
+        let dst = tmpdir("out");
+        extract_tree(&tar[..], &dst).unwrap();
+        let f = dst.join("sub dir/x%é");
+        assert_eq!(fs::read(&f).unwrap(), b"hello");
+        let md = fs::metadata(&f).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o751);
+        assert_eq!(md.mtime(), 1_000_000_000);
+        assert_eq!(
+            fs::read_link(dst.join("link")).unwrap(),
+            PathBuf::from("sub dir/x%é")
+        );
+    }
+
+    #[test]
+    fn single_file_is_atomic() {
+        let dst = tmpdir("single").join("f");
+        // truncated archive: header says 10 bytes, only 3 follow
+        let mut tar = crafted(&[("f", EntryType::Regular, "", b"0123456789")]);
+        tar.truncate(512 + 3);
+        assert!(extract_file(&tar[..], &dst).is_err());
+        assert!(!dst.exists());
+        assert_eq!(fs::read_dir(dst.parent().unwrap()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn setuid_bits_do_not_reach_the_host() {
+        let dst = tmpdir("suid");
+        let mut tar = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar);
+            let mut h = Header::new_gnu();
+            h.set_mode(0o4755);
+            h.set_size(1);
+            h.set_entry_type(EntryType::Regular);
+            b.append_data(&mut h, "d/suid", &b"x"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        extract_tree(&tar[..], &dst).unwrap();
+        let md = fs::metadata(dst.join("suid")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+    }
+}

@@ -1,0 +1,209 @@
+//! The testbed container's lifecycle: create, start, remove, and a guard
+//! that removes it on every path, panics included.
+
+use anyhow::{Context, Result};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+
+use super::client::{status_of, Client};
+use super::runopts::RunOptions;
+
+/// Labels that mark a container as rdocker's and name its owner process,
+/// so that orphans can be found (and reaped) by label.
+pub const LABEL_MANAGED: &str = "org.debian.autopkgtest.rdocker";
+pub const LABEL_OWNER_PID: &str = "org.debian.autopkgtest.rdocker.owner-pid";
+pub const LABEL_OWNER_HOST: &str = "org.debian.autopkgtest.rdocker.owner-host";
+
+/// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
+/// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
+const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+/// Some random hex for names, without another crate.
+pub fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        buf = t.to_le_bytes()[..bytes.min(16)].to_vec();
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub async fn pull(client: &Client, image: &str) -> Result<()> {
+    let opts = CreateImageOptionsBuilder::new().from_image(image).build();
+    let mut stream = client.docker.create_image(Some(opts), None, None);
+    while let Some(item) = stream.next().await {
+        item.with_context(|| {
+            format!(
+                "cannot pull {image} through the daemon at {}; check the image name and that \
+                 the daemon can reach its registry, or drop --pull to use a local image",
+                client.endpoint.host
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A running testbed container. Dropping it removes the container.
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    client: Client,
+    removed: bool,
+}
+
+impl Container {
+    pub async fn create(
+        client: &Client,
+        image: &str,
+        run: &RunOptions,
+        binds: Vec<String>,
+    ) -> Result<Container> {
+        let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "1".to_string()),
+            (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+            (LABEL_OWNER_HOST.to_string(), hostname()),
+        ]);
+        let mut all_binds = run.binds.clone();
+        all_binds.extend(binds);
+        let host_config = HostConfig {
+            binds: Some(all_binds),
+            tmpfs: (!run.tmpfs.is_empty()).then(|| run.tmpfs.clone()),
+            cap_add: (!run.cap_add.is_empty()).then(|| run.cap_add.clone()),
+            privileged: Some(run.privileged),
+            memory: run.memory,
+            nano_cpus: run.nano_cpus,
+            shm_size: run.shm_size,
+            extra_hosts: (!run.extra_hosts.is_empty()).then(|| run.extra_hosts.clone()),
+            network_mode: run.network.clone(),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), IDLE.into()]),
+            cmd: Some(vec!["rdocker-idle".into()]),
+            env: (!run.env.is_empty()).then(|| run.env.clone()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let mut opts = CreateContainerOptionsBuilder::new().name(&name);
+        if let Some(p) = &run.platform {
+            opts = opts.platform(p);
+        }
+        let created = client
+            .docker
+            .create_container(Some(opts.build()), body)
+            .await
+            .map_err(|e| {
+                let hint = if status_of(&e) == Some(404) {
+                    format!(
+                        "; the image is not on the daemon at {}: build or pull it first, \
+                         or pass --pull",
+                        client.endpoint.host
+                    )
+                } else {
+                    String::new()
+                };
+                anyhow::Error::new(e).context(format!(
+                    "cannot create a container from image {image}{hint}"
+                ))
+            })?;
+        let mut c = Container {
+            id: created.id,
+            name,
+            client: client.clone(),
+            removed: false,
+        };
+        if let Err(e) = client.docker.start_container(&c.id, None).await {
+            c.remove().await.ok();
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot start the testbed container from image {image}"
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Kill and remove at once: nothing in a testbed is worth a grace period.
+    pub async fn remove(&mut self) -> Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self
+            .client
+            .docker
+            .remove_container(&self.id, Some(opts))
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => {}
+            // "removal already in progress"
+            Err(e) if status_of(&e) == Some(409) => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot remove testbed container {}; remove it with `docker rm -f {}`",
+                    self.name, self.name
+                )))
+            }
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // Async code cannot run in drop; a fresh runtime on a plain thread
+        // can, whatever the state of the caller's runtime.
+        let endpoint = self.client.endpoint.clone();
+        let version = self.client.api_version();
+        let id = self.id.clone();
+        let name = self.name.clone();
+        let joined = std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let client = Client::connect_with_version(&endpoint, &version)?;
+                let mut c = Container {
+                    id,
+                    name,
+                    client,
+                    removed: false,
+                };
+                let r = c.remove().await;
+                c.removed = true;
+                r
+            })
+        })
+        .join();
+        if let Ok(Err(e)) = joined {
+            eprintln!("autopkgtest-virt-rdocker: {e:#}");
+        }
+    }
+}

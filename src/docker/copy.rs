@@ -1,0 +1,275 @@
+//! Copies through the archive endpoints, streamed: tar is produced and
+//! consumed on blocking threads, and bridged to the HTTP bodies through
+//! bounded channels, so memory stays flat whatever the size.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bollard::query_parameters::{
+    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+use super::archive::{self, SingleFile};
+use super::client::{status_of, Client};
+
+const CHUNK: usize = 256 * 1024;
+
+/// A Write that hands chunks to the async side.
+struct ChanWriter(mpsc::Sender<io::Result<Bytes>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload ended"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Read over chunks from the async side.
+struct ChanReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Split a testbed path into the directory to extract in and the name of
+/// the entry; "/" itself has no name.
+pub fn split_testbed_path(path: &str) -> (String, String) {
+    let trimmed = path.trim_end_matches('/');
+    let abs = if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
+    };
+    if abs == "/" {
+        return ("/".into(), String::new());
+    }
+    let (parent, name) = abs.rsplit_once('/').unwrap_or(("", &abs));
+    let parent = if parent.is_empty() { "/" } else { parent };
+    (parent.to_string(), name.to_string())
+}
+
+/// copydown: `host` (a file, or with `dir` a directory) to `testbed`.
+pub async fn push(
+    client: &Client,
+    container: &str,
+    host: &Path,
+    testbed: &str,
+    dir: bool,
+) -> Result<()> {
+    let md = std::fs::metadata(host)
+        .with_context(|| format!("cannot copy {} into the testbed", host.display()))?;
+    if dir && !md.is_dir() {
+        bail!(
+            "{} is not a directory, but the paths end in /",
+            host.display()
+        );
+    }
+    if !dir && md.is_dir() {
+        bail!(
+            "{} is a directory: end both paths in / to copy a directory",
+            host.display()
+        );
+    }
+    let (parent, name) = split_testbed_path(testbed);
+    if !dir && name.is_empty() {
+        bail!("cannot copy a file to {testbed:?}: it names no file");
+    }
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let src = host.to_path_buf();
+    let producer = tokio::task::spawn_blocking(move || {
+        let w = BufWriter::with_capacity(CHUNK, ChanWriter(tx.clone()));
+        let r = if dir {
+            archive::write_tree(w, &src, &name)
+        } else {
+            archive::write_file(w, &src, &name)
+        }
+        .and_then(|w| {
+            w.into_inner()
+                .map(drop)
+                .map_err(|e| anyhow!("{}", e.error()))
+        });
+        if let Err(e) = &r {
+            // Fail the upload rather than let a short archive look whole.
+            let _ = tx.blocking_send(Err(io::Error::other(format!("{e:#}"))));
+        }
+        r
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let opts = UploadToContainerOptionsBuilder::new().path(&parent).build();
+    let upload =
+        client
+            .docker
+            .upload_to_container(container, Some(opts), bollard::body_try_stream(body));
+    let (uploaded, produced) = tokio::join!(upload, producer);
+    produced.context("the archive writer panicked")??;
+    uploaded.map_err(|e| {
+        let hint = match status_of(&e) {
+            Some(404) => format!(": {parent} does not exist in the testbed"),
+            _ => String::new(),
+        };
+        anyhow::Error::new(e).context(format!("cannot copy into {testbed} in the testbed{hint}"))
+    })
+}
+
+/// Start a download, failing before anything touches the host when the
+/// testbed path is not there.
+async fn download(
+    client: &Client,
+    container: &str,
+    path: &str,
+) -> Result<(
+    Bytes,
+    impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>>,
+)> {
+    let opts = DownloadFromContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    let mut stream = Box::pin(client.docker.download_from_container(container, Some(opts)));
+    let first = match stream.next().await {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            let why = match status_of(&e) {
+                Some(404) => format!("{path} does not exist in the testbed"),
+                _ => format!("cannot read {path} from the testbed"),
+            };
+            return Err(anyhow::Error::new(e).context(why));
+        }
+        None => bail!("the daemon sent nothing for {path}"),
+    };
+    Ok((first, stream))
+}
+
+/// Feed a download into a blocking consumer of its tar stream.
+async fn consume<T: Send + 'static>(
+    first: Bytes,
+    mut stream: impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+    f: impl FnOnce(ChanReader) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let consumer = tokio::task::spawn_blocking(move || {
+        f(ChanReader {
+            rx,
+            cur: Bytes::new(),
+        })
+    });
+    let feed = async move {
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        while let Some(item) = stream.next().await {
+            let item = item
+                .map_err(|e| io::Error::other(format!("download from the testbed failed: {e}")));
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    };
+    let (_, out) = tokio::join!(feed, consumer);
+    out.context("the archive reader panicked")?
+}
+
+/// copyup: `testbed` (a file, or with `dir` a directory) to `host`.
+pub async fn pull(
+    client: &Client,
+    container: &str,
+    testbed: &str,
+    host: &Path,
+    dir: bool,
+) -> Result<()> {
+    if dir {
+        let (first, stream) = download(client, container, testbed).await?;
+        let dst = host.to_path_buf();
+        return consume(first, Box::pin(stream), move |r| {
+            archive::extract_tree(r, &dst)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot copy {testbed} from the testbed to {}",
+                host.display()
+            )
+        });
+    }
+    // A symlink's archive holds the link; follow it as `cat` would.
+    let mut path = testbed.to_string();
+    for _ in 0..16 {
+        let (first, stream) = download(client, container, &path).await?;
+        let dst = host.to_path_buf();
+        let got = consume(first, Box::pin(stream), move |r| {
+            archive::extract_file(r, &dst)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "cannot copy {testbed} from the testbed to {}",
+                host.display()
+            )
+        })?;
+        match got {
+            SingleFile::Written => return Ok(()),
+            SingleFile::Directory => bail!(
+                "{testbed} is a directory in the testbed: end both paths in / to copy a directory"
+            ),
+            SingleFile::Symlink(target) => {
+                let (parent, _) = split_testbed_path(&path);
+                path = resolve_link(&parent, &target);
+            }
+        }
+    }
+    bail!("{testbed}: too many levels of symbolic links in the testbed")
+}
+
+fn resolve_link(parent: &str, target: &Path) -> String {
+    let joined: PathBuf = if target.is_absolute() {
+        target.to_path_buf()
+    } else {
+        Path::new(parent).join(target)
+    };
+    joined.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn testbed_paths_split() {
+        assert_eq!(split_testbed_path("/a/b/c"), ("/a/b".into(), "c".into()));
+        assert_eq!(split_testbed_path("/a/b/"), ("/a".into(), "b".into()));
+        assert_eq!(split_testbed_path("/top"), ("/".into(), "top".into()));
+        assert_eq!(split_testbed_path("/"), ("/".into(), "".into()));
+        assert_eq!(split_testbed_path("rel/x"), ("/rel".into(), "x".into()));
+    }
+
+    #[test]
+    fn links_resolve_against_their_directory() {
+        assert_eq!(resolve_link("/a/b", Path::new("c")), "/a/b/c");
+        assert_eq!(resolve_link("/a/b", Path::new("/etc/x")), "/etc/x");
+    }
+}

@@ -1,0 +1,233 @@
+//! Where the daemon is, and whether it can see our filesystem.
+//!
+//! The rules are pure functions over gathered evidence, so that they can be
+//! unit-tested without a daemon or a container.
+
+use std::path::Path;
+
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// The daemon address and where it came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub source: String,
+}
+
+impl Endpoint {
+    /// --host wins over DOCKER_HOST, which wins over the default socket,
+    /// as with the docker CLI.
+    pub fn resolve(flag: Option<&str>, docker_host: Option<&str>) -> Endpoint {
+        match (flag, docker_host) {
+            (Some(h), _) => Endpoint {
+                host: h.to_string(),
+                source: "--host".into(),
+            },
+            (None, Some(h)) if !h.is_empty() => Endpoint {
+                host: h.to_string(),
+                source: "DOCKER_HOST".into(),
+            },
+            _ => Endpoint {
+                host: DEFAULT_HOST.into(),
+                source: "the default socket".into(),
+            },
+        }
+    }
+
+    /// The socket path for unix:// endpoints.
+    pub fn unix_path(&self) -> Option<&str> {
+        self.host.strip_prefix("unix://")
+    }
+}
+
+/// Evidence that this process runs inside a container, where a path of
+/// ours means nothing to the daemon even when its socket is mounted in.
+#[derive(Debug, Default, Clone)]
+pub struct Evidence {
+    pub dockerenv: bool,
+    pub containerenv: bool,
+    pub cgroup: String,
+    pub mountinfo_root: Option<String>,
+}
+
+impl Evidence {
+    pub fn gather() -> Evidence {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        Evidence {
+            dockerenv: Path::new("/.dockerenv").exists(),
+            containerenv: Path::new("/run/.containerenv").exists(),
+            cgroup: std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default(),
+            mountinfo_root: root_mount_line(&mountinfo).map(str::to_string),
+        }
+    }
+
+    /// Why we think we are in a container, if we do.
+    pub fn container_reason(&self) -> Option<String> {
+        if self.dockerenv {
+            return Some("/.dockerenv exists".into());
+        }
+        if self.containerenv {
+            return Some("/run/.containerenv exists".into());
+        }
+        for marker in [
+            "docker",
+            "kubepods",
+            "containerd",
+            "libpod",
+            "lxc",
+            "actions_job",
+        ] {
+            if let Some(line) = self.cgroup.lines().find(|l| {
+                l.rsplit(':')
+                    .next()
+                    .is_some_and(|path| path.contains(marker))
+            }) {
+                return Some(format!("/proc/1/cgroup names a container: {line}"));
+            }
+        }
+        if let Some(root) = &self.mountinfo_root {
+            for marker in ["/docker/", "/containers/storage/", "/kubelet/", "overlay"] {
+                if root.contains(marker) {
+                    return Some(format!("the root filesystem is a container's: {root}"));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// The mountinfo line of the mount at "/".
+fn root_mount_line(mountinfo: &str) -> Option<&str> {
+    mountinfo
+        .lines()
+        .find(|l| l.split_whitespace().nth(4) == Some("/"))
+}
+
+/// How copies reach the testbed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyMode {
+    /// Through the Engine API's archive endpoints ("docker cp").
+    Api { why: String },
+    /// Through a directory bind-mounted at the same path in the testbed.
+    Shared {
+        dir: std::path::PathBuf,
+        why: String,
+    },
+}
+
+/// Decide the copy mode. A shared directory needs a daemon that sees our
+/// filesystem: a unix socket, and we are not in a container.
+pub fn choose_copy_mode(
+    endpoint: &Endpoint,
+    evidence: &Evidence,
+    remote_flag: bool,
+    shared_dir: Option<&Path>,
+) -> Result<CopyMode, String> {
+    let remote_reason = if remote_flag {
+        Some("--remote was given".to_string())
+    } else if endpoint.unix_path().is_none() {
+        Some(format!(
+            "the daemon is reached at {} (from {}), not through a local socket",
+            endpoint.host, endpoint.source
+        ))
+    } else {
+        evidence
+            .container_reason()
+            .map(|r| format!("rdocker runs inside a container ({r})"))
+    };
+    match (shared_dir, remote_reason) {
+        (Some(dir), Some(why)) => Err(format!(
+            "--shared-dir {} needs a daemon that sees this machine's filesystem, \
+             but {why}; drop --shared-dir to copy through the Engine API",
+            dir.display()
+        )),
+        (Some(dir), None) => Ok(CopyMode::Shared {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "--shared-dir was given and the daemon is local ({})",
+                endpoint.host
+            ),
+        }),
+        (None, Some(why)) => Ok(CopyMode::Api {
+            why: format!("{why}, so no shared directory"),
+        }),
+        (None, None) => Ok(CopyMode::Api {
+            why: "no --shared-dir was given".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Endpoint {
+        Endpoint::resolve(None, None)
+    }
+
+    #[test]
+    fn host_precedence() {
+        assert_eq!(local().host, DEFAULT_HOST);
+        assert_eq!(
+            Endpoint::resolve(None, Some("tcp://1.2.3.4:2375")).source,
+            "DOCKER_HOST"
+        );
+        assert_eq!(
+            Endpoint::resolve(Some("unix:///x.sock"), Some("tcp://h:1")).host,
+            "unix:///x.sock"
+        );
+        assert_eq!(Endpoint::resolve(None, Some("")).host, DEFAULT_HOST);
+    }
+
+    #[test]
+    fn container_evidence() {
+        assert!(Evidence::default().container_reason().is_none());
+        let e = Evidence {
+            dockerenv: true,
+            ..Default::default()
+        };
+        assert!(e.container_reason().unwrap().contains(".dockerenv"));
+        let e = Evidence {
+            cgroup: "0::/system.slice/docker-abc.scope\n".into(),
+            ..Default::default()
+        };
+        assert!(e.container_reason().is_some());
+        let e = Evidence {
+            cgroup: "0::/user.slice/session-2.scope\n".into(),
+            ..Default::default()
+        };
+        assert!(e.container_reason().is_none());
+        let e = Evidence {
+            mountinfo_root: root_mount_line(
+                "1 0 0:1 / / rw - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/X\n",
+            )
+            .map(str::to_string),
+            ..Default::default()
+        };
+        assert!(e.container_reason().is_some());
+    }
+
+    #[test]
+    fn shared_dir_only_on_a_local_daemon() {
+        let dir = Path::new("/srv/shared");
+        let none = Evidence::default();
+        assert!(matches!(
+            choose_copy_mode(&local(), &none, false, Some(dir)),
+            Ok(CopyMode::Shared { .. })
+        ));
+        assert!(matches!(
+            choose_copy_mode(&local(), &none, false, None),
+            Ok(CopyMode::Api { .. })
+        ));
+        let tcp = Endpoint::resolve(None, Some("tcp://127.0.0.1:2375"));
+        let err = choose_copy_mode(&tcp, &none, false, Some(dir)).unwrap_err();
+        assert!(err.contains("tcp://127.0.0.1:2375"), "{err}");
+        assert!(choose_copy_mode(&local(), &none, true, Some(dir)).is_err());
+        let inside = Evidence {
+            containerenv: true,
+            ..Default::default()
+        };
+        let err = choose_copy_mode(&local(), &inside, false, Some(dir)).unwrap_err();
+        assert!(err.contains("inside a container"), "{err}");
+    }
+}

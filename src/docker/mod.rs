@@ -1,0 +1,294 @@
+//! Docker as the testbed: one container per open/revert, reached only
+//! through the Engine API.
+
+pub mod archive;
+pub mod client;
+pub mod container;
+pub mod copy;
+pub mod endpoint;
+pub mod exec;
+pub mod runopts;
+
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+
+use crate::debug;
+use crate::testbed::Testbed;
+use client::Client;
+use container::Container;
+use endpoint::CopyMode;
+use runopts::RunOptions;
+
+pub struct DockerTestbed {
+    client: Client,
+    image: String,
+    run: RunOptions,
+    copy_mode: CopyMode,
+    pull: bool,
+    pulled: bool,
+    container: Option<Container>,
+    /// Kept across reverts: built trees may refer to it by absolute path.
+    downtmp: Option<String>,
+    normal_user: Option<String>,
+    exe: PathBuf,
+}
+
+impl DockerTestbed {
+    pub fn new(
+        client: Client,
+        image: String,
+        run: RunOptions,
+        copy_mode: CopyMode,
+        pull: bool,
+    ) -> Result<DockerTestbed> {
+        let exe = std::env::current_exe()
+            .context("cannot find rdocker's own executable for print-execute-command")?;
+        Ok(DockerTestbed {
+            client,
+            image,
+            run,
+            copy_mode,
+            pull,
+            pulled: false,
+            container: None,
+            downtmp: None,
+            normal_user: None,
+            exe,
+        })
+    }
+
+    fn shared_dir(&self) -> Option<&Path> {
+        match &self.copy_mode {
+            CopyMode::Shared { dir, .. } => Some(dir),
+            CopyMode::Api { .. } => None,
+        }
+    }
+
+    fn container(&self) -> Result<&Container> {
+        self.container
+            .as_ref()
+            .ok_or_else(|| anyhow!("the testbed is not open"))
+    }
+
+    async fn bring_up(&mut self) -> Result<String> {
+        if self.pull && !self.pulled {
+            debug!("pulling {}", self.image);
+            container::pull(&self.client, &self.image).await?;
+            self.pulled = true;
+        }
+        let mut binds = Vec::new();
+        if let Some(dir) = self.shared_dir() {
+            // Same path on both sides, so that downtmp-host maps 1:1.
+            std::fs::create_dir_all(dir.join("downtmp"))
+                .with_context(|| format!("cannot create shared directory {}", dir.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            // The testbed's normal user must be able to write downtmp.
+            std::fs::set_permissions(dir.join("downtmp"), std::fs::Permissions::from_mode(0o777))?;
+            binds.push(format!("{0}:{0}", dir.display()));
+        }
+        let c = Container::create(&self.client, &self.image, &self.run, binds).await?;
+        debug!(
+            "started container {} ({})",
+            c.name,
+            &c.id[..12.min(c.id.len())]
+        );
+        let id = c.id.clone();
+        self.container = Some(c);
+
+        let downtmp = match (self.shared_dir(), &self.downtmp) {
+            (Some(dir), _) => dir.join("downtmp").to_string_lossy().into_owned(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => format!("/tmp/autopkgtest.{}", container::random_hex(3)),
+        };
+        let need_user = self.normal_user.is_none();
+        let mk = async {
+            if self.shared_dir().is_none() {
+                make_dir(&self.client, &id, &downtmp).await
+            } else {
+                Ok(())
+            }
+        };
+        let user = async {
+            if need_user {
+                find_normal_user(&self.client, &id).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let (made, user) = tokio::join!(mk, user);
+        made?;
+        if let Some(u) = user? {
+            self.normal_user = u;
+        }
+        self.downtmp = Some(downtmp.clone());
+        Ok(downtmp)
+    }
+
+    async fn tear_down(&mut self) -> Result<()> {
+        if let Some(mut c) = self.container.take() {
+            debug!("removing container {}", c.name);
+            c.remove().await?;
+        }
+        if let Some(dir) = self.shared_dir() {
+            let d = dir.join("downtmp");
+            if d.exists() {
+                std::fs::remove_dir_all(&d).with_context(|| {
+                    format!("cannot clean the shared directory {}", d.display())
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Create the scratch directory, mode 1777 like the reference's, with one
+/// archive upload instead of a `mkdir` exec.
+async fn make_dir(client: &Client, container: &str, path: &str) -> Result<()> {
+    let (parent, name) = copy::split_testbed_path(path);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o1777);
+    h.set_size(0);
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+    let body = b.into_inner()?;
+    let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+        .path(&parent)
+        .build();
+    client
+        .docker
+        .upload_to_container(container, Some(opts), bollard::body_full(body.into()))
+        .await
+        .with_context(|| format!("cannot create the scratch directory {path} in the testbed"))
+}
+
+/// The first user in Debian Policy's dynamically allocated range
+/// (1000-59999), read from the image's /etc/passwd.
+async fn find_normal_user(client: &Client, container: &str) -> Result<Option<String>> {
+    let dir = std::env::temp_dir().join(format!("rdocker-passwd-{}", container::random_hex(6)));
+    std::fs::create_dir(&dir)?;
+    let file = dir.join("passwd");
+    let got = copy::pull(client, container, "/etc/passwd", &file, false).await;
+    let text = got.and_then(|_| Ok(std::fs::read_to_string(&file)?));
+    let _ = std::fs::remove_dir_all(&dir);
+    match text {
+        Ok(t) => Ok(first_normal_user(&t)),
+        Err(e) => {
+            debug!("no /etc/passwd in the testbed: {e:#}");
+            Ok(None)
+        }
+    }
+}
+
+pub fn first_normal_user(passwd: &str) -> Option<String> {
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            let uid: u32 = f.get(2)?.parse().ok()?;
+            (1000..=59999)
+                .contains(&uid)
+                .then(|| (uid, f[0].to_string()))
+        })
+        .min_by_key(|(uid, _)| *uid)
+        .map(|(_, name)| name)
+}
+
+impl Testbed for DockerTestbed {
+    async fn start(&mut self) -> Result<String> {
+        match self.bring_up().await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                self.tear_down().await.ok();
+                Err(e)
+            }
+        }
+    }
+
+    async fn revert(&mut self) -> Result<String> {
+        self.tear_down().await?;
+        self.start().await
+    }
+
+    async fn stop(&mut self) -> Result<()> {
+        self.tear_down().await
+    }
+
+    async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {
+        let id = self.container()?.id.clone();
+        copy::push(&self.client, &id, host, testbed, dir).await
+    }
+
+    async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()> {
+        let id = self.container()?.id.clone();
+        copy::pull(&self.client, &id, testbed, host, dir).await
+    }
+
+    fn run_argv(&self) -> Result<Vec<String>> {
+        let c = self.container()?;
+        Ok(vec![
+            self.exe.to_string_lossy().into_owned(),
+            crate::exec_mode::FLAG.into(),
+            format!("--host={}", self.client.endpoint.host),
+            format!("--api-version={}", self.client.api_version()),
+            format!("--container={}", c.id),
+            "--".into(),
+        ])
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        let mut caps = vec![
+            "revert".to_string(),
+            "revert-full-system".into(),
+            "root-on-testbed".into(),
+        ];
+        if let Some(u) = &self.normal_user {
+            caps.push(format!("suggested-normal-user={u}"));
+        }
+        if let (Some(dir), Some(_)) = (self.shared_dir(), &self.container) {
+            caps.push(format!("downtmp-host={}", dir.join("downtmp").display()));
+        }
+        caps
+    }
+
+    async fn describe(&mut self) -> String {
+        let Some(c) = &self.container else {
+            return "no testbed container is open".into();
+        };
+        match self.client.docker.inspect_container(&c.id, None).await {
+            Ok(i) => format!(
+                "testbed container {} is {}",
+                c.name,
+                i.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "in an unknown state".into())
+            ),
+            Err(e) => format!("testbed container {} cannot be inspected: {e}", c.name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_user_is_the_lowest_dynamic_uid() {
+        let passwd = "root:x:0:0::/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n\
+                      zed:x:1001:1001::/home/zed:/bin/sh\nann:x:1000:1000::/home/ann:/bin/sh\n\
+                      sys:x:999:999::/:/bin/false\n";
+        assert_eq!(first_normal_user(passwd).as_deref(), Some("ann"));
+        assert_eq!(first_normal_user("root:x:0:0::/:/bin/sh\n"), None);
+        assert_eq!(
+            first_normal_user("big:x:60000:1::/:/bin/sh\nbad line\n"),
+            None
+        );
+    }
+}

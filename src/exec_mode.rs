@@ -1,0 +1,224 @@
+//! The program that print-execute-command hands out: rdocker itself, run
+//! once per testbed command. It streams stdio through the exec API and
+//! exits with the command's status.
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::docker::client::Client;
+use crate::docker::endpoint::Endpoint;
+use crate::docker::exec::{self, Sink, TestbedGone};
+
+/// The hidden first argument that selects this mode.
+pub const FLAG: &str = "--internal-exec";
+
+/// Exit status for rdocker's own failures: autopkgtest reads 254 and 255
+/// as a broken testbed, never as a test result.
+const TESTBED_FAILURE: u8 = 255;
+
+struct Args {
+    host: String,
+    api_version: String,
+    container: String,
+    command: Vec<String>,
+}
+
+fn parse(args: &[String]) -> Result<Args> {
+    let (mut host, mut api_version, mut container) = (None, None, None);
+    let mut it = args.iter();
+    for a in it.by_ref() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--host=") {
+            host = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("--api-version=") {
+            api_version = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("--container=") {
+            container = Some(v.to_string());
+        } else {
+            bail!("unexpected argument {a:?}");
+        }
+    }
+    let command: Vec<String> = it.cloned().collect();
+    if command.is_empty() {
+        bail!("no command given after --");
+    }
+    Ok(Args {
+        host: host.ok_or_else(|| anyhow!("--host= missing"))?,
+        api_version: api_version.ok_or_else(|| anyhow!("--api-version= missing"))?,
+        container: container.ok_or_else(|| anyhow!("--container= missing"))?,
+        command,
+    })
+}
+
+/// Writes output on a plain thread, so that a slow reader of our stdout
+/// never stalls the stdin pump on the runtime.
+struct ThreadSink {
+    tx: Option<std::sync::mpsc::SyncSender<(u8, Bytes)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadSink {
+    fn new() -> ThreadSink {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u8, Bytes)>(16);
+        let thread = std::thread::spawn(move || {
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            let (mut out_ok, mut err_ok) = (true, true);
+            for (fd, data) in rx {
+                // A closed reader loses the rest of that stream, as with a pipe.
+                if fd == 1 && out_ok {
+                    out_ok = out.write_all(&data).and_then(|_| out.flush()).is_ok();
+                } else if fd == 2 && err_ok {
+                    err_ok = err.write_all(&data).and_then(|_| err.flush()).is_ok();
+                }
+            }
+        });
+        ThreadSink {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&mut self, fd: u8, data: &[u8]) -> Result<()> {
+        if let Some(tx) = &self.tx {
+            tx.send((fd, Bytes::copy_from_slice(data)))
+                .map_err(|_| anyhow!("the output writer stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Sink for ThreadSink {
+    fn stdout(&mut self, d: &[u8]) -> Result<()> {
+        self.send(1, d)
+    }
+    fn stderr(&mut self, d: &[u8]) -> Result<()> {
+        self.send(2, d)
+    }
+}
+
+/// Read our stdin on a plain thread; a blocking read cannot be cancelled,
+/// and the process exits without waiting for it.
+fn stdin_pump() -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 128 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(Bytes::copy_from_slice(&buf[..n])).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let args = match parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("autopkgtest-virt-rdocker {FLAG}: {e:#}");
+            return ExitCode::from(TESTBED_FAILURE);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("autopkgtest-virt-rdocker: cannot start the async runtime: {e}");
+            return ExitCode::from(TESTBED_FAILURE);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("autopkgtest-virt-rdocker: {e:#}");
+            ExitCode::from(TESTBED_FAILURE)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<u8> {
+    let endpoint = Endpoint {
+        host: args.host.clone(),
+        source: "print-execute-command".into(),
+    };
+    let client = Client::connect_with_version(&endpoint, &args.api_version)?;
+    let token = crate::docker::container::random_hex(8);
+    let argv = exec::wrapped(&token, &args.command);
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+
+    let mut sink = ThreadSink::new();
+    let stdin = stdin_pump();
+    let result = tokio::select! {
+        r = exec::run(&client, &args.container, argv, Some(stdin), &mut sink) => r,
+        _ = term.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGTERM).await,
+        _ = int.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGINT).await,
+        _ = hup.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGHUP).await,
+    };
+    sink.finish();
+    match result {
+        Ok(code) => Ok(exit_status(code)),
+        Err(e) if e.downcast_ref::<TestbedGone>().is_some() => Err(e),
+        Err(e) => Err(e.context(format!(
+            "running {:?} in testbed container {}",
+            args.command, args.container
+        ))),
+    }
+}
+
+/// Status as the caller sees it: the wrapper already maps 255 to 253;
+/// anything out of range is a failure of ours.
+fn exit_status(code: i64) -> u8 {
+    match code {
+        0..=254 => code as u8,
+        _ => 253,
+    }
+}
+
+/// Our caller gave up on the command (autopkgtest's timeout sends SIGTERM):
+/// kill it and its children in the testbed, then die of the same signal.
+async fn killed(
+    client: &Client,
+    container: &str,
+    token: &str,
+    sig: nix::sys::signal::Signal,
+) -> Result<u8> {
+    let argv: Vec<String> = ["sh", "-c", exec::KILL_SCRIPT, "rdocker-kill", token]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut cap = exec::Captured::default();
+    let kill = exec::run(client, container, argv, None, &mut cap);
+    if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), kill)
+        .await
+        .context("timed out")
+        .and_then(|r| r)
+    {
+        eprintln!("autopkgtest-virt-rdocker: could not stop the command in the testbed: {e:#}");
+    }
+    crate::signals::die_of(sig);
+}

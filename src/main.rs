@@ -1,0 +1,97 @@
+//! autopkgtest-virt-rdocker: an autopkgtest virt server over the Docker
+//! Engine API.
+
+mod cli;
+mod docker;
+mod exec_mode;
+mod protocol;
+mod server;
+mod signals;
+mod testbed;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use docker::endpoint::{self, CopyMode, Endpoint, Evidence};
+
+pub const PROG: &str = "autopkgtest-virt-rdocker";
+
+pub static DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// Debug output on stderr with -d, as the reference's adtlog.debug.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => {
+        if $crate::DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{}: DBG: {}", $crate::PROG, format!($($arg)*));
+        }
+    };
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(exec_mode::FLAG) {
+        return exec_mode::main(&args[2..]);
+    }
+    let cli = cli::Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{PROG}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> Result<ExitCode> {
+    DEBUG.store(cli.debug, Ordering::Relaxed);
+    let run_opts = docker::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
+    let copy_timeout = copy_timeout()?;
+    let endpoint = Endpoint::resolve(
+        cli.host.as_deref(),
+        std::env::var("DOCKER_HOST").ok().as_deref(),
+    );
+    let copy_mode = endpoint::choose_copy_mode(
+        &endpoint,
+        &Evidence::gather(),
+        cli.remote,
+        cli.shared_dir.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    debug!("daemon: {} (from {})", endpoint.host, endpoint.source);
+    match &copy_mode {
+        CopyMode::Api { why } => debug!("copies go through the Engine API: {why}"),
+        CopyMode::Shared { dir, why } => debug!("shared directory {}: {why}", dir.display()),
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        // Before anything exists that a signal could leak.
+        let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
+        let client = docker::client::Client::connect(&endpoint).await?;
+        debug!("API version {}", client.api_version());
+        let tb = docker::DockerTestbed::new(client, cli.image, run_opts, copy_mode, cli.pull)?;
+        Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
+    })
+}
+
+/// AUTOPKGTEST_VIRT_COPY_TIMEOUT, in seconds, as the reference reads it.
+fn copy_timeout() -> Result<Duration> {
+    match std::env::var("AUTOPKGTEST_VIRT_COPY_TIMEOUT") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .with_context(|| {
+                format!("AUTOPKGTEST_VIRT_COPY_TIMEOUT={v:?} is not a number of seconds")
+            }),
+        Err(_) => Ok(Duration::from_secs(300)),
+    }
+}
