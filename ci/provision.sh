@@ -6,6 +6,7 @@ set -euo pipefail
 
 BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TEST_IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
+USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
 
@@ -17,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for p in docker.io autopkgtest debootstrap dpkg-dev socat devscripts fakeroot build-essential; do
+for p in docker.io autopkgtest debootstrap dpkg-dev debhelper socat devscripts fakeroot build-essential; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -70,6 +71,15 @@ if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
         tail -30 "$CACHE/build-docker.log" >&2; exit 1; }
 fi
 
+# The same image with a normal user, for suggested-normal-user and su tests.
+if ! docker image inspect "$USER_IMAGE" >/dev/null 2>&1; then
+    log "building $USER_IMAGE"
+    cid=$(docker run -d "$TEST_IMAGE" sh -c 'useradd -m -u 1000 -s /bin/bash tester')
+    docker wait "$cid" >/dev/null
+    docker commit --change 'CMD ["/bin/bash"]' "$cid" "$USER_IMAGE" >/dev/null
+    docker rm "$cid" >/dev/null
+fi
+
 # autopkgtest's upstream suite is our conformance reference.
 if [ ! -d "$CACHE/autopkgtest-src" ]; then
     log "fetching autopkgtest source"
@@ -78,4 +88,4 @@ if [ ! -d "$CACHE/autopkgtest-src" ]; then
     mv "$tmp/src" "$CACHE/autopkgtest-src"
     rm -rf "$tmp"
 fi
-log "ready: daemon up, images $BASE_IMAGE and $TEST_IMAGE, autopkgtest source in $CACHE/autopkgtest-src"
+log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE and $USER_IMAGE, autopkgtest source in $CACHE/autopkgtest-src"

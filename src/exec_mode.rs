@@ -67,8 +67,9 @@ impl ThreadSink {
     fn new() -> ThreadSink {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u8, Bytes)>(16);
         let thread = std::thread::spawn(move || {
-            let mut out = std::io::stdout().lock();
-            let mut err = std::io::stderr().lock();
+            // Locked per write, never for the thread's life: the signal
+            // path still has to print on stderr while this thread waits.
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
             let (mut out_ok, mut err_ok) = (true, true);
             for (fd, data) in rx {
                 // A closed reader loses the rest of that stream, as with a pipe.

@@ -42,9 +42,10 @@ exit $rc
 
 /// Kills the wrapper whose token is "rdocker-exec-$1", all its descendants,
 /// and whatever holds its stdout or stderr: what a timed-out test leaves.
-pub const KILL_SCRIPT: &str = r#"tok="rdocker-exec-$1"
-for round in 1 2 3; do
-    w=$(grep -lzx -- "$tok" /proc/[0-9]*/cmdline 2>/dev/null) || exit 0
+/// The pattern is written `rdocker[-]exec-` so that grep's own command
+/// line, also under /proc, does not match it.
+pub const KILL_SCRIPT: &str = r#"for round in 1 2 3; do
+    w=$(grep -lzx -e "rdocker[-]exec-$1" /proc/[0-9]*/cmdline 2>/dev/null) || exit 0
     w=${w#/proc/}; w=${w%%/*}
     pat=""
     for fd in 1 2; do

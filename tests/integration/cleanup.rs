@@ -1,0 +1,128 @@
+//! No container survives rdocker: EOF on stdin and termination signals in
+//! each state.
+
+use crate::util::*;
+use nix::sys::signal::Signal;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn assert_died_of(s: &mut Server, sig: Signal) {
+    let t = Instant::now();
+    let st = s.wait(PROMPT);
+    assert!(t.elapsed() < PROMPT);
+    assert!(
+        st.signal() == Some(sig as i32) || st.code() == Some(128 + sig as i32),
+        "{sig}: exit {st:?}; stderr: {}",
+        s.stderr()
+    );
+    assert_no_containers(s.pid());
+}
+
+#[test]
+fn eof_before_open() {
+    let mut s = Server::start(&[&image()]);
+    s.close_stdin();
+    let st = s.wait(PROMPT);
+    assert_eq!(st.code(), Some(12), "{}", s.stderr());
+    assert!(s.stderr_says("end of file on stdin"), "{}", s.stderr());
+    assert_no_containers(s.pid());
+}
+
+#[test]
+fn eof_while_open() {
+    // The reference spins forever here and leaks its container.
+    let mut s = Server::start(&[&image()]);
+    s.open();
+    assert_eq!(containers_of(s.pid()).len(), 1);
+    s.close_stdin();
+    let st = s.wait(PROMPT);
+    assert_eq!(st.code(), Some(12), "{}", s.stderr());
+    assert_no_containers(s.pid());
+}
+
+#[test]
+fn eof_during_open_does_not_leak() {
+    // The caller goes away while the container is being created.
+    let mut s = Server::start(&[&image()]);
+    s.send("open");
+    s.close_stdin();
+    s.wait(Duration::from_secs(30));
+    assert_no_containers(s.pid());
+}
+
+#[test]
+fn signals_while_open() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let mut s = Server::start(&[&image()]);
+        s.open();
+        assert_eq!(containers_of(s.pid()).len(), 1);
+        s.signal(sig);
+        assert_died_of(&mut s, sig);
+    }
+}
+
+#[test]
+fn signals_before_open() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        let mut s = Server::start(&[&image()]);
+        s.signal(sig);
+        assert_died_of(&mut s, sig);
+    }
+}
+
+#[test]
+fn sigterm_during_a_stuck_copy() {
+    let mut s = Server::start(&[&image()]);
+    let d = s.open();
+    let host = TempDir::new("stuck");
+    let fifo = host.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    s.send(&format!("copydown {} {d}/f", fifo.display()));
+    std::thread::sleep(Duration::from_millis(500));
+    s.signal(Signal::SIGTERM);
+    assert_died_of(&mut s, Signal::SIGTERM);
+}
+
+#[test]
+fn sigterm_during_open() {
+    let mut s = Server::start(&[&image()]);
+    s.send("open");
+    std::thread::sleep(Duration::from_millis(50));
+    s.signal(Signal::SIGTERM);
+    assert_died_of(&mut s, Signal::SIGTERM);
+}
+
+#[test]
+fn caller_killed_with_sigkill() {
+    use std::process::{Command, Stdio};
+    docker();
+    // A caller holding rdocker's stdin dies hard (a cancelled CI job):
+    // rdocker sees EOF and cleans up.
+    let script = format!(
+        "exec 3> >(exec {BIN} {} >/dev/null 2>&1); echo open >&3; echo $!; exec sleep 600",
+        image()
+    );
+    let mut caller = Command::new("bash")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(caller.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pid: u32 = line.trim().parse().expect("no pid from the caller");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while containers_of(pid).is_empty() {
+        assert!(Instant::now() < deadline, "the testbed never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    assert_no_containers(pid);
+}

@@ -1,0 +1,310 @@
+//! copydown and copyup through the Engine API: names, symlinks, modes,
+//! timestamps, merging, failures and the copy timeout.
+
+use crate::util::*;
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+const AWKWARD: &str = "sp ace %41 ünï";
+const MTIME: i64 = 1_000_000_000;
+
+fn set_mtime(p: &Path, t: i64) {
+    let ts = nix::sys::time::TimeSpec::new(t, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &ts,
+        &ts,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+/// A tree with everything a package's tests might leave in a directory.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join(AWKWARD).join("deep/er")).unwrap();
+    fs::write(root.join(AWKWARD).join("deep/er/file %2F.txt"), "nested\n").unwrap();
+    fs::write(root.join("script"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::set_permissions(root.join("script"), fs::Permissions::from_mode(0o750)).unwrap();
+    fs::write(root.join("private"), "secret").unwrap();
+    fs::set_permissions(root.join("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::write(root.join("dated"), "old").unwrap();
+    set_mtime(&root.join("dated"), MTIME);
+    symlink("script", root.join("link-rel")).unwrap();
+    symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
+    fs::create_dir(root.join("empty")).unwrap();
+    fs::write(root.join("binary"), (0..=255u8).collect::<Vec<_>>()).unwrap();
+}
+
+/// Compare two host trees: names, types, contents, modes, link targets.
+fn assert_same_tree(a: &Path, b: &Path) {
+    let mut names_a: Vec<_> = fs::read_dir(a)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let mut names_b: Vec<_> = fs::read_dir(b)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names_a.sort();
+    names_b.sort();
+    assert_eq!(names_a, names_b, "{} vs {}", a.display(), b.display());
+    for n in names_a {
+        let (pa, pb) = (a.join(&n), b.join(&n));
+        let (ma, mb) = (
+            fs::symlink_metadata(&pa).unwrap(),
+            fs::symlink_metadata(&pb).unwrap(),
+        );
+        assert_eq!(ma.file_type(), mb.file_type(), "{}", pa.display());
+        assert_eq!(
+            ma.mode() & 0o7777,
+            mb.mode() & 0o7777,
+            "mode of {}",
+            pb.display()
+        );
+        if ma.file_type().is_symlink() {
+            assert_eq!(fs::read_link(&pa).unwrap(), fs::read_link(&pb).unwrap());
+        } else if ma.is_dir() {
+            assert_same_tree(&pa, &pb);
+        } else {
+            assert_eq!(
+                fs::read(&pa).unwrap(),
+                fs::read(&pb).unwrap(),
+                "{}",
+                pb.display()
+            );
+            assert_eq!(ma.mtime(), mb.mtime(), "mtime of {}", pb.display());
+        }
+    }
+}
+
+fn open() -> (Server, String, Vec<String>) {
+    let mut s = Server::start(&[&image()]);
+    let d = s.open();
+    let argv = s.exec_argv();
+    (s, d, argv)
+}
+
+#[test]
+fn directory_round_trip_keeps_names_modes_links_times() {
+    let (mut s, d, argv) = open();
+    let host = TempDir::new("tree");
+    let src = host.path().join("src");
+    make_tree(&src);
+    let tb = format!("{d}/{AWKWARD} dir/");
+    s.ok(&format!(
+        "copydown {}/ {}",
+        quote(&src.to_string_lossy()),
+        quote(&tb)
+    ));
+    // Seen from inside the testbed.
+    let q = tb.replace('\'', "'\\''");
+    let seen = sh_ok(
+        &argv,
+        &format!(
+            "cd '{q}' && stat -c '%a %Y' script private dated | tr '\\n' ' '; \
+             readlink link-rel link-dangling | tr '\\n' ' '; cat '{AWKWARD}/deep/er/file %2F.txt'"
+        ),
+    );
+    assert!(seen.starts_with("750 "), "{seen}");
+    assert!(
+        seen.contains(&format!(
+            " 600 {} ",
+            fs::metadata(src.join("private")).unwrap().mtime()
+        )),
+        "{seen}"
+    );
+    assert!(
+        seen.contains(&format!("644 {MTIME}")) || seen.contains(&format!(" {MTIME} ")),
+        "{seen}"
+    );
+    assert!(seen.contains("script /nonexistent/target nested"), "{seen}");
+    // Owned by root in the testbed, not by the host's uid.
+    assert_eq!(sh_ok(&argv, &format!("stat -c %u '{q}/script'")), "0\n");
+
+    let back = host.path().join("back");
+    s.ok(&format!(
+        "copyup {} {}/",
+        quote(&tb),
+        quote(&back.to_string_lossy())
+    ));
+    assert_same_tree(&src, &back);
+    s.quit();
+}
+
+#[test]
+fn file_copies_with_awkward_names() {
+    let (mut s, d, argv) = open();
+    let host = TempDir::new("file");
+    let src = host.path().join(format!("{AWKWARD}.bin"));
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&src, &data).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    let tb = format!("{d}/dest {AWKWARD}");
+    s.ok(&format!(
+        "copydown {} {}",
+        quote(&src.to_string_lossy()),
+        quote(&tb)
+    ));
+    let q = tb.replace('\'', "'\\''");
+    assert_eq!(
+        sh_ok(&argv, &format!("stat -c '%a %s' '{q}'")),
+        format!("755 {}\n", data.len())
+    );
+    let back = host.path().join("back %20 é");
+    s.ok(&format!(
+        "copyup {} {}",
+        quote(&tb),
+        quote(&back.to_string_lossy())
+    ));
+    assert!(fs::read(&back).unwrap() == data);
+    // copyup of a symlink to a file copies the file it names.
+    sh_ok(&argv, &format!("ln -s '{q}' {d}/alias"));
+    let back2 = host.path().join("via-link");
+    s.ok(&format!(
+        "copyup {d}/alias {}",
+        quote(&back2.to_string_lossy())
+    ));
+    assert!(fs::read(&back2).unwrap() == data);
+    assert!(!fs::symlink_metadata(&back2)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    s.quit();
+}
+
+#[test]
+fn directories_merge_into_existing_targets() {
+    let (mut s, d, argv) = open();
+    let host = TempDir::new("merge");
+    let src = host.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/new"), "new").unwrap();
+    fs::write(src.join("replaced"), "from host").unwrap();
+    sh_ok(
+        &argv,
+        &format!("mkdir -p {d}/t/sub && echo old > {d}/t/sub/old && echo tb > {d}/t/replaced"),
+    );
+    s.ok(&format!("copydown {}/ {d}/t/", src.display()));
+    assert_eq!(
+        sh_ok(
+            &argv,
+            &format!("cd {d}/t && ls sub | tr '\\n' ' ' && cat replaced")
+        ),
+        "new old from host"
+    );
+    // And upward, into a host directory that already has files.
+    let up = host.path().join("up");
+    fs::create_dir_all(up.join("sub")).unwrap();
+    fs::write(up.join("sub/host-only"), "keep").unwrap();
+    s.ok(&format!("copyup {d}/t/ {}/", up.display()));
+    let mut names: Vec<_> = fs::read_dir(up.join("sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["host-only", "new", "old"]);
+    s.quit();
+}
+
+#[test]
+fn missing_sources_fail_without_a_partial_target() {
+    let (mut s, d, _argv) = open();
+    let host = TempDir::new("missing");
+    let target = host.path().join("target");
+    assert_eq!(
+        s.cmd(&format!("copyup {d}/no-such-file {}", target.display())),
+        "copy-failed"
+    );
+    assert!(
+        !target.exists(),
+        "copyup of a missing file created {}",
+        target.display()
+    );
+    assert_eq!(
+        s.cmd(&format!("copyup {d}/no-such-dir/ {}/", target.display())),
+        "copy-failed"
+    );
+    assert!(
+        !target.exists(),
+        "copyup of a missing dir created {}",
+        target.display()
+    );
+    assert_eq!(
+        s.cmd(&format!("copydown {}/absent {d}/x", host.path().display())),
+        "copy-failed"
+    );
+    assert_eq!(
+        s.cmd(&format!(
+            "copydown {}/absent/ {d}/y/",
+            host.path().display()
+        )),
+        "copy-failed"
+    );
+    // The failures were reported on stderr, and the server goes on.
+    assert!(s.stderr_says("copyup failed"), "{}", s.stderr());
+    let argv = s.exec_argv();
+    assert_eq!(sh_ok(&argv, &format!("ls -A {d}")), "");
+    s.quit();
+}
+
+#[test]
+fn directoryness_must_agree() {
+    let (mut s, d, _) = open();
+    s.send(&format!("copyup {d}/ /tmp/x"));
+    let st = s.wait(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(12));
+    assert!(
+        s.stderr_says("paths must agree about directoryness"),
+        "{}",
+        s.stderr()
+    );
+    assert_no_containers(s.pid());
+}
+
+#[test]
+fn copy_timeout_answers_timeout_and_leaves_nothing() {
+    let mut s = Server::start_env(&[&image()], &[("AUTOPKGTEST_VIRT_COPY_TIMEOUT", "1")]);
+    let d = s.open();
+    let argv = s.exec_argv();
+    // A sparse file far too big to copy in a second.
+    sh_ok(&argv, &format!("truncate -s 200G {d}/huge"));
+    let host = TempDir::new("timeout");
+    let target = host.path().join("huge");
+    let t = std::time::Instant::now();
+    assert_eq!(
+        s.cmd(&format!("copyup {d}/huge {}", target.display())),
+        "timeout"
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(
+        s.stderr_says("AUTOPKGTEST_VIRT_COPY_TIMEOUT"),
+        "{}",
+        s.stderr()
+    );
+    // No partial target, and no temporary file left once the copy stops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = fs::read_dir(host.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left on the host: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The session goes on, and ends cleanly.
+    assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
+    s.quit();
+}

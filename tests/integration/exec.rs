@@ -1,0 +1,203 @@
+//! The print-execute-command argv: exit codes, streams, environment,
+//! background processes, signals.
+
+use crate::util::*;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn open() -> (Server, Vec<String>) {
+    let mut s = Server::start(&[&image()]);
+    s.open();
+    let argv = s.exec_argv();
+    (s, argv)
+}
+
+#[test]
+fn exit_codes() {
+    let (s, argv) = open();
+    assert_eq!(sh(&argv, "true").status.code(), Some(0));
+    assert_eq!(sh(&argv, "exit 7").status.code(), Some(7));
+    // 255 is reserved for testbed failures: the reference maps it to 253.
+    assert_eq!(sh(&argv, "exit 255").status.code(), Some(253));
+    // Killed by a signal: 128+N, as a shell reports it.
+    assert_eq!(sh(&argv, "kill -9 $$").status.code(), Some(137));
+    assert_eq!(sh(&argv, "kill -TERM $$").status.code(), Some(143));
+    // A missing command is the shell's 127, not a testbed failure.
+    let o = sh(&argv, "no-such-command-here");
+    assert_eq!(o.status.code(), Some(127));
+    s.quit();
+}
+
+#[test]
+fn stdout_and_stderr_are_kept_apart() {
+    let (s, argv) = open();
+    let o = sh(&argv, "echo out1; echo err1 >&2; echo out2; echo err2 >&2");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out1\nout2\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err1\nerr2\n");
+    // Binary data passes through unchanged.
+    let o = sh(&argv, "printf '\\000\\377\\r\\n'");
+    assert_eq!(o.stdout, b"\0\xff\r\n");
+    s.quit();
+}
+
+#[test]
+fn stdin_is_streamed() {
+    let (s, argv) = open();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let o = sh_stdin(&argv, "cat", &data);
+    assert!(o.status.success());
+    assert!(
+        o.stdout == data,
+        "stdin came back changed ({} bytes)",
+        o.stdout.len()
+    );
+    // EOF on stdin reaches the command.
+    let o = sh_stdin(&argv, "wc -c", b"hello");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+    s.quit();
+}
+
+#[test]
+fn output_is_streamed_not_buffered() {
+    let (s, argv) = open();
+    // The first line must arrive while the command still runs.
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", "echo first; sleep 5; echo second"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = [0u8; 6];
+    out.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"first\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "first line took {:?}",
+        t.elapsed()
+    );
+    child.wait().unwrap();
+    s.quit();
+}
+
+#[test]
+fn environment_is_clean_and_from_the_testbed() {
+    let (s, argv) = open();
+    sh_ok(
+        &argv,
+        "echo 'RDOCKER_FROM_ETC_ENVIRONMENT=yes' >> /etc/environment",
+    );
+    let o = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["env"])
+        .env("RDOCKER_HOST_SECRET", "leaked")
+        .env("LANG", "xx_XX.UTF-8")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let env = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !env.contains("RDOCKER_HOST_SECRET"),
+        "host variable leaked: {env}"
+    );
+    assert!(!env.contains("xx_XX"), "host LANG leaked: {env}");
+    assert!(
+        env.contains("RDOCKER_FROM_ETC_ENVIRONMENT=yes"),
+        "/etc/environment not read: {env}"
+    );
+    assert!(
+        env.lines().any(|l| l.starts_with("PATH=")),
+        "no PATH: {env}"
+    );
+    // /etc/default/locale too, when present.
+    sh_ok(&argv, "echo 'LANG=C.UTF-8' > /etc/default/locale");
+    assert_eq!(sh_ok(&argv, "echo $LANG"), "C.UTF-8\n");
+    s.quit();
+}
+
+#[test]
+fn background_process_holding_stdout_does_not_hang() {
+    let (s, argv) = open();
+    let t = Instant::now();
+    let o = sh(&argv, "sleep 1000 & echo started");
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    // And it was killed rather than left running.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count_procs(&argv, "^sleep 1000 $"),
+        0,
+        "the background sleep survived"
+    );
+    s.quit();
+}
+
+#[test]
+fn sigterm_kills_the_command_in_the_testbed() {
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let (s, argv) = open();
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["sh", "-c", "sleep 777 & sleep 778; echo not-killed"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the command runs in the container.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count_procs(&argv, "^sleep 77[78] $") != 2 {
+            assert!(Instant::now() < deadline, "command never started");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+        let t = Instant::now();
+        let st = child.wait().unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "exec mode took {:?} to die",
+            t.elapsed()
+        );
+        assert!(!st.success(), "{st:?}");
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        assert!(!out.contains("not-killed"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if count_procs(&argv, "^sleep 77[78] $") == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sig}: processes survived in the testbed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        s.quit();
+    }
+}
+
+#[test]
+fn runs_as_the_normal_user_with_su() {
+    // autopkgtest runs tests as the suggested user through su.
+    let mut s = Server::start(&[&user_image()]);
+    s.open();
+    let argv = s.exec_argv();
+    assert_eq!(sh_ok(&argv, "su tester -s /bin/sh -c 'id -un'"), "tester\n");
+    s.quit();
+}

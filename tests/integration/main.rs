@@ -1,0 +1,11 @@
+//! Integration tests: the server binary driven over its protocol against
+//! the real Docker daemon. One test binary; shared helpers in tests/util.
+
+#[path = "../util/mod.rs"]
+mod util;
+
+mod cleanup;
+mod copy;
+mod exec;
+mod options;
+mod protocol;
