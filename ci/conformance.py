@@ -6,7 +6,12 @@ DebTestsCannotReboot), taken unchanged from `apt-get source autopkgtest`.
 Only the runner class is ours, so that the same tests run with
 autopkgtest-virt-rdocker or, for comparison, autopkgtest-virt-docker.
 
-usage: conformance.py AUTOPKGTEST_SOURCE_DIR IMAGE {rdocker|docker} [unittest args...]
+usage: conformance.py AUTOPKGTEST_SOURCE_DIR IMAGE {rdocker|docker} [TEST_NAME...]
+
+With CONFORMANCE_EXPECTED_FAILURES=FILE (one test name per line, `#`
+comments), the run succeeds when every failure is listed there: those are
+tests that fail with either server because this machine cannot reach some
+resource (README.md says which and why).
 """
 import os
 import sys
@@ -43,7 +48,18 @@ if __name__ == '__main__':
     if names:
         suite = unittest.TestSuite(t for t in suite if t.id().split('.')[-1] in names)
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
-    print('conformance: %d passed, %d failed' % (
-        result.testsRun - len(result.failures) - len(result.errors) - len(result.skipped),
-        len(result.failures) + len(result.errors)))
-    sys.exit(0 if result.wasSuccessful() else 1)
+    failed = sorted(t.id().split('.')[-1] for t, _ in result.failures + result.errors)
+    print('conformance: %s: %d passed, %d failed: %s' % (
+        server,
+        result.testsRun - len(failed) - len(result.skipped),
+        len(failed), ' '.join(failed) or '-'))
+    expected_file = os.environ.get('CONFORMANCE_EXPECTED_FAILURES')
+    if not expected_file:
+        sys.exit(0 if result.wasSuccessful() else 1)
+    with open(expected_file) as f:
+        expected = {l.split('#')[0].strip() for l in f} - {''}
+    unexpected = [t for t in failed if t not in expected]
+    if unexpected:
+        print('conformance: UNEXPECTED failures: ' + ' '.join(unexpected))
+        sys.exit(1)
+    print('conformance: every failure is a known one (%s)' % expected_file)

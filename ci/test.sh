@@ -1,0 +1,96 @@
+#!/bin/bash
+# The whole test suite, from a fresh Debian machine: provisions what it
+# needs (packages, a running dockerd, the test images), then runs
+#   1. unit and integration tests (cargo test; the real daemon, no mocks),
+#   2. the Debian package build, lintian, install, and the man page check,
+#   3. a real autopkgtest run of the project's test package through rdocker,
+#   4. the CI container-job end-to-end scenarios,
+#   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker.
+# Idempotent; what provisioning builds is cached under /var/cache/rdocker-test.
+#
+# Usage: sudo ci/test.sh [--reference]
+#   --reference  also run the upstream suite with autopkgtest-virt-docker,
+#                for comparison (about 20 minutes more)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REFERENCE=""
+for a in "$@"; do
+    case "$a" in
+        --reference) REFERENCE=1 ;;
+        *) echo "usage: $0 [--reference]" >&2; exit 2 ;;
+    esac
+done
+
+export PATH="$HOME/.cargo/bin:$PATH"
+IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
+USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
+CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
+LOGS=${RDOCKER_TEST_LOGS:-target/test-logs}
+mkdir -p "$LOGS"
+
+step_start=0
+step() { step_start=$(date +%s); echo; echo "=== test: $*"; }
+done_step() { echo "=== test: $* ($(( $(date +%s) - step_start )) s)"; }
+
+command -v cargo >/dev/null || {
+    echo "test: cargo not found. Install the Rust toolchain with rustup:" >&2
+    echo "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal" >&2
+    exit 1
+}
+
+step "provision"
+ci/provision.sh
+done_step "provisioned"
+
+step "cargo test (unit and integration, against the real daemon)"
+cargo test --locked
+done_step "cargo test passed"
+
+step "Debian package: build, lintian, install; man page"
+ci/build-deb.sh --install
+ci/check-manpage.sh /usr/bin/autopkgtest-virt-rdocker man/autopkgtest-virt-rdocker.1
+done_step "package and man page ok"
+
+step "autopkgtest of tests/pkg/rdocker-hello through the installed rdocker"
+out=$(mktemp -d)
+if ! autopkgtest tests/pkg/rdocker-hello/ -o "$out/out" -- rdocker "$USER_IMAGE" >"$LOGS/e2e-local.log" 2>&1; then
+    tail -40 "$LOGS/e2e-local.log"; echo "test: the local autopkgtest run failed (log: $LOGS/e2e-local.log)" >&2; exit 1
+fi
+ls "$out"/out/binaries/rdocker-hello*.deb >/dev/null
+grep -qx 'hello, artifacts' "$out/out/artifacts/greeting"
+rm -rf "$out"
+done_step "local autopkgtest run passed"
+
+if [ -x ci/e2e-container-job.sh ]; then
+    step "CI container jobs (socket mount, TCP)"
+    ci/e2e-container-job.sh
+    done_step "container-job scenarios passed"
+fi
+
+step "upstream autopkgtest suite with rdocker"
+CONFORMANCE_EXPECTED_FAILURES=ci/conformance-expected-failures.txt \
+    python3 ci/conformance.py "$CACHE/autopkgtest-src" "$IMAGE" rdocker \
+    >"$LOGS/conformance-rdocker.log" 2>"$LOGS/conformance-rdocker.err" || {
+        grep -E '^(FAIL|ERROR):' "$LOGS/conformance-rdocker.log" || true
+        tail -5 "$LOGS/conformance-rdocker.log"
+        echo "test: upstream suite failed with rdocker (logs: $LOGS/conformance-rdocker.*)" >&2
+        exit 1; }
+grep '^conformance:' "$LOGS/conformance-rdocker.log"
+done_step "upstream suite ok with rdocker"
+
+if [ -n "$REFERENCE" ]; then
+    step "upstream autopkgtest suite with autopkgtest-virt-docker (reference)"
+    python3 ci/conformance.py "$CACHE/autopkgtest-src" "$IMAGE" docker \
+        >"$LOGS/conformance-docker.log" 2>"$LOGS/conformance-docker.err" || true
+    grep '^conformance:' "$LOGS/conformance-docker.log"
+    done_step "reference suite done"
+fi
+
+leftover=$(docker ps -aq --filter label=org.debian.autopkgtest.rdocker=1 --filter "label=org.debian.autopkgtest.rdocker.owner-host=$(hostname)")
+if [ -n "$leftover" ]; then
+    echo "test: rdocker containers were left behind: $leftover" >&2
+    exit 1
+fi
+echo
+echo "test: all passed"
