@@ -36,8 +36,14 @@ pub struct Cli {
     #[arg(short = 'H', long, value_name = "URL")]
     pub host: Option<String>,
 
+    /// Remove rdocker containers whose owner process on this host is gone
+    /// (left by an rdocker killed with SIGKILL), and exit
+    #[arg(long, conflicts_with_all = ["image", "pull", "remote", "shared_dir"])]
+    pub reap: bool,
+
     /// Image to run the tests in, for example debian:sid
-    pub image: String,
+    #[arg(required_unless_present = "reap")]
+    pub image: Option<String>,
 
     /// docker run options for the testbed container
     #[arg(

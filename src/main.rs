@@ -48,6 +48,10 @@ fn main() -> ExitCode {
 
 fn run(cli: cli::Cli) -> Result<ExitCode> {
     DEBUG.store(cli.debug, Ordering::Relaxed);
+    if cli.reap {
+        return reap(&cli);
+    }
+    let image = cli.image.clone().context("no IMAGE given")?;
     let run_opts = docker::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
     let copy_timeout = copy_timeout()?;
     let endpoint = Endpoint::resolve(
@@ -77,9 +81,25 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
         let client = docker::client::Client::connect(&endpoint).await?;
         debug!("API version {}", client.api_version());
-        let tb = docker::DockerTestbed::new(client, cli.image, run_opts, copy_mode, cli.pull)?;
+        let tb = docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull)?;
         Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
     })
+}
+
+fn reap(cli: &cli::Cli) -> Result<ExitCode> {
+    let endpoint = Endpoint::resolve(
+        cli.host.as_deref(),
+        std::env::var("DOCKER_HOST").ok().as_deref(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let client = docker::client::Client::connect(&endpoint).await?;
+        docker::reap::reap(&client).await
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// AUTOPKGTEST_VIRT_COPY_TIMEOUT, in seconds, as the reference reads it.

@@ -17,6 +17,12 @@ use super::runopts::RunOptions;
 pub const LABEL_MANAGED: &str = "org.debian.autopkgtest.rdocker";
 pub const LABEL_OWNER_PID: &str = "org.debian.autopkgtest.rdocker.owner-pid";
 pub const LABEL_OWNER_HOST: &str = "org.debian.autopkgtest.rdocker.owner-host";
+/// The owner's start time, so that a reused pid is not taken for it.
+pub const LABEL_OWNER_START: &str = "org.debian.autopkgtest.rdocker.owner-start";
+/// The owner's pid namespace and boot: a pid means something only in the
+/// namespace, and the boot, it was taken in.
+pub const LABEL_OWNER_PIDNS: &str = "org.debian.autopkgtest.rdocker.owner-pidns";
+pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
 
 /// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
 /// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
@@ -77,11 +83,22 @@ impl Container {
         binds: Vec<String>,
     ) -> Result<Container> {
         let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
-        let labels = HashMap::from([
+        let pid = std::process::id();
+        let mut labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "1".to_string()),
-            (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+            (LABEL_OWNER_PID.to_string(), pid.to_string()),
             (LABEL_OWNER_HOST.to_string(), hostname()),
         ]);
+        let me = super::reap::Owner::current();
+        for (k, v) in [
+            (LABEL_OWNER_START, me.start.map(|s| s.to_string())),
+            (LABEL_OWNER_PIDNS, me.pidns),
+            (LABEL_OWNER_BOOT, me.boot),
+        ] {
+            if let Some(v) = v {
+                labels.insert(k.to_string(), v);
+            }
+        }
         let mut all_binds = run.binds.clone();
         all_binds.extend(binds);
         let host_config = HostConfig {

@@ -7,6 +7,7 @@ pub mod container;
 pub mod copy;
 pub mod endpoint;
 pub mod exec;
+pub mod reap;
 pub mod runopts;
 
 use anyhow::{anyhow, Context, Result};

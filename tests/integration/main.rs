@@ -9,3 +9,4 @@ mod copy;
 mod exec;
 mod options;
 mod protocol;
+mod reap;

@@ -40,6 +40,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Run a daemon call from a test.
+pub fn runtime_block<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
 /// The daemon the tests use, found as rdocker finds it. A test that cannot
 /// reach it fails here with a message saying so: never a silent skip.
 pub fn docker() -> bollard::Docker {
