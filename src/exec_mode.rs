@@ -181,6 +181,17 @@ async fn run(args: Args) -> Result<u8> {
         _ = hup.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGHUP).await,
     };
     sink.finish();
+    // A command killed because its testbed went away (removed, or killed
+    // behind our back) is a testbed failure, not a test failure.
+    let result = match result {
+        Ok(code) if code >= 128 && !container_running(&client, &args.container).await => {
+            Err(anyhow::Error::new(TestbedGone(format!(
+                "the testbed container {} went away while the command ran (it exited {code})",
+                args.container
+            ))))
+        }
+        r => r,
+    };
     match result {
         Ok(code) => Ok(exit_status(code)),
         Err(e) if e.downcast_ref::<TestbedGone>().is_some() => Err(e),
@@ -189,6 +200,22 @@ async fn run(args: Args) -> Result<u8> {
             args.command, args.container
         ))),
     }
+}
+
+/// Whether the testbed still runs. A forced removal kills the command
+/// before the daemon marks the container stopped, so look a few times.
+async fn container_running(client: &Client, id: &str) -> bool {
+    for _ in 0..6 {
+        let running = match client.docker.inspect_container(id, None).await {
+            Ok(c) => c.state.and_then(|s| s.running).unwrap_or(false),
+            Err(_) => false,
+        };
+        if !running {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    true
 }
 
 /// Status as the caller sees it: the wrapper already maps 255 to 253;

@@ -240,4 +240,129 @@ mod tests {
         let argv = vec!["/usr/bin/rd".to_string(), "a,b".to_string()];
         assert_eq!(execute_command_reply(&argv), "ok /usr/bin/rd,a%2Cb");
     }
+
+    /// A small deterministic generator: the property test needs no crate.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Lines built from the pieces that matter to the parser: command
+    /// names, escapes (valid, truncated, bad), whitespace, NUL, high bytes.
+    fn random_line(r: &mut XorShift) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b"copydown",
+            b"copyup",
+            b"open",
+            b"close",
+            b"revert",
+            b"reboot",
+            b"shell",
+            b"print-execute-command",
+            b"print_execute_command",
+            b"quit",
+            b"capabilities",
+            b"auxverb_debug_fail",
+            b"%",
+            b"%2",
+            b"%2F",
+            b"%zz",
+            b"%00",
+            b"%C3%A9",
+            b" ",
+            b"  ",
+            b"\t",
+            b"\x0b",
+            b"\x0c",
+            b"\r",
+            b"\0",
+            b"/",
+            b"-",
+            b"_",
+            b"a",
+            b"\xff",
+            b"\xc3",
+            b"/tmp/x/",
+            b"prepare-only",
+        ];
+        let mut line = Vec::new();
+        for _ in 0..r.below(12) {
+            if r.below(8) == 0 {
+                line.push(r.next() as u8);
+            } else {
+                line.extend_from_slice(PIECES[r.below(PIECES.len())]);
+            }
+        }
+        line
+    }
+
+    fn iterations() -> u64 {
+        std::env::var("RDOCKER_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000)
+    }
+
+    /// Property: no line makes the parser panic; every error is one of the
+    /// reference's messages; a parsed copy re-encodes to the same command.
+    #[test]
+    fn parser_property() {
+        let seed = std::env::var("RDOCKER_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x9e3779b97f4a7c15u64);
+        let mut r = XorShift(seed | 1);
+        for _ in 0..iterations() {
+            let line = random_line(&mut r);
+            match parse_line(&line) {
+                Parsed::Blank => assert!(line
+                    .split(|b| b.is_ascii_whitespace() || *b == 0x0b)
+                    .all(|w| w.is_empty())),
+                Parsed::Error(m) => assert!(
+                    m.starts_with("too few arguments to command `")
+                        || m.starts_with("too many arguments to command `")
+                        || m.starts_with("unknown command `"),
+                    "{m:?} for {line:?}"
+                ),
+                Parsed::Command(Command::CopyDown { host, testbed }) => {
+                    let again = format!("copydown {} {}", quote(&host), quote(&testbed));
+                    assert_eq!(
+                        parse_line(again.as_bytes()),
+                        Parsed::Command(Command::CopyDown { host, testbed }),
+                        "{line:?}"
+                    );
+                }
+                Parsed::Command(Command::CopyUp { testbed, host }) => {
+                    let again = format!("copyup {} {}", quote(&testbed), quote(&host));
+                    assert_eq!(
+                        parse_line(again.as_bytes()),
+                        Parsed::Command(Command::CopyUp { testbed, host }),
+                        "{line:?}"
+                    );
+                }
+                Parsed::Command(_) => {}
+            }
+        }
+    }
+
+    /// Property: unquote(quote(b)) == b for any bytes, and quote's output
+    /// is one protocol word.
+    #[test]
+    fn quote_round_trip_property() {
+        let mut r = XorShift(0x2545f4914f6cdd1d);
+        for _ in 0..iterations() {
+            let bytes: Vec<u8> = (0..r.below(40)).map(|_| r.next() as u8).collect();
+            let q = quote(&bytes);
+            assert!(q.bytes().all(|b| b.is_ascii_graphic() && b != b','), "{q}");
+            assert_eq!(unquote(q.as_bytes()), bytes);
+        }
+    }
 }

@@ -71,14 +71,7 @@ pub fn split_testbed_path(path: &str) -> (String, String) {
     (parent.to_string(), name.to_string())
 }
 
-/// copydown: `host` (a file, or with `dir` a directory) to `testbed`.
-pub async fn push(
-    client: &Client,
-    container: &str,
-    host: &Path,
-    testbed: &str,
-    dir: bool,
-) -> Result<()> {
+fn check_push_source(host: &Path, dir: bool) -> Result<()> {
     let md = std::fs::metadata(host)
         .with_context(|| format!("cannot copy {} into the testbed", host.display()))?;
     if dir && !md.is_dir() {
@@ -93,6 +86,18 @@ pub async fn push(
             host.display()
         );
     }
+    Ok(())
+}
+
+/// copydown: `host` (a file, or with `dir` a directory) to `testbed`.
+pub async fn push(
+    client: &Client,
+    container: &str,
+    host: &Path,
+    testbed: &str,
+    dir: bool,
+) -> Result<()> {
+    check_push_source(host, dir)?;
     let (parent, name) = split_testbed_path(testbed);
     if !dir && name.is_empty() {
         bail!("cannot copy a file to {testbed:?}: it names no file");
@@ -271,5 +276,237 @@ mod tests {
     fn links_resolve_against_their_directory() {
         assert_eq!(resolve_link("/a/b", Path::new("c")), "/a/b/c");
         assert_eq!(resolve_link("/a/b", Path::new("/etc/x")), "/etc/x");
+    }
+}
+
+/// The daemon's archive endpoints read and write a container's own
+/// filesystem, beneath any tmpfs mounted over it: a `docker cp` into a
+/// --tmpfs path "succeeds" and the file is invisible to the testbed
+/// (moby/moby#22020). Paths under a tmpfs therefore go through tar in the
+/// testbed, over an exec, as autopkgtest-virt-docker --remote does.
+pub fn needs_exec_route(testbed: &str, tmpfs_mounts: &[String]) -> bool {
+    let path = testbed.trim_end_matches('/');
+    tmpfs_mounts.iter().any(|m| {
+        let m = m.trim_end_matches('/');
+        !m.is_empty() && (path == m || path.starts_with(&format!("{m}/")))
+    })
+}
+
+/// A Read over chunks sent from an exec's output.
+struct StdChanReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for StdChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(Ok(b)) => self.cur = b,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Hands an exec's stdout to a blocking consumer, with backpressure, and
+/// keeps its stderr for the error message.
+struct TarSink {
+    tx: Option<std::sync::mpsc::SyncSender<io::Result<Bytes>>>,
+    err: Vec<u8>,
+}
+
+impl super::exec::Sink for TarSink {
+    fn stdout(&mut self, d: &[u8]) -> Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(|| anyhow!("copy ended"))?;
+        let chunk = Bytes::copy_from_slice(d);
+        // The consumer is on the blocking pool; waiting for it here is
+        // the backpressure that keeps memory flat.
+        tokio::task::block_in_place(|| tx.send(Ok(chunk)))
+            .map_err(|_| anyhow!("the host side of the copy stopped"))
+    }
+    fn stderr(&mut self, d: &[u8]) -> Result<()> {
+        if self.err.len() < 64 * 1024 {
+            self.err.extend_from_slice(d);
+        }
+        Ok(())
+    }
+}
+
+async fn testbed_sh(
+    client: &Client,
+    container: &str,
+    script: &str,
+    args: &[&str],
+) -> Result<(i64, String)> {
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script.into(),
+        "rdocker-copy".into(),
+    ];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let mut cap = super::exec::Captured::default();
+    let code = super::exec::run(client, container, argv, None, &mut cap).await?;
+    Ok((code, String::from_utf8_lossy(&cap.err).trim().to_string()))
+}
+
+/// copyup through `tar -c` in the testbed.
+pub async fn pull_via_exec(
+    client: &Client,
+    container: &str,
+    testbed: &str,
+    host: &Path,
+    dir: bool,
+) -> Result<()> {
+    let (parent, name) = split_testbed_path(testbed);
+    let test = if dir { "-d" } else { "-f" };
+    let (code, err) = testbed_sh(
+        client,
+        container,
+        &format!("test {test} \"$1\""),
+        &[testbed],
+    )
+    .await?;
+    if code != 0 {
+        bail!(
+            "{testbed} is not a {} in the testbed {err}",
+            if dir { "directory" } else { "regular file" }
+        );
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
+    let dst = host.to_path_buf();
+    let consumer = tokio::task::spawn_blocking(move || -> Result<()> {
+        let r = StdChanReader {
+            rx,
+            cur: Bytes::new(),
+        };
+        if dir {
+            archive::extract_tree(r, &dst)
+        } else {
+            match archive::extract_file(r, &dst)? {
+                SingleFile::Written => Ok(()),
+                _ => bail!("the testbed sent no regular file"),
+            }
+        }
+    });
+    let mut sink = TarSink {
+        tx: Some(tx),
+        err: Vec::new(),
+    };
+    // -h: a file copyup follows symlinks, as `cat` does.
+    let script = if dir {
+        "cd -- \"$1\" && exec tar -cf - -- \"$2\""
+    } else {
+        "cd -- \"$1\" && exec tar -chf - -- \"$2\""
+    };
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "rdocker-copyup".into(),
+        parent,
+        name,
+    ];
+    let ran = super::exec::run(client, container, argv, None, &mut sink).await;
+    let tx = sink.tx.take().expect("sender");
+    let failure = match &ran {
+        Ok(0) => None,
+        Ok(code) => Some(format!(
+            "tar in the testbed exited {code}: {}",
+            String::from_utf8_lossy(&sink.err).trim()
+        )),
+        Err(e) => Some(format!("{e:#}")),
+    };
+    if let Some(f) = &failure {
+        // A short stream must fail the extraction, not look complete.
+        let _ = tx.send(Err(io::Error::other(f.clone())));
+    }
+    drop(tx);
+    let extracted = consumer.await.context("the archive reader panicked")?;
+    if let Some(f) = failure {
+        bail!("cannot copy {testbed} from the testbed: {f}");
+    }
+    extracted.with_context(|| {
+        format!(
+            "cannot copy {testbed} from the testbed to {}",
+            host.display()
+        )
+    })
+}
+
+/// copydown through `tar -x` in the testbed.
+pub async fn push_via_exec(
+    client: &Client,
+    container: &str,
+    host: &Path,
+    testbed: &str,
+    dir: bool,
+) -> Result<()> {
+    check_push_source(host, dir)?;
+    let (parent, name) = split_testbed_path(testbed);
+    if name.is_empty() {
+        bail!("cannot copy to {testbed:?}: it names no file or directory");
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    let src = host.to_path_buf();
+    let producer = tokio::task::spawn_blocking(move || {
+        let w = BufWriter::with_capacity(CHUNK, BytesWriter(tx));
+        if dir {
+            archive::write_tree(w, &src, &name)
+        } else {
+            archive::write_file(w, &src, &name)
+        }
+        .and_then(|w| {
+            w.into_inner()
+                .map(drop)
+                .map_err(|e| anyhow!("{}", e.error()))
+        })
+    });
+    let mut cap = super::exec::Captured::default();
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        "cd -- \"$1\" && exec tar -xpf -".into(),
+        "rdocker-copydown".into(),
+        parent.clone(),
+    ];
+    let ran = super::exec::run(client, container, argv, Some(rx), &mut cap).await;
+    produced_ok(producer.await)?;
+    match ran? {
+        0 => Ok(()),
+        code => bail!(
+            "cannot copy into {testbed} in the testbed: tar exited {code}: {}",
+            String::from_utf8_lossy(&cap.err).trim()
+        ),
+    }
+}
+
+fn produced_ok(r: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
+    r.context("the archive writer panicked")?
+}
+
+/// A Write that feeds an exec's stdin.
+struct BytesWriter(mpsc::Sender<Bytes>);
+
+impl Write for BytesWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "tar in the testbed stopped reading",
+                )
+            })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

@@ -35,6 +35,14 @@ pub struct DockerTestbed {
 }
 
 impl DockerTestbed {
+    /// Where tmpfs is mounted in the testbed: the --tmpfs options, and
+    /// Docker's own /dev/shm.
+    fn tmpfs_mounts(&self) -> Vec<String> {
+        let mut m: Vec<String> = self.run.tmpfs.keys().cloned().collect();
+        m.push("/dev/shm".into());
+        m
+    }
+
     pub fn new(
         client: Client,
         image: String,
@@ -223,11 +231,19 @@ impl Testbed for DockerTestbed {
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
+        if copy::needs_exec_route(testbed, &self.tmpfs_mounts()) {
+            debug!("copydown to {testbed} through tar in the testbed (a tmpfs)");
+            return copy::push_via_exec(&self.client, &id, host, testbed, dir).await;
+        }
         copy::push(&self.client, &id, host, testbed, dir).await
     }
 
     async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
+        if copy::needs_exec_route(testbed, &self.tmpfs_mounts()) {
+            debug!("copyup from {testbed} through tar in the testbed (a tmpfs)");
+            return copy::pull_via_exec(&self.client, &id, testbed, host, dir).await;
+        }
         copy::pull(&self.client, &id, testbed, host, dir).await
     }
 

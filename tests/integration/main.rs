@@ -7,6 +7,7 @@ mod util;
 mod cleanup;
 mod copy;
 mod exec;
+mod faults;
 mod options;
 mod protocol;
 mod reap;

@@ -248,6 +248,13 @@ impl Server {
         stdin.flush().unwrap();
     }
 
+    /// Write, tolerating a server that stopped reading (it may refuse a
+    /// line before the whole of it arrives).
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin.write_all(bytes).and_then(|_| stdin.flush())
+    }
+
     pub fn close_stdin(&mut self) {
         self.stdin = None;
     }
