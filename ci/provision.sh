@@ -18,7 +18,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db socat devscripts fakeroot build-essential; do
+for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries

@@ -26,6 +26,9 @@ pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
 
 /// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
 /// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
+/// How long removal waits for an unreachable daemon to come back.
+const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
 const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
 
 pub fn hostname() -> String {
@@ -168,21 +171,33 @@ impl Container {
             .force(true)
             .v(true)
             .build();
-        match self
-            .client
-            .docker
-            .remove_container(&self.id, Some(opts))
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if status_of(&e) == Some(404) => {}
-            // "removal already in progress"
-            Err(e) if status_of(&e) == Some(409) => {}
-            Err(e) => {
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot remove testbed container {}; remove it with `docker rm -f {}`",
-                    self.name, self.name
-                )))
+        // A daemon that is restarting answers nothing for a while; wait
+        // for it rather than leave the container behind.
+        let deadline = std::time::Instant::now() + REMOVE_RETRY;
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            match self
+                .client
+                .docker
+                .remove_container(&self.id, Some(opts.clone()))
+                .await
+            {
+                Ok(()) => break,
+                Err(e) if status_of(&e) == Some(404) => break,
+                // "removal already in progress"
+                Err(e) if status_of(&e) == Some(409) => break,
+                Err(e) if status_of(&e).is_none() && std::time::Instant::now() < deadline => {
+                    crate::debug!("cannot reach the daemon to remove {} ({e}); retrying", self.name);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot remove testbed container {}; once the daemon answers, remove \
+                         it with `autopkgtest-virt-rdocker --reap` or `docker rm -f {}`",
+                        self.name, self.name
+                    )))
+                }
             }
         }
         self.removed = true;

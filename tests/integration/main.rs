@@ -6,6 +6,7 @@ mod util;
 
 mod cleanup;
 mod copy;
+mod daemon_restart;
 mod exec;
 mod faults;
 mod options;
