@@ -23,12 +23,13 @@ IMAGE = os.environ.get('RDOCKER_TEST_IMAGE', 'rdocker-test/autopkgtest:bookworm'
 SERVER = shutil.which('autopkgtest-virt-rdocker')
 
 
-def leftover_containers():
-    out = subprocess.run(
-        ['docker', 'ps', '-aq', '--filter', 'label=org.debian.autopkgtest.rdocker=1',
-         '--filter', 'label=org.debian.autopkgtest.rdocker.owner-host=' + socket.gethostname()],
-        capture_output=True, text=True, check=True).stdout.split()
-    return out
+def leftover_containers(pid=None):
+    filters = ['--filter', 'label=org.debian.autopkgtest.rdocker=1',
+               '--filter', 'label=org.debian.autopkgtest.rdocker.owner-host=' + socket.gethostname()]
+    if pid:
+        filters += ['--filter', 'label=org.debian.autopkgtest.rdocker.owner-pid=%d' % pid]
+    return subprocess.run(['docker', 'ps', '-aq'] + filters,
+                          capture_output=True, text=True, check=True).stdout.split()
 
 
 def make_package(root, n):
@@ -123,7 +124,7 @@ def cycles(n):
     ok = rss1 <= rss0 * 1.25 + 2048 and fds1 <= fds0 + 2
     print('load: %d cycles: rss %d -> %d KiB, fds %d -> %d: %s'
           % (n, rss0, rss1, fds0, fds1, 'flat' if ok else 'GROWING'))
-    return 0 if ok and s.p.returncode == 0 and not leftover_containers() else 1
+    return 0 if ok and s.p.returncode == 0 and not leftover_containers(s.p.pid) else 1
 
 
 if __name__ == '__main__':
