@@ -5,20 +5,26 @@
 #   2. the Debian package build, lintian, install, and the man page check,
 #   3. a real autopkgtest run of the project's test package through rdocker,
 #   4. the CI container-job end-to-end scenarios,
-#   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker.
+#   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
+#   6. load: 8 autopkgtest runs at once, and open/exec/revert cycles with
+#      memory and descriptors checked flat (100 cycles; 1000 with --slow),
+#   7. the daemon restarting under an open testbed (restarts dockerd, so last).
 # Idempotent; what provisioning builds is cached under /var/cache/rdocker-test.
 #
-# Usage: sudo ci/test.sh [--reference]
+# Usage: sudo ci/test.sh [--reference] [--slow]
 #   --reference  also run the upstream suite with autopkgtest-virt-docker,
 #                for comparison (about 20 minutes more)
+#   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REFERENCE=""
+CYCLES=100
 for a in "$@"; do
     case "$a" in
         --reference) REFERENCE=1 ;;
-        *) echo "usage: $0 [--reference]" >&2; exit 2 ;;
+        --slow) CYCLES=1000 ;;
+        *) echo "usage: $0 [--reference] [--slow]" >&2; exit 2 ;;
     esac
 done
 
@@ -86,6 +92,15 @@ if [ -n "$REFERENCE" ]; then
     grep '^conformance:' "$LOGS/conformance-docker.log"
     done_step "reference suite done"
 fi
+
+step "load: 8 parallel autopkgtest runs; $CYCLES open/exec/revert cycles"
+python3 ci/load.py parallel 8
+python3 ci/load.py cycles "$CYCLES"
+done_step "load ok"
+
+step "the daemon restarts under an open testbed"
+cargo test --locked --test integration -- --ignored --test-threads=1
+done_step "daemon restart ok"
 
 leftover=$(docker ps -aq --filter label=org.debian.autopkgtest.rdocker=1 --filter "label=org.debian.autopkgtest.rdocker.owner-host=$(hostname)")
 if [ -n "$leftover" ]; then
