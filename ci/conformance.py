@@ -19,6 +19,10 @@ import unittest
 from importlib.machinery import SourceFileLoader
 
 src, image, server = sys.argv[1], sys.argv[2], sys.argv[3]
+# Resolved before the chdir below, which relative paths would not survive.
+expected_file = os.environ.get('CONFORMANCE_EXPECTED_FAILURES')
+if expected_file:
+    expected_file = os.path.abspath(expected_file)
 tests_dir = os.path.join(os.path.abspath(src), 'tests')
 sys.path.insert(0, tests_dir)
 os.chdir(tests_dir)
@@ -53,7 +57,6 @@ if __name__ == '__main__':
         server,
         result.testsRun - len(failed) - len(result.skipped),
         len(failed), ' '.join(failed) or '-'))
-    expected_file = os.environ.get('CONFORMANCE_EXPECTED_FAILURES')
     if not expected_file:
         sys.exit(0 if result.wasSuccessful() else 1)
     with open(expected_file) as f:

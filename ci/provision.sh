@@ -18,7 +18,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 need_pkgs=()
-for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential; do
+for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
+         openssl openssh-server openssh-client podman; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -88,4 +89,32 @@ if [ ! -d "$CACHE/autopkgtest-src" ]; then
     mv "$tmp/src" "$CACHE/autopkgtest-src"
     rm -rf "$tmp"
 fi
-log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE and $USER_IMAGE, autopkgtest source in $CACHE/autopkgtest-src"
+# Podman's Docker-compatible API, a second backend (tests/integration/daemons.rs).
+# Its default open-files limit is above this machine's hard limit, so none.
+mkdir -p /etc/containers
+if ! grep -qs '^default_ulimits' /etc/containers/containers.conf; then
+    printf '[containers]\ndefault_ulimits = []\n' >>/etc/containers/containers.conf
+fi
+PODMAN_SOCKET=/run/podman/podman.sock
+if ! curl -fsS --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1; then
+    log "starting podman system service on $PODMAN_SOCKET"
+    mkdir -p /run/podman
+    rm -f "$PODMAN_SOCKET"
+    nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >/var/log/rdocker-test-podman.log 2>&1 &
+    for _ in $(seq 1 60); do
+        curl -fsS --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    curl -fsS --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null || {
+        log "podman system service did not come up; see /var/log/rdocker-test-podman.log"
+        tail -20 /var/log/rdocker-test-podman.log >&2 || true
+        exit 1; }
+fi
+if ! podman image exists "$TEST_IMAGE"; then
+    log "loading $TEST_IMAGE into podman"
+    docker save "$TEST_IMAGE" | podman load >/dev/null
+fi
+# sshd's privilege separation directory, for the throwaway sshd of the tests.
+mkdir -p /run/sshd
+
+log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE and $USER_IMAGE, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"

@@ -36,6 +36,11 @@ pub struct Cli {
     #[arg(short = 'H', long, value_name = "URL")]
     pub host: Option<String>,
 
+    /// Docker context to use, as `docker --context`; overrides DOCKER_HOST, DOCKER_CONTEXT
+    /// and the current context
+    #[arg(long, value_name = "NAME", conflicts_with = "host")]
+    pub context: Option<String>,
+
     /// Remove rdocker containers whose owner process on this host is gone
     /// (left by an rdocker killed with SIGKILL), and exit
     #[arg(long, conflicts_with_all = ["image", "pull", "remote", "shared_dir"])]

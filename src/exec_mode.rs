@@ -160,10 +160,7 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<u8> {
-    let endpoint = Endpoint {
-        host: args.host.clone(),
-        source: "print-execute-command".into(),
-    };
+    let endpoint = Endpoint::for_exec(&args.host);
     let client = Client::connect_with_version(&endpoint, &args.api_version)?;
     let token = crate::docker::container::random_hex(8);
     let argv = exec::wrapped(&token, &args.command);

@@ -56,8 +56,9 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let copy_timeout = copy_timeout()?;
     let endpoint = Endpoint::resolve(
         cli.host.as_deref(),
-        std::env::var("DOCKER_HOST").ok().as_deref(),
-    );
+        cli.context.as_deref(),
+        &docker::context::Env::process(),
+    )?;
     let copy_mode = endpoint::choose_copy_mode(
         &endpoint,
         &Evidence::gather(),
@@ -89,8 +90,9 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
 fn reap(cli: &cli::Cli) -> Result<ExitCode> {
     let endpoint = Endpoint::resolve(
         cli.host.as_deref(),
-        std::env::var("DOCKER_HOST").ok().as_deref(),
-    );
+        cli.context.as_deref(),
+        &docker::context::Env::process(),
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -281,13 +281,32 @@ pub async fn serve<T: Testbed>(mut server: Server<T>, mut sigs: Terminations) ->
         debug!("executing {}", String::from_utf8_lossy(&line).trim());
         // quit and close are clean-ups themselves: let them finish.
         let abortable = !matches!(cmd, Command::Quit | Command::Close);
+        // A container being created cannot be removed before the daemon
+        // says it exists: a signal during open or revert waits for that
+        // (boundedly), then ends the session.
+        let creates = matches!(cmd, Command::Open | Command::Revert);
+        let mut deferred: Option<End> = None;
+        let grace = tokio::time::sleep(Duration::from_secs(60));
+        tokio::pin!(grace);
         let step = {
             let run = server.handle(cmd);
             tokio::pin!(run);
             loop {
                 tokio::select! {
-                    r = &mut run => break r,
-                    sig = sigs.next() => break 'session End::Signal(sig),
+                    r = &mut run => match deferred.take() {
+                        Some(end) => break 'session end,
+                        None => break r,
+                    },
+                    _ = &mut grace, if deferred.is_some() => break 'session deferred.take().unwrap(),
+                    sig = sigs.next(), if deferred.is_none() => {
+                        if creates {
+                            debug!("signal {sig} during container creation: finishing it first");
+                            grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(20));
+                            deferred = Some(End::Signal(sig));
+                        } else {
+                            break 'session End::Signal(sig);
+                        }
+                    }
                     ev = input.recv(), if abortable && !input_done => match ev {
                         // A caller that queued more commands before closing
                         // stdin (a script) still gets them run in order.
@@ -298,6 +317,11 @@ pub async fn serve<T: Testbed>(mut server: Server<T>, mut sigs: Terminations) ->
                         }
                         // EOF mid-command with nothing queued: the caller is
                         // gone (a cancelled CI job); do not finish its copy.
+                        _ if creates => {
+                            input_done = true;
+                            grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(20));
+                            deferred = Some(End::Bomb("end of file on stdin - caller quit?".into()));
+                        }
                         _ => break 'session End::Bomb("end of file on stdin - caller quit?".into()),
                     },
                 }

@@ -70,6 +70,51 @@ pub async fn pull(client: &Client, image: &str) -> Result<()> {
     Ok(())
 }
 
+/// Remove every container this process owns, by label: whatever an
+/// aborted request may have created without our knowing its id.
+pub async fn sweep_own(client: &Client) -> Result<()> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_OWNER_PID}={}", std::process::id()),
+            format!("{LABEL_OWNER_HOST}={}", hostname()),
+        ],
+    )]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = client
+        .docker
+        .list_containers(Some(opts))
+        .await
+        .context("cannot list this process's containers")?;
+    let me = super::reap::Owner::current();
+    for c in list {
+        let (Some(id), labels) = (c.id, c.labels.unwrap_or_default()) else {
+            continue;
+        };
+        // Same pid on this host, but in another namespace or earlier
+        // process: not ours.
+        if labels.get(LABEL_OWNER_PIDNS) != me.pidns.as_ref()
+            || labels.get(LABEL_OWNER_START) != me.start.map(|s| s.to_string()).as_ref()
+        {
+            continue;
+        }
+        let mut stray = Container {
+            id,
+            name: c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .unwrap_or_default(),
+            client: client.clone(),
+            removed: false,
+        };
+        stray.remove().await?;
+    }
+    Ok(())
+}
+
 /// A running testbed container. Dropping it removes the container.
 pub struct Container {
     pub id: String,
@@ -187,7 +232,10 @@ impl Container {
                 // "removal already in progress"
                 Err(e) if status_of(&e) == Some(409) => break,
                 Err(e) if status_of(&e).is_none() && std::time::Instant::now() < deadline => {
-                    crate::debug!("cannot reach the daemon to remove {} ({e}); retrying", self.name);
+                    crate::debug!(
+                        "cannot reach the daemon to remove {} ({e}); retrying",
+                        self.name
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(std::time::Duration::from_secs(2));
                 }

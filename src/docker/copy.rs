@@ -32,16 +32,32 @@ impl Write for ChanWriter {
     }
 }
 
-/// A Read over chunks from the async side.
+/// A Read over chunks from another thread; `next` gives None at the end.
 struct ChanReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    next: Box<dyn FnMut() -> Option<io::Result<Bytes>> + Send>,
     cur: Bytes,
+}
+
+impl ChanReader {
+    fn tokio(mut rx: mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
+        ChanReader {
+            next: Box::new(move || rx.blocking_recv()),
+            cur: Bytes::new(),
+        }
+    }
+
+    fn std(rx: std::sync::mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
+        ChanReader {
+            next: Box::new(move || rx.recv().ok()),
+            cur: Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChanReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
+            match (self.next)() {
                 Some(Ok(b)) => self.cur = b,
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),
@@ -176,12 +192,7 @@ async fn consume<T: Send + 'static>(
     f: impl FnOnce(ChanReader) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let consumer = tokio::task::spawn_blocking(move || {
-        f(ChanReader {
-            rx,
-            cur: Bytes::new(),
-        })
-    });
+    let consumer = tokio::task::spawn_blocking(move || f(ChanReader::tokio(rx)));
     let feed = async move {
         if tx.send(Ok(first)).await.is_err() {
             return;
@@ -292,28 +303,6 @@ pub fn needs_exec_route(testbed: &str, tmpfs_mounts: &[String]) -> bool {
     })
 }
 
-/// A Read over chunks sent from an exec's output.
-struct StdChanReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Bytes>>,
-    cur: Bytes,
-}
-
-impl Read for StdChanReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(b)) => self.cur = b,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
-    }
-}
-
 /// Hands an exec's stdout to a blocking consumer, with backpressure, and
 /// keeps its stderr for the error message.
 struct TarSink {
@@ -382,10 +371,7 @@ pub async fn pull_via_exec(
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let dst = host.to_path_buf();
     let consumer = tokio::task::spawn_blocking(move || -> Result<()> {
-        let r = StdChanReader {
-            rx,
-            cur: Bytes::new(),
-        };
+        let r = ChanReader::std(rx);
         if dir {
             archive::extract_tree(r, &dst)
         } else {

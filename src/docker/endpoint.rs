@@ -3,40 +3,83 @@
 //! The rules are pure functions over gathered evidence, so that they can be
 //! unit-tested without a daemon or a container.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
 /// The daemon address and where it came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// unix:///path, tcp://host:port, or ssh://[user@]host[:port].
     pub host: String,
     pub source: String,
+    /// For tcp:// only: speak TLS, with these files.
+    pub tls: Option<Tls>,
+}
+
+/// TLS to a tcp:// daemon, as the docker CLI sets it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// The CA that signed the daemon's certificate; None: the system's CAs.
+    pub ca: Option<PathBuf>,
+    /// The client certificate and key presented to the daemon, if any.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// False: accept whatever certificate the daemon has (DOCKER_TLS
+    /// without DOCKER_TLS_VERIFY, a context's SkipTLSVerify).
+    pub verify: bool,
+    /// Where these files come from and how to fix them, for errors.
+    pub hint: String,
 }
 
 impl Endpoint {
-    /// --host wins over DOCKER_HOST, which wins over the default socket,
-    /// as with the docker CLI.
-    pub fn resolve(flag: Option<&str>, docker_host: Option<&str>) -> Endpoint {
-        match (flag, docker_host) {
-            (Some(h), _) => Endpoint {
-                host: h.to_string(),
-                source: "--host".into(),
-            },
-            (None, Some(h)) if !h.is_empty() => Endpoint {
-                host: h.to_string(),
-                source: "DOCKER_HOST".into(),
-            },
-            _ => Endpoint {
-                host: DEFAULT_HOST.into(),
-                source: "the default socket".into(),
-            },
-        }
+    /// As the docker CLI: --host, --context, DOCKER_HOST, DOCKER_CONTEXT,
+    /// config.json's currentContext, the default socket (see context.rs).
+    pub fn resolve(
+        flag_host: Option<&str>,
+        flag_context: Option<&str>,
+        env: &super::context::Env,
+    ) -> anyhow::Result<Endpoint> {
+        super::context::resolve(flag_host, flag_context, env)
+    }
+
+    /// The endpoint of print-execute-command's helper, which is given the
+    /// address alone.
+    pub fn for_exec(host: &str) -> Endpoint {
+        super::context::for_exec(host, &super::context::Env::process())
     }
 
     /// The socket path for unix:// endpoints.
     pub fn unix_path(&self) -> Option<&str> {
         self.host.strip_prefix("unix://")
+    }
+
+    /// How the connection is made, for -d.
+    pub fn transport(&self) -> String {
+        match &self.tls {
+            _ if self.host.starts_with("ssh://") => {
+                "ssh, running `docker system dial-stdio' on the remote host".into()
+            }
+            Some(t) if t.verify => format!(
+                "TLS, verifying the daemon against {}{}",
+                t.ca.as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the system's CAs".into()),
+                match &t.cert {
+                    Some(c) => format!(", presenting {}", c.display()),
+                    None => String::new(),
+                }
+            ),
+            Some(t) => format!(
+                "TLS, without verifying the daemon's certificate{}",
+                match &t.cert {
+                    Some(c) => format!(", presenting {}", c.display()),
+                    None => String::new(),
+                }
+            ),
+            None if self.unix_path().is_some() => "a unix socket".into(),
+            None => "plain TCP, unencrypted".into(),
+        }
     }
 }
 
@@ -162,21 +205,18 @@ mod tests {
     use super::*;
 
     fn local() -> Endpoint {
-        Endpoint::resolve(None, None)
+        Endpoint::resolve(None, None, &Default::default()).unwrap()
+    }
+
+    fn at(host: &str) -> Endpoint {
+        Endpoint::resolve(Some(host), None, &Default::default()).unwrap()
     }
 
     #[test]
     fn host_precedence() {
         assert_eq!(local().host, DEFAULT_HOST);
-        assert_eq!(
-            Endpoint::resolve(None, Some("tcp://1.2.3.4:2375")).source,
-            "DOCKER_HOST"
-        );
-        assert_eq!(
-            Endpoint::resolve(Some("unix:///x.sock"), Some("tcp://h:1")).host,
-            "unix:///x.sock"
-        );
-        assert_eq!(Endpoint::resolve(None, Some("")).host, DEFAULT_HOST);
+        assert_eq!(at("unix:///x.sock").host, "unix:///x.sock");
+        assert_eq!(at("unix:///x.sock").source, "--host");
     }
 
     #[test]
@@ -219,9 +259,24 @@ mod tests {
             choose_copy_mode(&local(), &none, false, None),
             Ok(CopyMode::Api { .. })
         ));
-        let tcp = Endpoint::resolve(None, Some("tcp://127.0.0.1:2375"));
+        let tcp = at("tcp://127.0.0.1:2375");
         let err = choose_copy_mode(&tcp, &none, false, Some(dir)).unwrap_err();
         assert!(err.contains("tcp://127.0.0.1:2375"), "{err}");
+        // Every remote form: never a shared directory.
+        for host in ["ssh://me@127.0.0.1:2222", "tcp://h:2376", "127.0.0.1:2375"] {
+            let e = at(host);
+            assert!(
+                choose_copy_mode(&e, &none, false, Some(dir)).is_err(),
+                "{host}"
+            );
+            assert!(
+                matches!(
+                    choose_copy_mode(&e, &none, false, None),
+                    Ok(CopyMode::Api { .. })
+                ),
+                "{host}"
+            );
+        }
         assert!(choose_copy_mode(&local(), &none, true, Some(dir)).is_err());
         let inside = Evidence {
             containerenv: true,

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod client;
 pub mod container;
+pub mod context;
 pub mod copy;
 pub mod endpoint;
 pub mod exec;
@@ -226,7 +227,8 @@ impl Testbed for DockerTestbed {
     }
 
     async fn stop(&mut self) -> Result<()> {
-        self.tear_down().await
+        self.tear_down().await?;
+        container::sweep_own(&self.client).await
     }
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {

@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 fn dockerd_pid() -> Option<i32> {
     let o = Command::new("pidof").arg("dockerd").output().ok()?;
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next()?.parse().ok()
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn stop_dockerd() {
@@ -17,8 +21,11 @@ fn stop_dockerd() {
         "this test restarts the local dockerd, and none runs here; \
          start one (ci/provision.sh does) or leave out --ignored",
     );
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while dockerd_pid().is_some() {
         assert!(Instant::now() < deadline, "dockerd did not stop");
@@ -28,14 +35,20 @@ fn stop_dockerd() {
 
 fn start_dockerd() {
     let st = Command::new("sh")
-        .args(["-c", "setsid -f dockerd >>/var/log/rdocker-test-dockerd.log 2>&1 </dev/null"])
+        .args([
+            "-c",
+            "setsid -f dockerd >>/var/log/rdocker-test-dockerd.log 2>&1 </dev/null",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let up = Command::new("sh")
-            .args(["-c", "curl -sf --unix-socket /var/run/docker.sock http://d/_ping >/dev/null 2>&1"])
+            .args([
+                "-c",
+                "curl -sf --unix-socket /var/run/docker.sock http://d/_ping >/dev/null 2>&1",
+            ])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -58,11 +71,21 @@ fn daemon_restart_under_an_open_testbed() {
     let t = Instant::now();
     let o = sh(&argv, "true");
     assert_eq!(o.status.code(), Some(255), "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unix:///var/run/docker.sock")
-        || String::from_utf8_lossy(&o.stderr).contains("daemon"), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unix:///var/run/docker.sock")
+            || String::from_utf8_lossy(&o.stderr).contains("daemon"),
+        "{o:?}"
+    );
     let host = TempDir::new("restart");
-    assert_eq!(s.cmd(&format!("copyup {d}/x {}/x", host.path().display())), "copy-failed");
-    assert!(t.elapsed() < Duration::from_secs(15), "took {:?} with the daemon down", t.elapsed());
+    assert_eq!(
+        s.cmd(&format!("copyup {d}/x {}/x", host.path().display())),
+        "copy-failed"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?} with the daemon down",
+        t.elapsed()
+    );
     start_dockerd();
     // 2. Back up: the container is stopped (no live-restore); the exec
     //    says so, and close removes it.

@@ -7,6 +7,7 @@ mod util;
 mod cleanup;
 mod copy;
 mod daemon_restart;
+mod daemons;
 mod exec;
 mod faults;
 mod options;
