@@ -58,7 +58,12 @@ DATA_OPS = ['exec-true', 'exec-stdout', 'exec-stdin', 'copydown-file',
             'copyup-file', 'copydown-tree', 'copyup-tree']
 # Operations that need a fresh server per round.
 LIFECYCLE_OPS = ['open', 'revert', 'close']
-ALL_OPS = ['open'] + DATA_OPS + ['revert', 'close', 'rss']
+# Whole autopkgtest runs, rdocker against the reference's default mode.
+# conformance (upstream's suite, ~10 min with rdocker, ~20-30 with the
+# reference) runs only when named in --ops.
+SUITE_OPS = ['e2e', 'conformance']
+ALL_OPS = ['open'] + DATA_OPS + ['revert', 'close', 'rss'] + SUITE_OPS
+DEFAULT_OPS = [o for o in ALL_OPS if o != 'conformance']
 BIG_OPS = {'exec-stdout', 'exec-stdin', 'copydown-file', 'copyup-file'}
 
 
@@ -976,6 +981,10 @@ class Bench:
             return ('', None)
         if op == 'revert':
             return ('≤ 0.5 s', rd <= 0.5)
+        if op == 'conformance' and best is not None:
+            return ('≤ 0.4× ref (%.2f×)' % (rd / best), rd <= 0.4 * best)
+        if op == 'e2e':
+            return ('faster than ref (%.2f×)' % (rd / best), rd <= best) if best else ('', None)
         if op == 'close':
             return ('≤ 0.3 s', rd <= 0.3)
         if best is None:
@@ -1001,6 +1010,8 @@ class Bench:
             'copyup-tree': 'copyup tree %d × %s' % (a.tree_files, human(a.tree_file_size)),
             'revert': 'revert',
             'close': 'close',
+            'e2e': 'autopkgtest of tests/pkg/rdocker-hello',
+            'conformance': "upstream suite (DockerRunner's 43 tests)",
         }[op]
 
     def report(self, servers, cmdline, started):
@@ -1111,7 +1122,51 @@ class Bench:
         self.data_phase(servers)
         self.lifecycle_phase(servers)
         self.rss_phase(servers)
+        self.suite_phase(servers)
         return servers
+
+    # -- whole suites --
+
+    def suite_argv(self, op, server, out):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        virt = self.rdocker if server == 'rdocker' else REFERENCE
+        if op == 'e2e':
+            return [['autopkgtest', os.path.join(here, 'tests/pkg/rdocker-hello') + '/',
+                     '-o', out, '--', virt, self.a.user_image]]
+        # conformance.py names the server; the snapshot goes first on PATH.
+        return [['python3', os.path.join(here, 'ci/conformance.py'), self.a.autopkgtest_src,
+                 self.a.image, 'rdocker' if server == 'rdocker' else 'docker']]
+
+    def suite_phase(self, servers):
+        ops = [o for o in SUITE_OPS if o in self.ops]
+        # The default (shared-directory) reference mode is what autopkgtest
+        # users get; --remote would only add its slower copies.
+        names = [s for s in ('rdocker', 'docker') if s in servers]
+        env = dict(os.environ, PATH=os.path.dirname(self.rdocker) + ':' + os.environ['PATH'])
+        for op in ops:
+            for r in range(self.a.suite_rounds):
+                for name in self.rotate(names, r):
+                    out = tempfile.mkdtemp(prefix='suite-', dir=self.work)
+                    log('%s: %s, round %d' % (op, name, r + 1))
+                    t = time.monotonic()
+                    for argv in self.suite_argv(op, name, os.path.join(out, 'out')):
+                        p = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+                        dt = time.monotonic() - t
+                        if op == 'e2e' and p.returncode != 0:
+                            raise BenchError('%s e2e run failed (exit %d): %s' % (
+                                name, p.returncode, p.stdout[-2000:]))
+                        if op == 'conformance':
+                            # Known failures (ci/conformance-expected-failures.txt)
+                            # fail for both servers alike; the count is reported.
+                            line = [l for l in p.stdout.splitlines() if l.startswith('conformance:')]
+                            self.notes.append('conformance with %s: %s' % (
+                                LABELS[name], line[0][len('conformance: '):] if line else
+                                'no summary (exit %d)' % p.returncode))
+                    if op == 'e2e' and not os.path.exists(os.path.join(out, 'out', 'artifacts', 'greeting')):
+                        raise BenchError('%s e2e run left no artifacts' % name)
+                    self.record(op, name, dt)
+                    shutil.rmtree(out, ignore_errors=True)
 
 
 def run_text(argv):
@@ -1163,7 +1218,7 @@ def parse_args():
                     help='comma-separated, from %s (default all; rdocker-shared is skipped '
                     'with the reason when rdocker refuses --shared-dir)' % ','.join(ALL_SERVERS))
     ap.add_argument('--ops', default=None,
-                    help='comma-separated, from %s (default all)' % ','.join(ALL_OPS))
+                    help='comma-separated, from %s (default all but conformance)' % ','.join(ALL_OPS))
     ap.add_argument('--rss-only', action='store_true', help='same as --ops rss')
     ap.add_argument('--rounds', type=int, default=None, help='data rounds (default 5, --quick 2)')
     ap.add_argument('--lifecycle-rounds', type=int, default=None,
@@ -1172,6 +1227,12 @@ def parse_args():
     ap.add_argument('--exec-reps', type=int, default=None,
                     help='exec `true` runs per server per round (default 20, --quick 5)')
     ap.add_argument('--image', default='rdocker-test/autopkgtest:bookworm')
+    ap.add_argument('--user-image', default='rdocker-test/user:bookworm',
+                    help='image for the e2e autopkgtest run (one with a normal user)')
+    ap.add_argument('--suite-rounds', type=int, default=1,
+                    help='runs of each whole suite per server (default %(default)s)')
+    ap.add_argument('--autopkgtest-src', default='/var/cache/rdocker-test/autopkgtest-src',
+                    help='unpacked autopkgtest source, for conformance')
     ap.add_argument('--size', type=int, default=None,
                     help='bytes for the big file and exec streams (default 256 MiB, --quick 16 MiB)')
     ap.add_argument('--rss-size', type=int, default=None,
@@ -1209,7 +1270,7 @@ def parse_args():
     for s in servers:
         if s not in ALL_SERVERS:
             ap.error('unknown server %r' % s)
-    ops = ALL_OPS if a.ops is None else [o for o in a.ops.split(',') if o]
+    ops = DEFAULT_OPS if a.ops is None else [o for o in a.ops.split(',') if o]
     if a.rss_only:
         ops = ['rss']
     for o in ops:

@@ -222,8 +222,18 @@ impl Testbed for DockerTestbed {
     }
 
     async fn revert(&mut self) -> Result<String> {
+        // The old container goes while the new one comes up: the daemon's
+        // kill and removal then cost revert nothing. They share no name,
+        // and a shared directory is emptied before either starts.
+        let old = self.container.take();
         self.tear_down().await?;
-        self.start().await
+        let Some(mut old) = old else {
+            return self.start().await;
+        };
+        debug!("removing container {}", old.name);
+        let (removed, started) = tokio::join!(old.remove(), self.start());
+        removed?;
+        started
     }
 
     async fn stop(&mut self) -> Result<()> {
