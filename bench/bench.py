@@ -44,11 +44,12 @@ MiB = 1 << 20
 KiB = 1 << 10
 
 REFERENCE = '/usr/bin/autopkgtest-virt-docker'
-ALL_SERVERS = ['rdocker', 'rdocker-shared', 'docker', 'docker-remote']
+ALL_SERVERS = ['rdocker', 'rdocker-api', 'rdocker-shared', 'docker', 'docker-remote']
 REFERENCES = ['docker', 'docker-remote']
 LABELS = {
     'api-ceiling': 'raw API (ceiling)',
     'rdocker': 'rdocker',
+    'rdocker-api': 'rdocker --remote (archive API only)',
     'rdocker-shared': 'rdocker --shared-dir',
     'docker': 'docker',
     'docker-remote': 'docker --remote',
@@ -449,7 +450,9 @@ class Bench:
     def server_argv(self, name):
         a = self.a
         if name == 'rdocker':
-            return [self.rdocker, a.image]
+            return [self.rdocker] + (['-d'] if os.environ.get('BENCH_DEBUG') else []) + [a.image]
+        if name == 'rdocker-api':
+            return [self.rdocker, '--remote', a.image]
         if name == 'rdocker-shared':
             self.shared_counter += 1
             d = os.path.join(self.work, 'rdocker-shared-%d' % self.shared_counter)
@@ -490,7 +493,8 @@ class Bench:
         left = existing_containers(self.all_containers)
         if left:
             subprocess.run(['docker', 'rm', '-f'] + left, stdout=subprocess.DEVNULL)
-        shutil.rmtree(self.work, ignore_errors=True)
+        if not os.environ.get('BENCH_DEBUG'):
+            shutil.rmtree(self.work, ignore_errors=True)
 
     def rotate(self, lst, k):
         k %= len(lst)
@@ -994,7 +998,11 @@ class Bench:
         if op in ('exec-stdout', 'exec-stdin'):
             return ('≥ 1.4× ref MiB/s (%.2f×)' % (best / rd), best / rd >= 1.4)
         if op.startswith('copy'):
-            return ('≤ faster ref (%.2f×)' % (rd / best), rd <= best)
+            api = self.med(op, 'rdocker-api')
+            if api is None:
+                return ('≤ faster ref (%.2f×)' % (rd / best), rd <= best)
+            return ('≤ faster ref (%.2f×; API only %.2f×)' % (rd / best, api / best),
+                    rd <= best and api <= best)
         return ('', None)
 
     def op_label(self, op):

@@ -67,17 +67,43 @@ impl ThreadSink {
     fn new() -> ThreadSink {
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u8, Bytes)>(16);
         let thread = std::thread::spawn(move || {
-            // Locked per write, never for the thread's life: the signal
-            // path still has to print on stderr while this thread waits.
-            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            let (mut out_ok, mut err_ok) = (true, true);
-            for (fd, data) in rx {
+            // Straight to the descriptors: std's stdout is line-buffered,
+            // which splits binary data at every newline. Never locking
+            // std's handles also leaves stderr free for the signal path.
+            let raw = |fd| {
+                use std::os::fd::FromRawFd;
+                // SAFETY: 1 and 2 stay open for the process's life, and
+                // ManuallyDrop never closes them.
+                std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
+            };
+            let mut files = [raw(1), raw(2)];
+            let mut ok = [true, true];
+            // Frames are often small: what is already queued goes out in
+            // one write, and the other stream is flushed before a switch
+            // so that the order between them is kept.
+            let mut pending: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+            let mut flush = |i: usize, pending: &mut [Vec<u8>; 2], ok: &mut [bool; 2]| {
                 // A closed reader loses the rest of that stream, as with a pipe.
-                if fd == 1 && out_ok {
-                    out_ok = out.write_all(&data).and_then(|_| out.flush()).is_ok();
-                } else if fd == 2 && err_ok {
-                    err_ok = err.write_all(&data).and_then(|_| err.flush()).is_ok();
+                if ok[i] && !pending[i].is_empty() {
+                    ok[i] = files[i].write_all(&pending[i]).is_ok();
                 }
+                pending[i].clear();
+            };
+            while let Ok(first) = rx.recv() {
+                let mut next = Some(first);
+                while let Some((fd, data)) = next.take() {
+                    let i = usize::from(fd == 2);
+                    if !pending[1 - i].is_empty() {
+                        flush(1 - i, &mut pending, &mut ok);
+                    }
+                    pending[i].extend_from_slice(&data);
+                    if pending[i].len() >= 256 * 1024 {
+                        flush(i, &mut pending, &mut ok);
+                    }
+                    next = rx.try_recv().ok();
+                }
+                flush(0, &mut pending, &mut ok);
+                flush(1, &mut pending, &mut ok);
             }
         });
         ThreadSink {

@@ -68,7 +68,14 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     .map_err(anyhow::Error::msg)?;
     debug!("daemon: {} (from {})", endpoint.host, endpoint.source);
     match &copy_mode {
-        CopyMode::Api { why } => debug!("copies go through the Engine API: {why}"),
+        CopyMode::Api { why, local } => debug!(
+            "copies go through the Engine API: {why}{}",
+            if *local {
+                "; single files straight through the testbed's root if rdocker can see it"
+            } else {
+                ""
+            }
+        ),
         CopyMode::Shared { dir, why } => debug!("shared directory {}: {why}", dir.display()),
     }
 

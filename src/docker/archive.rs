@@ -304,7 +304,20 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
 /// a whole one.
 fn copy_exact<R: Read>(entry: &mut tar::Entry<R>, out: &mut fs::File, path: &Path) -> Result<()> {
     let want = entry.header().entry_size().unwrap_or(0);
-    let got = io::copy(entry, out).with_context(|| format!("cannot write {}", path.display()))?;
+    // Large writes: io::copy's 8 KiB would cost a syscall per 8 KiB.
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
+        };
+        out.write_all(&buf[..n])
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        got += n as u64;
+    }
     if got != want {
         bail!(
             "the archive from the testbed ended early: {} has {got} of {want} bytes",
@@ -348,6 +361,19 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     }
     let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
     let mtime = header.mtime().unwrap_or(0);
+    write_host_file(dst, mode, mtime, |f| copy_exact(&mut entry, f, dst))?;
+    Ok(SingleFile::Written)
+}
+
+/// Write one copied-up file at `dst`: a temporary name first, so that a
+/// failed copy leaves no partial target; then the testbed's mode (less
+/// setuid and setgid) and modification time.
+pub fn write_host_file(
+    dst: &Path,
+    mode: u32,
+    mtime: u64,
+    fill: impl FnOnce(&mut fs::File) -> Result<()>,
+) -> Result<()> {
     let name = dst
         .file_name()
         .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
@@ -362,9 +388,8 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        copy_exact(&mut entry, &mut f, dst)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_data().ok();
+        fill(&mut f)?;
+        f.set_permissions(fs::Permissions::from_mode(mode & HOST_MODE_MASK))?;
         drop(f);
         set_times(&tmp, mtime);
         fs::rename(&tmp, dst).with_context(|| format!("cannot create {}", dst.display()))?;
@@ -373,7 +398,7 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|_| SingleFile::Written)
+    result
 }
 
 #[cfg(test)]

@@ -188,7 +188,7 @@ async fn download(
 /// Feed a download into a blocking consumer of its tar stream.
 async fn consume<T: Send + 'static>(
     first: Bytes,
-    mut stream: impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
+    stream: impl futures_util::Stream<Item = Result<Bytes, bollard::errors::Error>> + Unpin,
     f: impl FnOnce(ChanReader) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
@@ -197,11 +197,29 @@ async fn consume<T: Send + 'static>(
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
-        while let Some(item) = stream.next().await {
-            let item = item
-                .map_err(|e| io::Error::other(format!("download from the testbed failed: {e}")));
-            let stop = item.is_err();
-            if tx.send(item).await.is_err() || stop {
+        // The body comes in small frames: what is ready goes over in one
+        // piece, so that the reader thread wakes once per batch, not per
+        // frame.
+        let mut batches = stream.ready_chunks(64);
+        while let Some(items) = batches.next().await {
+            let mut joined = bytes::BytesMut::new();
+            let mut failed = None;
+            for item in items {
+                match item {
+                    Ok(b) => joined.extend_from_slice(&b),
+                    Err(e) => {
+                        failed = Some(io::Error::other(format!(
+                            "download from the testbed failed: {e}"
+                        )));
+                        break;
+                    }
+                }
+            }
+            if !joined.is_empty() && tx.send(Ok(joined.freeze())).await.is_err() {
+                return;
+            }
+            if let Some(e) = failed {
+                let _ = tx.send(Err(e)).await;
                 return;
             }
         }

@@ -149,8 +149,12 @@ fn root_mount_line(mountinfo: &str) -> Option<&str> {
 /// How copies reach the testbed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyMode {
-    /// Through the Engine API's archive endpoints ("docker cp").
-    Api { why: String },
+    /// Through the Engine API's archive endpoints ("docker cp"). `local`:
+    /// the daemon is on a unix socket and --remote was not given, so it may
+    /// share our view of processes; single files then go straight through
+    /// the testbed's root if direct.rs can prove it sees the right one
+    /// (which it cannot from a CI job container, say).
+    Api { why: String, local: bool },
     /// Through a directory bind-mounted at the same path in the testbed.
     Shared {
         dir: std::path::PathBuf,
@@ -193,9 +197,11 @@ pub fn choose_copy_mode(
         }),
         (None, Some(why)) => Ok(CopyMode::Api {
             why: format!("{why}, so no shared directory"),
+            local: !remote_flag && endpoint.unix_path().is_some(),
         }),
         (None, None) => Ok(CopyMode::Api {
             why: "no --shared-dir was given".into(),
+            local: true,
         }),
     }
 }
@@ -259,6 +265,15 @@ mod tests {
             choose_copy_mode(&local(), &none, false, None),
             Ok(CopyMode::Api { .. })
         ));
+        // Only a daemon that shares our view may be reached around the API.
+        assert!(matches!(
+            choose_copy_mode(&local(), &none, false, None),
+            Ok(CopyMode::Api { local: true, .. })
+        ));
+        assert!(matches!(
+            choose_copy_mode(&local(), &none, true, None),
+            Ok(CopyMode::Api { local: false, .. })
+        ));
         let tcp = at("tcp://127.0.0.1:2375");
         let err = choose_copy_mode(&tcp, &none, false, Some(dir)).unwrap_err();
         assert!(err.contains("tcp://127.0.0.1:2375"), "{err}");
@@ -272,7 +287,7 @@ mod tests {
             assert!(
                 matches!(
                     choose_copy_mode(&e, &none, false, None),
-                    Ok(CopyMode::Api { .. })
+                    Ok(CopyMode::Api { local: false, .. })
                 ),
                 "{host}"
             );

@@ -6,6 +6,7 @@ pub mod client;
 pub mod container;
 pub mod context;
 pub mod copy;
+pub mod direct;
 pub mod endpoint;
 pub mod exec;
 pub mod reap;
@@ -33,6 +34,8 @@ pub struct DockerTestbed {
     downtmp: Option<String>,
     normal_user: Option<String>,
     exe: PathBuf,
+    /// The open testbed's root, for single-file copies (direct.rs).
+    direct: Option<std::sync::Arc<direct::Root>>,
 }
 
 impl DockerTestbed {
@@ -64,6 +67,7 @@ impl DockerTestbed {
             downtmp: None,
             normal_user: None,
             exe,
+            direct: None,
         })
     }
 
@@ -131,10 +135,23 @@ impl DockerTestbed {
             self.normal_user = u;
         }
         self.downtmp = Some(downtmp.clone());
+        if matches!(self.copy_mode, CopyMode::Api { local: true, .. }) {
+            self.direct = match open_root(&self.client, &id, &downtmp).await {
+                Ok(r) => {
+                    debug!("single files are copied through the testbed's root directly");
+                    Some(std::sync::Arc::new(r))
+                }
+                Err(e) => {
+                    debug!("single files go through the archive API too: {e:#}");
+                    None
+                }
+            };
+        }
         Ok(downtmp)
     }
 
     async fn tear_down(&mut self) -> Result<()> {
+        self.direct = None;
         if let Some(mut c) = self.container.take() {
             debug!("removing container {}", c.name);
             c.remove().await?;
@@ -149,6 +166,22 @@ impl DockerTestbed {
         }
         Ok(())
     }
+}
+
+/// The container's root, through its PID 1 as this machine sees it.
+async fn open_root(client: &Client, id: &str, marker: &str) -> Result<direct::Root> {
+    let c = client
+        .docker
+        .inspect_container(id, None)
+        .await
+        .context("cannot inspect the testbed")?;
+    let hostname = c.config.and_then(|c| c.hostname).unwrap_or_default();
+    let pid = c
+        .state
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
+    direct::Root::open(pid, marker, &hostname)
 }
 
 /// Create the scratch directory, mode 1777 like the reference's, with one
@@ -243,6 +276,12 @@ impl Testbed for DockerTestbed {
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
+        if let (Some(root), false) = (self.direct.clone(), dir) {
+            let (h, t) = (host.to_path_buf(), testbed.to_string());
+            if direct::run(root, move |r, c| r.push_file(&h, &t, c)).await? {
+                return Ok(());
+            }
+        }
         if copy::needs_exec_route(testbed, &self.tmpfs_mounts()) {
             debug!("copydown to {testbed} through tar in the testbed (a tmpfs)");
             return copy::push_via_exec(&self.client, &id, host, testbed, dir).await;
@@ -252,6 +291,12 @@ impl Testbed for DockerTestbed {
 
     async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
+        if let (Some(root), false) = (self.direct.clone(), dir) {
+            let (h, t) = (host.to_path_buf(), testbed.to_string());
+            if direct::run(root, move |r, c| r.pull_file(&t, &h, c)).await? {
+                return Ok(());
+            }
+        }
         if copy::needs_exec_route(testbed, &self.tmpfs_mounts()) {
             debug!("copyup from {testbed} through tar in the testbed (a tmpfs)");
             return copy::pull_via_exec(&self.client, &id, testbed, host, dir).await;

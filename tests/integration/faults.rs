@@ -286,3 +286,67 @@ fn hostile_testbed_trees_cannot_escape_the_copyup_target() {
     assert_eq!(mode & 0o4000, 0, "setuid bit copied to the host");
     s.quit();
 }
+
+/// Single files go straight through the testbed's root on a local daemon
+/// (src/docker/direct.rs). Symlinks the testbed plants, absolute ones and
+/// `..` chains included, must resolve inside its root, never on the host:
+/// a copyup through them reads the testbed's file, a copydown writes the
+/// testbed's, and the host's same paths stay untouched. With --remote the
+/// archive API must give the same answers.
+#[test]
+fn planted_symlinks_stay_inside_the_testbed_for_single_files() {
+    let host = TempDir::new("direct");
+    let secret = host.path().join("secret");
+    fs::write(&secret, "host secret\n").unwrap();
+    let victim_dir = host.path().join("victim");
+    fs::create_dir(&victim_dir).unwrap();
+    let src = host.path().join("payload");
+    fs::write(&src, "payload\n").unwrap();
+    for extra in [&["-d"][..], &["--remote"][..]] {
+        let mut args = extra.to_vec();
+        let img = image();
+        args.push(&img);
+        let mut s = Server::start(&args);
+        let d = s.open();
+        let argv = s.exec_argv();
+        // The same absolute paths as on the host, in the testbed.
+        sh_ok(
+            &argv,
+            &format!(
+                "mkdir -p {v} $(dirname {sec}) && echo testbed secret > {sec} && \
+                 ln -s {sec} {d}/abs && ln -s ../../../../../../../..{sec} {d}/rel && \
+                 ln -s {v} {d}/dirlink",
+                v = victim_dir.display(),
+                sec = secret.display()
+            ),
+        );
+        for link in ["abs", "rel"] {
+            let out = host.path().join(format!("got-{link}"));
+            s.ok(&format!("copyup {d}/{link} {}", out.display()));
+            assert_eq!(
+                fs::read_to_string(&out).unwrap(),
+                "testbed secret\n",
+                "{extra:?}: copyup through {link} read the host's file"
+            );
+        }
+        s.ok(&format!("copydown {} {d}/dirlink/dropped", src.display()));
+        assert_eq!(
+            fs::read_dir(&victim_dir).unwrap().count(),
+            0,
+            "{extra:?}: copydown wrote through a planted symlink onto the host"
+        );
+        assert_eq!(
+            sh_ok(&argv, &format!("cat {}/dropped", victim_dir.display())),
+            "payload\n"
+        );
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "host secret\n");
+        if extra == ["-d"] {
+            assert!(
+                s.stderr_says("single files are copied through the testbed's root directly"),
+                "the direct route was not taken: {}",
+                s.stderr()
+            );
+        }
+        s.quit();
+    }
+}
