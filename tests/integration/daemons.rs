@@ -681,6 +681,50 @@ fn ssh_session_and_exec_overhead() {
     );
 }
 
+/// The project's test package through autopkgtest, over ssh: built in the
+/// testbed, its .debs copied up, its tests run.
+#[test]
+fn autopkgtest_over_ssh() {
+    need("autopkgtest", "autopkgtest");
+    let dir = TempDir::new("ssh-autopkgtest");
+    let sshd = Sshd::start(dir.path(), None);
+    let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pkg/rdocker-hello");
+    let out = dir.path().join("out");
+    let t = Instant::now();
+    let o = Command::new("autopkgtest")
+        .arg(format!("{}/", pkg.display()))
+        .arg("-o")
+        .arg(&out)
+        .args(["--", BIN, &user_image()])
+        .env("DOCKER_HOST", sshd.url())
+        .env("PATH", sshd.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success(),
+        "autopkgtest over ssh failed ({}):\n{log}",
+        o.status
+    );
+    assert!(
+        fs::read_dir(out.join("binaries"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".deb")),
+        "no .deb copied up:\n{log}"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("artifacts/greeting"))
+            .unwrap()
+            .trim(),
+        "hello, artifacts"
+    );
+    eprintln!(
+        "daemons: autopkgtest over ssh passed in {} ms",
+        t.elapsed().as_millis()
+    );
+}
+
 #[test]
 fn ssh_to_a_host_without_docker() {
     let dir = TempDir::new("ssh-nodocker");
