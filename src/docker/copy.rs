@@ -288,26 +288,6 @@ fn resolve_link(parent: &str, target: &Path) -> String {
     joined.to_string_lossy().into_owned()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn testbed_paths_split() {
-        assert_eq!(split_testbed_path("/a/b/c"), ("/a/b".into(), "c".into()));
-        assert_eq!(split_testbed_path("/a/b/"), ("/a".into(), "b".into()));
-        assert_eq!(split_testbed_path("/top"), ("/".into(), "top".into()));
-        assert_eq!(split_testbed_path("/"), ("/".into(), "".into()));
-        assert_eq!(split_testbed_path("rel/x"), ("/rel".into(), "x".into()));
-    }
-
-    #[test]
-    fn links_resolve_against_their_directory() {
-        assert_eq!(resolve_link("/a/b", Path::new("c")), "/a/b/c");
-        assert_eq!(resolve_link("/a/b", Path::new("/etc/x")), "/etc/x");
-    }
-}
-
 /// The daemon's archive endpoints read and write a container's own
 /// filesystem, beneath any tmpfs mounted over it: a `docker cp` into a
 /// --tmpfs path "succeeds" and the file is invisible to the testbed
@@ -512,5 +492,25 @@ impl Write for BytesWriter {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn testbed_paths_split() {
+        assert_eq!(split_testbed_path("/a/b/c"), ("/a/b".into(), "c".into()));
+        assert_eq!(split_testbed_path("/a/b/"), ("/a".into(), "b".into()));
+        assert_eq!(split_testbed_path("/top"), ("/".into(), "top".into()));
+        assert_eq!(split_testbed_path("/"), ("/".into(), "".into()));
+        assert_eq!(split_testbed_path("rel/x"), ("/rel".into(), "x".into()));
+    }
+
+    #[test]
+    fn links_resolve_against_their_directory() {
+        assert_eq!(resolve_link("/a/b", Path::new("c")), "/a/b/c");
+        assert_eq!(resolve_link("/a/b", Path::new("/etc/x")), "/etc/x");
     }
 }
