@@ -118,7 +118,7 @@ def cycles(n):
     s.p.stdin.close()
     s.p.wait(timeout=60)
     # Flat: after warm-up (cycle 10), memory may not grow by more than 25 %
-    # plus 2 MiB, and descriptors not at all.
+    # plus 2 MiB, and descriptors by at most the pool's spare sockets.
     _, rss0, fds0 = [x for x in samples if x[0] >= 10][0]
     _, rss1, fds1 = samples[-1]
     # The HTTP connection pool may hold one more socket at a time.
