@@ -12,8 +12,9 @@ use std::path::PathBuf;
     after_help = "Normally run by autopkgtest: autopkgtest PKG -- rdocker IMAGE [DOCKER-RUN-OPTIONS...]\n\n\
         docker run options after IMAGE: -v/--volume, -e/--env, --network, --tmpfs, --cap-add, \
         --privileged, --memory, --cpus, --shm-size, --add-host, --platform.\n\n\
-        The daemon is found as the docker CLI finds it: --host, else DOCKER_HOST, else \
-        unix:///var/run/docker.sock."
+        The daemon is found as the docker CLI finds it: --host, --context, DOCKER_HOST, \
+        DOCKER_CONTEXT, the current context in $DOCKER_CONFIG/config.json, else \
+        unix:///var/run/docker.sock. TLS: DOCKER_TLS_VERIFY, DOCKER_TLS, DOCKER_CERT_PATH."
 )]
 pub struct Cli {
     /// Print debugging output, including which daemon and copy mode rdocker chose and why
@@ -24,7 +25,8 @@ pub struct Cli {
     #[arg(short, long)]
     pub pull: bool,
 
-    /// Assume the daemon cannot see this machine's filesystem: never use a shared directory
+    /// Assume the daemon cannot see this machine's filesystem or processes: copy only
+    /// through the Engine API, never through a shared directory or the testbed's root
     #[arg(long)]
     pub remote: bool,
 
@@ -32,7 +34,8 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub shared_dir: Option<PathBuf>,
 
-    /// Daemon address (unix:///path or tcp://host:port); overrides DOCKER_HOST
+    /// Daemon address: unix:///path, tcp://host:port or ssh://[user@]host[:port];
+    /// overrides everything else
     #[arg(short = 'H', long, value_name = "URL")]
     pub host: Option<String>,
 
