@@ -70,25 +70,31 @@ pub async fn pull(client: &Client, image: &str) -> Result<()> {
     Ok(())
 }
 
-/// Remove every container this process owns, by label: whatever an
-/// aborted request may have created without our knowing its id.
-pub async fn sweep_own(client: &Client) -> Result<()> {
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_OWNER_PID}={}", std::process::id()),
-            format!("{LABEL_OWNER_HOST}={}", hostname()),
-        ],
-    )]);
+/// All containers, running or not, that carry every one of these labels.
+pub async fn labelled(
+    client: &Client,
+    labels: Vec<String>,
+) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let filters = HashMap::from([("label".to_string(), labels)]);
     let opts = bollard::query_parameters::ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
         .build();
-    let list = client
-        .docker
-        .list_containers(Some(opts))
-        .await
-        .context("cannot list this process's containers")?;
+    Ok(client.docker.list_containers(Some(opts)).await?)
+}
+
+/// Remove every container this process owns, by label: whatever an
+/// aborted request may have created without our knowing its id.
+pub async fn sweep_own(client: &Client) -> Result<()> {
+    let list = labelled(
+        client,
+        vec![
+            format!("{LABEL_OWNER_PID}={}", std::process::id()),
+            format!("{LABEL_OWNER_HOST}={}", hostname()),
+        ],
+    )
+    .await
+    .context("cannot list this process's containers")?;
     let me = super::reap::Owner::current();
     for c in list {
         let (Some(id), labels) = (c.id, c.labels.unwrap_or_default()) else {

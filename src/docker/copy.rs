@@ -105,6 +105,20 @@ fn check_push_source(host: &Path, dir: bool) -> Result<()> {
     Ok(())
 }
 
+/// The archive of `src` (a file, or with `dir` a tree) named `name`,
+/// written to `out` in CHUNK-sized pieces.
+fn write_archive<W: Write>(out: W, src: &Path, name: &str, dir: bool) -> Result<()> {
+    let w = BufWriter::with_capacity(CHUNK, out);
+    let w = if dir {
+        archive::write_tree(w, src, name)
+    } else {
+        archive::write_file(w, src, name)
+    }?;
+    w.into_inner()
+        .map(drop)
+        .map_err(|e| anyhow!("{}", e.error()))
+}
+
 /// copydown: `host` (a file, or with `dir` a directory) to `testbed`.
 pub async fn push(
     client: &Client,
@@ -121,17 +135,7 @@ pub async fn push(
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let src = host.to_path_buf();
     let producer = tokio::task::spawn_blocking(move || {
-        let w = BufWriter::with_capacity(CHUNK, ChanWriter(tx.clone()));
-        let r = if dir {
-            archive::write_tree(w, &src, &name)
-        } else {
-            archive::write_file(w, &src, &name)
-        }
-        .and_then(|w| {
-            w.into_inner()
-                .map(drop)
-                .map_err(|e| anyhow!("{}", e.error()))
-        });
+        let r = write_archive(ChanWriter(tx.clone()), &src, &name, dir);
         if let Err(e) = &r {
             // Fail the upload rather than let a short archive look whole.
             let _ = tx.blocking_send(Err(io::Error::other(format!("{e:#}"))));
@@ -439,19 +443,8 @@ pub async fn push_via_exec(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let src = host.to_path_buf();
-    let producer = tokio::task::spawn_blocking(move || {
-        let w = BufWriter::with_capacity(CHUNK, BytesWriter(tx));
-        if dir {
-            archive::write_tree(w, &src, &name)
-        } else {
-            archive::write_file(w, &src, &name)
-        }
-        .and_then(|w| {
-            w.into_inner()
-                .map(drop)
-                .map_err(|e| anyhow!("{}", e.error()))
-        })
-    });
+    let producer =
+        tokio::task::spawn_blocking(move || write_archive(BytesWriter(tx), &src, &name, dir));
     let mut cap = super::exec::Captured::default();
     let argv = vec![
         "sh".into(),

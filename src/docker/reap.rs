@@ -3,7 +3,7 @@
 //! others. Containers are matched by label, never by name.
 
 use anyhow::{Context, Result};
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use std::collections::HashMap;
 
 use super::client::{status_of, Client};
@@ -106,14 +106,7 @@ pub fn judge(
 }
 
 pub async fn reap(client: &Client) -> Result<()> {
-    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=1")])]);
-    let opts = ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let list = client
-        .docker
-        .list_containers(Some(opts))
+    let list = super::container::labelled(client, vec![format!("{LABEL_MANAGED}=1")])
         .await
         .with_context(|| format!("cannot list containers on {}", client.endpoint.host))?;
     let me = Owner::current();

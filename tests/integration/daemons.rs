@@ -11,7 +11,6 @@
 
 use crate::util::*;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -332,22 +331,7 @@ fn write_script(path: &Path, text: &str) {
 /// Run a testbed command through the exec argv, with this environment (the
 /// exec helper is started by autopkgtest, with autopkgtest's environment).
 fn exec(argv: &[String], env: &[(&str, &str)], script: &str, input: &[u8]) -> Output {
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .args(["sh", "-c", script])
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("cannot run the exec argv");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    w.join().unwrap();
-    out
+    sh_stdin_env(argv, env, script, input)
 }
 
 fn exec_ok(argv: &[String], env: &[(&str, &str)], script: &str) -> String {

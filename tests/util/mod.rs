@@ -398,8 +398,15 @@ pub fn sh(argv: &[String], script: &str) -> Output {
 }
 
 pub fn sh_stdin(argv: &[String], script: &str, input: &[u8]) -> Output {
+    sh_stdin_env(argv, &[], script, input)
+}
+
+/// The same, with these variables added to the exec argv's environment.
+pub fn sh_stdin_env(argv: &[String], env: &[(&str, &str)], script: &str, input: &[u8]) -> Output {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).args(["sh", "-c", script]);
+    cmd.args(&argv[1..])
+        .args(["sh", "-c", script])
+        .envs(env.iter().copied());
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
