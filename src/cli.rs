@@ -25,8 +25,9 @@ pub struct Cli {
     #[arg(short, long)]
     pub pull: bool,
 
-    /// Assume the daemon cannot see this machine's filesystem or processes: copy only
-    /// through the Engine API, never through a shared directory or the testbed's root
+    /// Assume the daemon cannot see this machine's filesystem or processes: move files
+    /// and command streams only through the Engine API, never through a shared directory
+    /// or the testbed's root
     #[arg(long)]
     pub remote: bool,
 

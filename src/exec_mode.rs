@@ -10,8 +10,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::docker::client::Client;
+use crate::docker::direct::Root;
 use crate::docker::endpoint::Endpoint;
 use crate::docker::exec::{self, Sink, TestbedGone};
+use crate::docker::pipes;
 
 /// The hidden first argument that selects this mode.
 pub const FLAG: &str = "--internal-exec";
@@ -24,11 +26,14 @@ struct Args {
     host: String,
     api_version: String,
     container: String,
+    /// The testbed's root as direct.rs proved it: stdio then goes through
+    /// fifos (pipes.rs).
+    root: Option<String>,
     command: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let (mut host, mut api_version, mut container) = (None, None, None);
+    let (mut host, mut api_version, mut container, mut root) = (None, None, None, None);
     let mut it = args.iter();
     for a in it.by_ref() {
         if a == "--" {
@@ -40,6 +45,8 @@ fn parse(args: &[String]) -> Result<Args> {
             api_version = Some(v.to_string());
         } else if let Some(v) = a.strip_prefix("--container=") {
             container = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("--root=") {
+            root = Some(v.to_string());
         } else {
             bail!("unexpected argument {a:?}");
         }
@@ -52,6 +59,7 @@ fn parse(args: &[String]) -> Result<Args> {
         host: host.ok_or_else(|| anyhow!("--host= missing"))?,
         api_version: api_version.ok_or_else(|| anyhow!("--api-version= missing"))?,
         container: container.ok_or_else(|| anyhow!("--container= missing"))?,
+        root,
         command,
     })
 }
@@ -185,24 +193,98 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
+/// The fifo route's pumps, when the testbed's root can be reached.
+fn fifos(root: Option<&str>, token: &str) -> Option<(pipes::Fifos, pipes::Pumps)> {
+    let root = Root::attach(root?).ok()?;
+    let (fifos, ends) = pipes::Fifos::make(&root, token).ok()?;
+    let pumps = pipes::Pumps::start(ends).ok()?;
+    Some((fifos, pumps))
+}
+
+/// The exec's own stdout carries only the fifo wrapper's `R`.
+struct ReadySink<'a> {
+    inner: &'a mut ThreadSink,
+    pumps: &'a mut pipes::Pumps,
+    seen: bool,
+}
+
+impl Sink for ReadySink<'_> {
+    fn stdout(&mut self, mut d: &[u8]) -> Result<()> {
+        if !self.seen && d.first() == Some(&b'R') {
+            self.seen = true;
+            self.pumps.ready();
+            d = &d[1..];
+        }
+        if d.is_empty() {
+            return Ok(());
+        }
+        self.inner.stdout(d)
+    }
+    fn stderr(&mut self, d: &[u8]) -> Result<()> {
+        self.inner.stderr(d)
+    }
+}
+
 async fn run(args: Args) -> Result<u8> {
     let endpoint = Endpoint::for_exec(&args.host);
     let client = Client::connect_with_version(&endpoint, &args.api_version)?;
     let token = crate::docker::container::random_hex(8);
-    let argv = exec::wrapped(&token, &args.command);
+    // Where the fifos cannot be made, the exec's own streams carry stdio.
+    let mut fifo_route = fifos(args.root.as_deref(), &token);
+    let argv = exec::wrapped(&token, &args.command, fifo_route.is_some());
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
 
     let mut sink = ThreadSink::new();
-    let stdin = stdin_pump();
-    let result = tokio::select! {
-        r = exec::run(&client, &args.container, argv, Some(stdin), &mut sink) => r,
-        _ = term.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGTERM).await,
-        _ = int.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGINT).await,
-        _ = hup.recv() => return killed(&client, &args.container, &token, nix::sys::signal::Signal::SIGHUP).await,
+    let mut ready = false;
+    let exec = async {
+        match &mut fifo_route {
+            Some((_, pumps)) => {
+                let mut s = ReadySink {
+                    inner: &mut sink,
+                    pumps,
+                    seen: false,
+                };
+                let r = exec::run(&client, &args.container, argv, None, &mut s).await;
+                ready = s.seen;
+                r
+            }
+            None => {
+                let stdin = stdin_pump();
+                exec::run(&client, &args.container, argv, Some(stdin), &mut sink).await
+            }
+        }
     };
+    use nix::sys::signal::Signal;
+    let signalled = tokio::select! {
+        r = exec => Ok(r),
+        _ = term.recv() => Err(Signal::SIGTERM),
+        _ = int.recv() => Err(Signal::SIGINT),
+        _ = hup.recv() => Err(Signal::SIGHUP),
+    };
+    let result = match signalled {
+        Ok(r) => r,
+        Err(sig) => {
+            kill(&client, &args.container, &token).await;
+            drop(fifo_route);
+            crate::signals::die_of(sig);
+        }
+    };
+    if let Some((fifos, pumps)) = fifo_route {
+        pumps.finish();
+        drop(fifos);
+        if !ready && result.is_ok() {
+            sink.finish();
+            return Err(anyhow::Error::new(TestbedGone(format!(
+                "the command's fifos in {}/rdocker-exec-{token} could not be opened in \
+                 testbed container {}, so it did not run",
+                pipes::DIR,
+                args.container
+            ))));
+        }
+    }
     sink.finish();
     // A command killed because its testbed went away (removed, or killed
     // behind our back) is a testbed failure, not a test failure.
@@ -251,13 +333,9 @@ fn exit_status(code: i64) -> u8 {
 }
 
 /// Our caller gave up on the command (autopkgtest's timeout sends SIGTERM):
-/// kill it and its children in the testbed, then die of the same signal.
-async fn killed(
-    client: &Client,
-    container: &str,
-    token: &str,
-    sig: nix::sys::signal::Signal,
-) -> Result<u8> {
+/// kill it and its children in the testbed; the caller then dies of the
+/// same signal.
+async fn kill(client: &Client, container: &str, token: &str) {
     let argv: Vec<String> = ["sh", "-c", exec::KILL_SCRIPT, "rdocker-kill", token]
         .iter()
         .map(|s| s.to_string())
@@ -271,5 +349,4 @@ async fn killed(
     {
         eprintln!("autopkgtest-virt-rdocker: could not stop the command in the testbed: {e:#}");
     }
-    crate::signals::die_of(sig);
 }

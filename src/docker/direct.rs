@@ -106,9 +106,40 @@ impl Root {
         Ok(root)
     }
 
+    /// `PID:START`, what an exec process needs to find this root again
+    /// (see `attach`).
+    pub fn handle(&self) -> String {
+        format!("{}:{}", self.pid, self.start.unwrap_or(0))
+    }
+
+    /// The root that `open` proved to be the testbed's, from another
+    /// process: the same PID 1 with the same start time is the same
+    /// container, and the start time is read again after the open so that
+    /// a number reused in between is caught.
+    pub fn attach(handle: &str) -> Result<Root> {
+        let (pid, start) = handle
+            .split_once(':')
+            .and_then(|(p, s)| Some((p.parse::<i64>().ok()?, s.parse::<u64>().ok()?)))
+            .ok_or_else(|| anyhow!("bad testbed root handle {handle:?}"))?;
+        let path = format!("/proc/{pid}/root");
+        let fd = nix::fcntl::open(
+            path.as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open {path}"))?;
+        let root = Root {
+            fd,
+            pid,
+            start: Some(start),
+        };
+        root.check_alive()?;
+        Ok(root)
+    }
+
     /// Whether the testbed still runs: a copy into or out of a removed
     /// container must fail, as it does through the API.
-    fn check_alive(&self) -> Result<()> {
+    pub fn check_alive(&self) -> Result<()> {
         if start_time(self.pid) != self.start {
             bail!(
                 "the testbed container is gone (its first process, {} on this machine, has \
@@ -119,7 +150,7 @@ impl Root {
         Ok(())
     }
 
-    fn open_at(&self, path: &str, flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
+    pub fn open_at(&self, path: &str, flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
         let p = if path.is_empty() { "/" } else { path };
         openat2(self.fd.as_fd(), p, how(flags, mode))
     }

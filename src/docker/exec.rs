@@ -14,16 +14,16 @@ use super::client::{status_of, Client};
 
 /// Runs "$@" with the reference's clean environment, maps 255 to 253 (255
 /// means a testbed failure to autopkgtest), and kills background processes
-/// still holding our stdout or stderr, which would otherwise keep the
-/// caller waiting for EOF for ever. $0 is a token that lets `KILL_SCRIPT`
-/// find this process.
+/// still holding our stdout or stderr (the exec's pipes, or pipes.rs's
+/// fifos), which would otherwise keep the caller waiting for EOF for ever.
+/// $0 is a token that lets `KILL_SCRIPT` find this process.
 pub const WRAPPER: &str = r#"unset PS1 2>/dev/null
 set -a
 [ -r /etc/environment ] && . /etc/environment 2>/dev/null || true
 [ -r /etc/default/locale ] && . /etc/default/locale 2>/dev/null || true
 [ -r /etc/profile ] && . /etc/profile 2>/dev/null || true
 set +a
-"$@"; rc=$?; [ $rc != 255 ] || rc=253
+"$@" 6>&-; rc=$?; [ $rc != 255 ] || rc=253
 # PID 1, its sleep and this shell are all there is when nothing was left
 # in the background: then there is nothing to look for (no forks).
 set -- /proc/[0-9]*
@@ -31,7 +31,10 @@ set -- /proc/[0-9]*
 pat=""
 for fd in 1 2; do
     l=$(readlink /proc/$$/fd/$fd 2>/dev/null) || continue
-    case "$l" in pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";; esac
+    case "$l" in
+        pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";;
+        /run/rdocker-exec-*) pat="$pat -o -lname $l";;
+    esac
 done
 if [ -n "$pat" ]; then
     kill=""
@@ -54,7 +57,10 @@ pub const KILL_SCRIPT: &str = r#"for round in 1 2 3; do
     pat=""
     for fd in 1 2; do
         l=$(readlink /proc/$w/fd/$fd 2>/dev/null) || continue
-        case "$l" in pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";; esac
+        case "$l" in
+            pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";;
+            /run/rdocker-exec-*) pat="$pat -o -lname $l";;
+        esac
     done
     all="$w"; new="$w"
     while [ -n "$new" ]; do
@@ -78,14 +84,20 @@ done
 exit 0
 "#;
 
-/// The argv that runs `cmd` under the wrapper, tagged with `token`.
-pub fn wrapped(token: &str, cmd: &[String]) -> Vec<String> {
+/// The argv that runs `cmd` under the wrapper, tagged with `token`; with
+/// `fifos`, its stdio goes through the fifos of pipes.rs.
+pub fn wrapped(token: &str, cmd: &[String], fifos: bool) -> Vec<String> {
+    let script = if fifos {
+        format!("{}{WRAPPER}", super::pipes::PRELUDE)
+    } else {
+        WRAPPER.to_string()
+    };
     let mut argv = vec![
         "env".to_string(),
         "-i".into(),
         "sh".into(),
         "-c".into(),
-        WRAPPER.into(),
+        script,
         format!("rdocker-exec-{token}"),
     ];
     argv.extend(cmd.iter().cloned());

@@ -9,6 +9,7 @@ pub mod copy;
 pub mod direct;
 pub mod endpoint;
 pub mod exec;
+pub mod pipes;
 pub mod reap;
 pub mod runopts;
 
@@ -36,6 +37,9 @@ pub struct DockerTestbed {
     exe: PathBuf,
     /// The open testbed's root, for single-file copies (direct.rs).
     direct: Option<std::sync::Arc<direct::Root>>,
+    /// Whether execs run as root in the testbed, who can open the fifos
+    /// that pipes.rs makes.
+    execs_as_root: bool,
 }
 
 impl DockerTestbed {
@@ -68,6 +72,7 @@ impl DockerTestbed {
             normal_user: None,
             exe,
             direct: None,
+            execs_as_root: false,
         })
     }
 
@@ -137,7 +142,8 @@ impl DockerTestbed {
         self.downtmp = Some(downtmp.clone());
         if matches!(self.copy_mode, CopyMode::Api { local: true, .. }) {
             self.direct = match open_root(&self.client, &id, &downtmp).await {
-                Ok(r) => {
+                Ok((r, as_root)) => {
+                    self.execs_as_root = as_root;
                     debug!("single files are copied through the testbed's root directly");
                     Some(std::sync::Arc::new(r))
                 }
@@ -168,20 +174,27 @@ impl DockerTestbed {
     }
 }
 
-/// The container's root, through its PID 1 as this machine sees it.
-async fn open_root(client: &Client, id: &str, marker: &str) -> Result<direct::Root> {
+/// The container's root, through its PID 1 as this machine sees it, and
+/// whether execs run as root there.
+async fn open_root(client: &Client, id: &str, marker: &str) -> Result<(direct::Root, bool)> {
     let c = client
         .docker
         .inspect_container(id, None)
         .await
         .context("cannot inspect the testbed")?;
+    let user = c
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .unwrap_or_default();
+    let as_root = matches!(user.split(':').next(), Some("" | "root" | "0"));
     let hostname = c.config.and_then(|c| c.hostname).unwrap_or_default();
     let pid = c
         .state
         .and_then(|s| s.pid)
         .filter(|p| *p > 0)
         .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
-    direct::Root::open(pid, marker, &hostname)
+    Ok((direct::Root::open(pid, marker, &hostname)?, as_root))
 }
 
 /// Create the scratch directory, mode 1777 like the reference's, with one
@@ -306,14 +319,18 @@ impl Testbed for DockerTestbed {
 
     fn run_argv(&self) -> Result<Vec<String>> {
         let c = self.container()?;
-        Ok(vec![
+        let mut argv = vec![
             self.exe.to_string_lossy().into_owned(),
             crate::exec_mode::FLAG.into(),
             format!("--host={}", self.client.endpoint.host),
             format!("--api-version={}", self.client.api_version()),
             format!("--container={}", c.id),
-            "--".into(),
-        ])
+        ];
+        if let (Some(root), true) = (&self.direct, self.execs_as_root) {
+            argv.push(format!("--root={}", root.handle()));
+        }
+        argv.push("--".into());
+        Ok(argv)
     }
 
     fn capabilities(&self) -> Vec<String> {

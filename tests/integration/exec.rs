@@ -201,3 +201,52 @@ fn runs_as_the_normal_user_with_su() {
     assert_eq!(sh_ok(&argv, "su tester -s /bin/sh -c 'id -un'"), "tester\n");
     s.quit();
 }
+
+/// Beside a local daemon, stdio goes through fifos in the testbed's /run
+/// (pipes.rs); with --remote, through the exec's own streams. Either way
+/// the command sees the same data, and no fifo outlives its command.
+#[test]
+fn stdio_route_follows_the_daemon() {
+    let links = "for fd in 0 1 2; do readlink /proc/$$/fd/$fd; done";
+    let (s, argv) = open();
+    let got = sh_ok(&argv, links);
+    let l: Vec<&str> = got.lines().collect();
+    assert_eq!(l.len(), 3, "{got}");
+    for (link, end) in l.iter().zip(["/in", "/out", "/err"]) {
+        assert!(
+            link.starts_with("/run/rdocker-exec-") && link.ends_with(end),
+            "a local daemon's exec has no fifo for {end}: {got}"
+        );
+    }
+    // Empty stdin is an immediate end of file, and stdin the command never
+    // reads does not hold it up.
+    assert_eq!(sh(&argv, "wc -c").stdout, b"0\n");
+    let t = Instant::now();
+    let o = sh_stdin(&argv, "exit 3", &vec![7u8; 8 << 20]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Only the running command's own fifos are there.
+    assert_eq!(sh_ok(&argv, "ls /run | grep -c '^rdocker-exec-'"), "1\n");
+    // Without /run the exec still runs, through its own streams.
+    sh_ok(&argv, "mv /run /run.away");
+    let got = sh_ok(&argv, links);
+    assert!(got.lines().all(|l| l.starts_with("pipe:")), "{got}");
+    assert_eq!(sh_stdin(&argv, "cat", b"still here").stdout, b"still here");
+    sh_ok(&argv, "mv /run.away /run");
+    s.quit();
+
+    let mut s = Server::start(&["--remote", &image()]);
+    s.open();
+    let argv = s.exec_argv();
+    let got = sh_ok(&argv, links);
+    assert!(
+        got.lines().all(|l| l.starts_with("pipe:")),
+        "--remote must not use the testbed's root: {got}"
+    );
+    assert_eq!(sh_stdin(&argv, "cat", b"remote").stdout, b"remote");
+    s.quit();
+}
