@@ -275,14 +275,24 @@ async fn run(args: Args) -> Result<u8> {
     if let Some((fifos, pumps)) = fifo_route {
         pumps.finish();
         drop(fifos);
+        // Without the wrapper's `R` the command never ran: a testbed
+        // failure either way, but say which.
         if !ready && result.is_ok() {
             sink.finish();
-            return Err(anyhow::Error::new(TestbedGone(format!(
-                "the command's fifos in {}/rdocker-exec-{token} could not be opened in \
-                 testbed container {}, so it did not run",
-                pipes::DIR,
-                args.container
-            ))));
+            let why = if container_running(&client, &args.container).await {
+                format!(
+                    "the command's fifos in {}/rdocker-exec-{token} could not be opened in \
+                     testbed container {}, so it did not run",
+                    pipes::DIR,
+                    args.container
+                )
+            } else {
+                format!(
+                    "the testbed container {} went away before the command could start",
+                    args.container
+                )
+            };
+            return Err(anyhow::Error::new(TestbedGone(why)));
         }
     }
     sink.finish();
