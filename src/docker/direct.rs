@@ -67,17 +67,9 @@ impl Root {
     /// the daemon reports it: a second, independent check.
     pub fn open(pid: i64, marker: &str, hostname: &str) -> Result<Root> {
         let path = format!("/proc/{pid}/root");
-        let fd = nix::fcntl::open(
-            path.as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .with_context(|| format!("cannot open {path}"))?;
-        let root = Root {
-            fd,
-            pid,
-            start: start_time(pid),
-        };
+        // The start time is read after the open, as `attach` checks it.
+        let mut root = Root::at(pid, None)?;
+        root.start = start_time(pid);
         if root.start.is_none() {
             bail!("cannot read the start time of process {pid}");
         }
@@ -121,6 +113,13 @@ impl Root {
             .split_once(':')
             .and_then(|(p, s)| Some((p.parse::<i64>().ok()?, s.parse::<u64>().ok()?)))
             .ok_or_else(|| anyhow!("bad testbed root handle {handle:?}"))?;
+        let root = Root::at(pid, Some(start))?;
+        root.check_alive()?;
+        Ok(root)
+    }
+
+    /// /proc/PID/root held open, with the start time it is checked against.
+    fn at(pid: i64, start: Option<u64>) -> Result<Root> {
         let path = format!("/proc/{pid}/root");
         let fd = nix::fcntl::open(
             path.as_str(),
@@ -128,13 +127,7 @@ impl Root {
             Mode::empty(),
         )
         .with_context(|| format!("cannot open {path}"))?;
-        let root = Root {
-            fd,
-            pid,
-            start: Some(start),
-        };
-        root.check_alive()?;
-        Ok(root)
+        Ok(Root { fd, pid, start })
     }
 
     /// Whether the testbed still runs: a copy into or out of a removed
