@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::docker::agent;
 use crate::docker::client::Client;
 use crate::docker::direct::Root;
 use crate::docker::endpoint::Endpoint;
@@ -194,11 +195,31 @@ pub fn main(args: &[String]) -> ExitCode {
 }
 
 /// The fifo route's pumps, when the testbed's root can be reached.
-fn fifos(root: Option<&str>, token: &str) -> Option<(pipes::Fifos, pipes::Pumps)> {
-    let root = Root::attach(root?).ok()?;
-    let (fifos, ends) = pipes::Fifos::make(&root, token).ok()?;
+fn fifos(root: Option<&Root>, token: &str) -> Option<(pipes::Fifos, pipes::Pumps)> {
+    let (fifos, ends) = pipes::Fifos::make(root?, token).ok()?;
     let pumps = pipes::Pumps::start(ends).ok()?;
     Some((fifos, pumps))
+}
+
+/// Run the command through agent.rs's agent. None: no agent took it,
+/// and it has not run.
+async fn through_agent(
+    root: &Root,
+    fifos: &pipes::Fifos,
+    pumps: &mut pipes::Pumps,
+    token: &str,
+    command: &[String],
+) -> Option<(Result<i64>, bool)> {
+    let argv = exec::wrapped(token, command, exec::Stdio::Agent);
+    // Any failure before the agent has the token leaves the command ours.
+    let st = agent::submit(root, fifos, token, &argv).ok()??;
+    match agent::wait(st, fifos, root, || pumps.ready()).await {
+        Ok(agent::Outcome::NotTaken) => None,
+        // Killed along with its parent before either could say: as the
+        // exec API reports a SIGKILLed command.
+        Ok(agent::Outcome::Ended { ready, status }) => Some((Ok(status.unwrap_or(137)), ready)),
+        Err(e) => Some((Err(e), true)),
+    }
 }
 
 /// The exec's own stdout carries only the fifo wrapper's `R`.
@@ -229,31 +250,35 @@ async fn run(args: Args) -> Result<u8> {
     let endpoint = Endpoint::for_exec(&args.host);
     let client = Client::connect_with_version(&endpoint, &args.api_version)?;
     let token = crate::docker::container::random_hex(8);
+    let root = args.root.as_deref().and_then(|h| Root::attach(h).ok());
     // Where the fifos cannot be made, the exec's own streams carry stdio.
-    let mut fifo_route = fifos(args.root.as_deref(), &token);
-    let argv = exec::wrapped(&token, &args.command, fifo_route.is_some());
+    let mut fifo_route = fifos(root.as_ref(), &token);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
 
     let mut sink = ThreadSink::new();
-    let mut ready = false;
     let exec = async {
-        match &mut fifo_route {
-            Some((_, pumps)) => {
+        match (&mut fifo_route, &root) {
+            (Some((fifos, pumps)), Some(root)) => {
+                if let Some(done) = through_agent(root, fifos, pumps, &token, &args.command).await {
+                    return done;
+                }
+                let argv = exec::wrapped(&token, &args.command, exec::Stdio::Fifos);
                 let mut s = ReadySink {
                     inner: &mut sink,
                     pumps,
                     seen: false,
                 };
                 let r = exec::run(&client, &args.container, argv, None, &mut s).await;
-                ready = s.seen;
-                r
+                (r, s.seen)
             }
-            None => {
+            _ => {
+                let argv = exec::wrapped(&token, &args.command, exec::Stdio::Exec);
                 let stdin = stdin_pump();
-                exec::run(&client, &args.container, argv, Some(stdin), &mut sink).await
+                let r = exec::run(&client, &args.container, argv, Some(stdin), &mut sink).await;
+                (r, true)
             }
         }
     };
@@ -264,7 +289,7 @@ async fn run(args: Args) -> Result<u8> {
         _ = int.recv() => Err(Signal::SIGINT),
         _ = hup.recv() => Err(Signal::SIGHUP),
     };
-    let result = match signalled {
+    let (result, ready) = match signalled {
         Ok(r) => r,
         Err(sig) => {
             kill(&client, &args.container, &token).await;

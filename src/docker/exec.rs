@@ -24,10 +24,11 @@ set -a
 [ -r /etc/profile ] && . /etc/profile 2>/dev/null || true
 set +a
 "$@" 6>&-; rc=$?; [ $rc != 255 ] || rc=253
-# PID 1, its sleep and this shell are all there is when nothing was left
-# in the background: then there is nothing to look for (no forks).
+# PID 1, its sleep and this shell (and on agent.rs's route the agent and
+# this shell's parent) are all there is when nothing was left in the
+# background: then there is nothing to look for (no forks).
 set -- /proc/[0-9]*
-[ $# -gt 3 ] || exit $rc
+[ $# -gt ${rdocker_procs:-3} ] || exit $rc
 pat=""
 for fd in 1 2; do
     l=$(readlink /proc/$$/fd/$fd 2>/dev/null) || continue
@@ -84,13 +85,23 @@ done
 exit 0
 "#;
 
-/// The argv that runs `cmd` under the wrapper, tagged with `token`; with
-/// `fifos`, its stdio goes through the fifos of pipes.rs.
-pub fn wrapped(token: &str, cmd: &[String], fifos: bool) -> Vec<String> {
-    let script = if fifos {
-        format!("{}{WRAPPER}", super::pipes::PRELUDE)
-    } else {
-        WRAPPER.to_string()
+/// Where a command's stdio goes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Stdio {
+    /// The exec's own attached streams.
+    Exec,
+    /// pipes.rs's fifos, under a docker exec.
+    Fifos,
+    /// pipes.rs's fifos, under agent.rs's agent.
+    Agent,
+}
+
+/// The argv that runs `cmd` under the wrapper, tagged with `token`.
+pub fn wrapped(token: &str, cmd: &[String], stdio: Stdio) -> Vec<String> {
+    let script = match stdio {
+        Stdio::Exec => WRAPPER.to_string(),
+        Stdio::Fifos => format!("{}{WRAPPER}", super::pipes::PRELUDE),
+        Stdio::Agent => format!("rdocker_procs=5\n{}{WRAPPER}", super::pipes::PRELUDE),
     };
     let mut argv = vec![
         "env".to_string(),

@@ -1,6 +1,7 @@
 //! Docker as the testbed: one container per open/revert, reached only
 //! through the Engine API.
 
+pub mod agent;
 pub mod archive;
 pub mod client;
 pub mod container;
@@ -145,6 +146,12 @@ impl DockerTestbed {
                 Ok((r, as_root)) => {
                     self.execs_as_root = as_root;
                     debug!("single files are copied through the testbed's root directly");
+                    if as_root {
+                        match agent::start(&self.client, &id, &r).await {
+                            Ok(()) => debug!("commands start through the agent in the testbed"),
+                            Err(e) => debug!("commands start through docker exec: {e:#}"),
+                        }
+                    }
                     Some(std::sync::Arc::new(r))
                 }
                 Err(e) => {

@@ -55,50 +55,66 @@ pub struct Ends {
     pub stderr: OwnedFd,
 }
 
+/// Open flags for a name directly beneath a directory we made: no
+/// symlinks, no `..`, nothing the testbed could swap in.
+fn beneath(flags: OFlag) -> OpenHow {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    // openat2 refuses a mode without O_CREAT.
+    if flags.contains(OFlag::O_CREAT) {
+        how.mode(Mode::from_bits_truncate(0o600))
+    } else {
+        how
+    }
+}
+
+/// Make DIR/`name` in the testbed, root's and mode 0700, and open it.
+/// Returns DIR and the new directory.
+pub fn private_dir(root: &Root, name: &str) -> Result<(OwnedFd, OwnedFd)> {
+    root.check_alive()?;
+    let run = root
+        .open_at(DIR, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+        .with_context(|| format!("no {DIR} in the testbed"))?;
+    mkdirat(&run, name, Mode::from_bits_truncate(0o700))
+        .with_context(|| format!("cannot make {DIR}/{name} in the testbed"))?;
+    match openat2(&run, name, beneath(OFlag::O_PATH | OFlag::O_DIRECTORY)) {
+        Ok(d) => Ok((run, d)),
+        Err(e) => {
+            let _ = unlinkat(&run, name, UnlinkatFlags::RemoveDir);
+            Err(e).with_context(|| format!("cannot open {DIR}/{name} in the testbed"))
+        }
+    }
+}
+
+/// Make the fifo `name` in `dir` and open it with `flags`, checking that
+/// what was opened is that fifo.
+pub fn fifo(dir: &OwnedFd, name: &str, flags: OFlag) -> Result<OwnedFd> {
+    mknodat(
+        dir,
+        name,
+        SFlag::S_IFIFO,
+        Mode::from_bits_truncate(0o600),
+        0,
+    )
+    .with_context(|| format!("cannot make the fifo {name} in the testbed"))?;
+    let fd = openat2(dir, name, beneath(flags))
+        .with_context(|| format!("cannot open the fifo {name} in the testbed"))?;
+    if SFlag::from_bits_truncate(fstat(&fd)?.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
+        bail!("{name} in the testbed is not the fifo just made");
+    }
+    Ok(fd)
+}
+
 impl Fifos {
     /// Make /run/rdocker-exec-TOKEN and its fifos in the testbed.
     pub fn make(root: &Root, token: &str) -> Result<(Fifos, Ends)> {
-        root.check_alive()?;
-        let run = root
-            .open_at(DIR, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
-            .with_context(|| format!("no {DIR} in the testbed"))?;
         let name = format!("rdocker-exec-{token}");
-        mkdirat(&run, name.as_str(), Mode::from_bits_truncate(0o700))
-            .with_context(|| format!("cannot make {DIR}/{name} in the testbed"))?;
-        let beneath = |flags: OFlag| {
-            OpenHow::new()
-                .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
-        };
-        let dir = match openat2(
-            &run,
-            name.as_str(),
-            beneath(OFlag::O_PATH | OFlag::O_DIRECTORY),
-        ) {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = unlinkat(&run, name.as_str(), UnlinkatFlags::RemoveDir);
-                return Err(e).context("cannot open the fifos' directory");
-            }
-        };
+        let (run, dir) = private_dir(root, &name)?;
         let fifos = Fifos { run, dir, name };
         let mut ends = Vec::new();
         for s in STREAMS {
-            mknodat(
-                &fifos.dir,
-                s,
-                SFlag::S_IFIFO,
-                Mode::from_bits_truncate(0o600),
-                0,
-            )
-            .with_context(|| format!("cannot make a fifo in {DIR}/{}", fifos.name))?;
-            let fd = openat2(&fifos.dir, s, beneath(OFlag::O_RDWR))
-                .with_context(|| format!("cannot open the fifo {DIR}/{}/{s}", fifos.name))?;
-            if SFlag::from_bits_truncate(fstat(&fd)?.st_mode & SFlag::S_IFMT.bits())
-                != SFlag::S_IFIFO
-            {
-                bail!("{DIR}/{}/{s} is not the fifo just made", fifos.name);
-            }
+            let fd = fifo(&fifos.dir, s, OFlag::O_RDWR)?;
             // Bigger than the default 64 KiB: fewer wake-ups per MiB. The
             // limit (fs.pipe-max-size) may refuse; the default still works.
             let _ = nix::fcntl::fcntl(&fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
@@ -117,12 +133,48 @@ impl Fifos {
             _ => bail!("the fifos were not all made"),
         }
     }
+
+    /// The directory's name in DIR.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Another fifo in the directory, for agent.rs.
+    pub fn extra_fifo(&self, name: &str, flags: OFlag) -> Result<OwnedFd> {
+        fifo(&self.dir, name, flags)
+    }
+
+    /// A new file in the directory with `contents`.
+    pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        let fd = openat2(
+            &self.dir,
+            name,
+            beneath(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL),
+        )
+        .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))?;
+        write_all(fd.as_fd(), contents)
+            .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))
+    }
+
+    /// Create `name` if nobody has: the one of two parties that gets true
+    /// owns what the name stands for.
+    pub fn claim(&self, name: &str) -> Result<bool> {
+        match openat2(
+            &self.dir,
+            name,
+            beneath(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL),
+        ) {
+            Ok(_) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot create {DIR}/{}/{name}", self.name)),
+        }
+    }
 }
 
 impl Drop for Fifos {
     fn drop(&mut self) {
-        for s in STREAMS {
-            let _ = unlinkat(&self.dir, s, UnlinkatFlags::NoRemoveDir);
+        for s in STREAMS.iter().chain(super::agent::FILES) {
+            let _ = unlinkat(&self.dir, *s, UnlinkatFlags::NoRemoveDir);
         }
         let _ = unlinkat(&self.run, self.name.as_str(), UnlinkatFlags::RemoveDir);
     }

@@ -250,3 +250,55 @@ fn stdio_route_follows_the_daemon() {
     assert_eq!(sh_stdin(&argv, "cat", b"remote").stdout, b"remote");
     s.quit();
 }
+
+/// Where rdocker sees the testbed's root, commands start through the agent
+/// kept in the testbed (agent.rs), not a docker exec each: the wrapper's
+/// parent is the agent's `cmd` script. They get what a docker exec gives:
+/// no ignored or blocked signals, a session of their own. A killed agent
+/// leaves docker exec as the route; a stopped one delays a command, which
+/// then runs once, not twice.
+#[test]
+fn commands_start_through_the_agent_and_outlive_it() {
+    let (s, argv) = open();
+    let parent = "p=$(cut -d' ' -f4 /proc/$PPID/stat); tr '\\0' ' ' </proc/$p/cmdline";
+    let got = sh_ok(&argv, parent);
+    assert!(
+        got.starts_with("sh /run/rdocker-exec-") && got.ends_with("/cmd "),
+        "not started by the agent: {got:?}"
+    );
+    let status = sh_ok(&argv, "grep -E '^Sig(Ign|Blk):' /proc/self/status");
+    assert_eq!(
+        status,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+    // The session's leader is the agent's cmd script, not the agent.
+    let sid = sh_ok(&argv, "cut -d' ' -f6 /proc/$$/stat");
+    let agent = "grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3";
+    let agent_pid = sh_ok(&argv, agent);
+    assert_eq!(agent_pid.lines().count(), 1, "one agent: {agent_pid:?}");
+    assert_ne!(sid.trim(), agent_pid.trim());
+
+    // Stopped: the command waits for the agent, then runs through docker
+    // exec; the agent, once woken, finds it claimed and leaves it.
+    sh_ok(&argv, &format!("kill -STOP {}", agent_pid.trim()));
+    let t = Instant::now();
+    assert_eq!(sh_ok(&argv, "echo ran >>/tmp/once; echo hi"), "hi\n");
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    sh_ok(&argv, &format!("kill -CONT {}", agent_pid.trim()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sh_ok(&argv, "cat /tmp/once"), "ran\n");
+    assert!(sh_ok(&argv, parent).starts_with("sh /run/rdocker-exec-"));
+
+    // Killed: docker exec from then on, with the same results.
+    sh(&argv, &format!("kill -9 {}", agent_pid.trim()));
+    let t = Instant::now();
+    let o = sh_stdin(&argv, "cat; echo err >&2; exit 4", b"in");
+    assert_eq!(
+        (o.status.code(), &o.stdout[..], &o.stderr[..]),
+        (Some(4), &b"in"[..], &b"err\n"[..])
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The wrapper's parent is outside the testbed (pid 0 there).
+    assert_eq!(sh(&argv, parent).stdout, b"");
+    s.quit();
+}
