@@ -72,6 +72,26 @@ class BenchError(Exception):
     pass
 
 
+def cpu_times():
+    with open('/proc/stat') as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)  # idle + iowait, total
+
+
+def wait_idle(fraction, window=0.1, limit=10.0):
+    """Until two windows in a row have the CPUs at least `fraction` idle,
+    or `limit` seconds."""
+    end = time.monotonic() + limit
+    quiet = 0
+    idle0, total0 = cpu_times()
+    while quiet < 2 and time.monotonic() < end:
+        time.sleep(window)
+        idle1, total1 = cpu_times()
+        busy = total1 - total0
+        quiet = quiet + 1 if busy and (idle1 - idle0) / busy >= fraction else 0
+        idle0, total0 = idle1, total1
+
+
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
@@ -576,9 +596,14 @@ class Bench:
     def settle(self):
         """Called right before the clock starts: flush what earlier steps
         wrote and deleted (ext4's online discard runs at journal commit), so
-        that no operation pays for another's writeback."""
+        that no operation pays for another's writeback, and wait until the
+        CPUs are idle, so that none pays for what another server still does
+        in the background (rdocker makes its spare testbed after open and
+        revert; the daemon finishes removals)."""
         if self.a.sync:
             os.sync()
+        if self.a.idle > 0:
+            wait_idle(self.a.idle)
 
     def op_exec_true(self, s):
         t0 = time.perf_counter()
@@ -1256,6 +1281,9 @@ def parse_args():
                     help='daemon socket for the ceiling column (default %(default)s)')
     ap.add_argument('--no-sync', dest='sync', action='store_false',
                     help='do not sync(2) before each timed data operation')
+    ap.add_argument('--idle', type=float, default=0.85, metavar='FRACTION',
+                    help='before each timed operation, wait (up to 10 s) until the CPUs are this '
+                         'idle; 0: do not wait')
     ap.add_argument('--wait-load', type=float, default=None, metavar='LOAD',
                     help='before starting, wait (up to --wait-max s) until the 1-minute load '
                     'average is below LOAD')

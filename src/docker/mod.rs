@@ -16,6 +16,7 @@ pub mod runopts;
 
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::debug;
 use crate::testbed::Testbed;
@@ -37,10 +38,104 @@ pub struct DockerTestbed {
     normal_user: Option<String>,
     exe: PathBuf,
     /// The open testbed's root, for single-file copies (direct.rs).
-    direct: Option<std::sync::Arc<direct::Root>>,
+    direct: Option<Arc<direct::Root>>,
     /// Whether execs run as root in the testbed, who can open the fifos
     /// that pipes.rs makes.
     execs_as_root: bool,
+    /// The next testbed, made while this one runs, so that revert costs
+    /// only the swap (see `revert`).
+    spare: Option<tokio::task::JoinHandle<Result<Ready>>>,
+}
+
+/// What it takes to make a testbed; owned, so that a spare can be made
+/// on its own task.
+#[derive(Clone)]
+struct Recipe {
+    client: Client,
+    image: String,
+    run: RunOptions,
+    binds: Vec<String>,
+    /// Made in the testbed unless it is in the shared directory.
+    make_downtmp: bool,
+    downtmp: String,
+    find_user: bool,
+    /// The daemon is local: try its root (direct.rs) and the agent.
+    local: bool,
+}
+
+/// A started container, with everything rdocker learned about it.
+struct Ready {
+    container: Container,
+    direct: Option<Arc<direct::Root>>,
+    execs_as_root: bool,
+    /// Some when looked up (the first open).
+    normal_user: Option<Option<String>>,
+}
+
+impl Ready {
+    /// Whether it still runs: a spare may have died while it waited (a
+    /// daemon restart, say).
+    async fn alive(&self, client: &Client) -> bool {
+        if let Some(root) = &self.direct {
+            return root.check_alive().is_ok();
+        }
+        matches!(
+            client.docker.inspect_container(&self.container.id, None).await,
+            Ok(c) if c.state.as_ref().and_then(|s| s.running) == Some(true)
+        )
+    }
+}
+
+/// Create and start a container and make it a testbed: the scratch
+/// directory, the normal user, the direct root and the agent. A failure
+/// removes the container (Container's drop).
+async fn prepare(r: Recipe) -> Result<Ready> {
+    let c = Container::create(&r.client, &r.image, &r.run, r.binds.clone()).await?;
+    debug!(
+        "started container {} ({})",
+        c.name,
+        &c.id[..12.min(c.id.len())]
+    );
+    let id = c.id.clone();
+    let mk = async {
+        if r.make_downtmp {
+            make_dir(&r.client, &id, &r.downtmp).await
+        } else {
+            Ok(())
+        }
+    };
+    let user = async {
+        if r.find_user {
+            find_normal_user(&r.client, &id).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (made, user) = tokio::join!(mk, user);
+    made?;
+    let mut ready = Ready {
+        container: c,
+        direct: None,
+        execs_as_root: false,
+        normal_user: user?,
+    };
+    if r.local {
+        match open_root(&r.client, &id, &r.downtmp).await {
+            Ok((root, as_root)) => {
+                ready.execs_as_root = as_root;
+                debug!("single files are copied through the testbed's root directly");
+                if as_root {
+                    match agent::start(&r.client, &id, &root).await {
+                        Ok(()) => debug!("commands start through the agent in the testbed"),
+                        Err(e) => debug!("commands start through docker exec: {e:#}"),
+                    }
+                }
+                ready.direct = Some(Arc::new(root));
+            }
+            Err(e) => debug!("single files go through the archive API too: {e:#}"),
+        }
+    }
+    Ok(ready)
 }
 
 impl DockerTestbed {
@@ -74,6 +169,7 @@ impl DockerTestbed {
             exe,
             direct: None,
             execs_as_root: false,
+            spare: None,
         })
     }
 
@@ -90,12 +186,9 @@ impl DockerTestbed {
             .ok_or_else(|| anyhow!("the testbed is not open"))
     }
 
-    async fn bring_up(&mut self) -> Result<String> {
-        if self.pull && !self.pulled {
-            debug!("pulling {}", self.image);
-            container::pull(&self.client, &self.image).await?;
-            self.pulled = true;
-        }
+    /// The recipe for this session's testbeds; the scratch directory's
+    /// path is chosen at the first open and kept.
+    fn recipe(&mut self) -> Result<Recipe> {
         let mut binds = Vec::new();
         if let Some(dir) = self.shared_dir() {
             // Same path on both sides, so that downtmp-host maps 1:1.
@@ -106,69 +199,111 @@ impl DockerTestbed {
             std::fs::set_permissions(dir.join("downtmp"), std::fs::Permissions::from_mode(0o777))?;
             binds.push(format!("{0}:{0}", dir.display()));
         }
-        let c = Container::create(&self.client, &self.image, &self.run, binds).await?;
-        debug!(
-            "started container {} ({})",
-            c.name,
-            &c.id[..12.min(c.id.len())]
-        );
-        let id = c.id.clone();
-        self.container = Some(c);
-
         let downtmp = match (self.shared_dir(), &self.downtmp) {
             (Some(dir), _) => dir.join("downtmp").to_string_lossy().into_owned(),
             (None, Some(d)) => d.clone(),
             (None, None) => format!("/tmp/autopkgtest.{}", container::random_hex(3)),
         };
-        let need_user = self.normal_user.is_none();
-        let mk = async {
-            if self.shared_dir().is_none() {
-                make_dir(&self.client, &id, &downtmp).await
-            } else {
-                Ok(())
+        self.downtmp = Some(downtmp.clone());
+        Ok(Recipe {
+            client: self.client.clone(),
+            image: self.image.clone(),
+            run: self.run.clone(),
+            binds,
+            make_downtmp: self.shared_dir().is_none(),
+            downtmp,
+            find_user: self.normal_user.is_none(),
+            local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
+        })
+    }
+
+    /// Make the next testbed in the background. Only after a testbed is
+    /// up: the two would compete for the daemon.
+    fn make_spare(&mut self) -> Result<()> {
+        let mut r = self.recipe()?;
+        r.find_user = false;
+        self.spare = Some(tokio::spawn(prepare(r)));
+        Ok(())
+    }
+
+    /// The spare, if it was made and still runs.
+    async fn take_spare(&mut self) -> Option<Ready> {
+        let handle = self.spare.take()?;
+        match handle.await {
+            Ok(Ok(mut r)) => {
+                if r.alive(&self.client).await {
+                    return Some(r);
+                }
+                debug!("the spare testbed {} has died", r.container.name);
+                r.container.remove().await.ok();
+                None
             }
-        };
-        let user = async {
-            if need_user {
-                find_normal_user(&self.client, &id).await.map(Some)
-            } else {
-                Ok(None)
+            Ok(Err(e)) => {
+                debug!("no spare testbed: {e:#}");
+                None
             }
-        };
-        let (made, user) = tokio::join!(mk, user);
-        made?;
-        if let Some(u) = user? {
+            Err(e) => {
+                debug!("no spare testbed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Make `ready` the open testbed.
+    fn install(&mut self, ready: Ready) {
+        if let Some(u) = ready.normal_user {
             self.normal_user = u;
         }
-        self.downtmp = Some(downtmp.clone());
-        if matches!(self.copy_mode, CopyMode::Api { local: true, .. }) {
-            self.direct = match open_root(&self.client, &id, &downtmp).await {
-                Ok((r, as_root)) => {
-                    self.execs_as_root = as_root;
-                    debug!("single files are copied through the testbed's root directly");
-                    if as_root {
-                        match agent::start(&self.client, &id, &r).await {
-                            Ok(()) => debug!("commands start through the agent in the testbed"),
-                            Err(e) => debug!("commands start through docker exec: {e:#}"),
-                        }
-                    }
-                    Some(std::sync::Arc::new(r))
-                }
-                Err(e) => {
-                    debug!("single files go through the archive API too: {e:#}");
-                    None
-                }
-            };
+        self.direct = ready.direct;
+        self.execs_as_root = ready.execs_as_root;
+        self.container = Some(ready.container);
+    }
+
+    async fn bring_up(&mut self) -> Result<String> {
+        if self.pull && !self.pulled {
+            debug!("pulling {}", self.image);
+            container::pull(&self.client, &self.image).await?;
+            self.pulled = true;
         }
+        let recipe = self.recipe()?;
+        let downtmp = recipe.downtmp.clone();
+        self.install(prepare(recipe).await?);
         Ok(downtmp)
     }
 
+    /// Remove the open testbed and the spare, both at once.
     async fn tear_down(&mut self) -> Result<()> {
         self.direct = None;
-        if let Some(mut c) = self.container.take() {
-            debug!("removing container {}", c.name);
-            c.remove().await?;
-        }
+        let current = self.container.take();
+        let spare = self.spare.take();
+        let (a, b) = tokio::join!(
+            async {
+                match current {
+                    Some(mut c) => {
+                        debug!("removing container {}", c.name);
+                        c.remove().await
+                    }
+                    None => Ok(()),
+                }
+            },
+            async {
+                // Waited for, not aborted: a create in flight would leave
+                // a container that nobody knows of.
+                match spare?.await {
+                    Ok(Ok(mut r)) => {
+                        debug!("removing spare container {}", r.container.name);
+                        Some(r.container.remove().await)
+                    }
+                    _ => None,
+                }
+            }
+        );
+        a?;
+        b.transpose()?;
+        self.clean_shared_dir()
+    }
+
+    fn clean_shared_dir(&self) -> Result<()> {
         if let Some(dir) = self.shared_dir() {
             let d = dir.join("downtmp");
             if d.exists() {
@@ -266,7 +401,12 @@ pub fn first_normal_user(passwd: &str) -> Option<String> {
 impl Testbed for DockerTestbed {
     async fn start(&mut self) -> Result<String> {
         match self.bring_up().await {
-            Ok(d) => Ok(d),
+            Ok(d) => {
+                if let Err(e) = self.make_spare() {
+                    debug!("no spare testbed: {e:#}");
+                }
+                Ok(d)
+            }
             Err(e) => {
                 self.tear_down().await.ok();
                 Err(e)
@@ -275,18 +415,39 @@ impl Testbed for DockerTestbed {
     }
 
     async fn revert(&mut self) -> Result<String> {
-        // The old container goes while the new one comes up: the daemon's
-        // kill and removal then cost revert nothing. They share no name,
-        // and a shared directory is emptied before either starts.
+        // The spare made while this testbed ran takes its place, and the
+        // old container goes meanwhile: revert costs the removal, not a
+        // create and start. Without a spare, the new one is made while the
+        // old goes. They share no name, and a shared directory is emptied
+        // before either starts.
         let old = self.container.take();
-        self.tear_down().await?;
-        let Some(mut old) = old else {
-            return self.start().await;
+        self.direct = None;
+        let spare = self.take_spare().await;
+        self.clean_shared_dir()?;
+        let recipe = self.recipe()?;
+        let downtmp = recipe.downtmp.clone();
+        let next = async {
+            match spare {
+                Some(r) => Ok(r),
+                None => prepare(recipe).await,
+            }
         };
-        debug!("removing container {}", old.name);
-        let (removed, started) = tokio::join!(old.remove(), self.start());
+        let remove = async {
+            match old {
+                Some(mut c) => {
+                    debug!("removing container {}", c.name);
+                    c.remove().await
+                }
+                None => Ok(()),
+            }
+        };
+        let (removed, next) = tokio::join!(remove, next);
+        let next = next?;
+        debug!("testbed container is now {}", next.container.name);
+        self.install(next);
         removed?;
-        started
+        self.make_spare()?;
+        Ok(downtmp)
     }
 
     async fn stop(&mut self) -> Result<()> {

@@ -35,7 +35,8 @@ fn eof_while_open() {
     // The reference spins forever here and leaks its container.
     let mut s = Server::start(&[&image()]);
     s.open();
-    assert_eq!(containers_of(s.pid()).len(), 1);
+    // The testbed and its spare.
+    owned(s.pid(), 2);
     s.close_stdin();
     let st = s.wait(PROMPT);
     assert_eq!(st.code(), Some(12), "{}", s.stderr());
@@ -57,7 +58,7 @@ fn signals_while_open() {
     for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         let mut s = Server::start(&[&image()]);
         s.open();
-        assert_eq!(containers_of(s.pid()).len(), 1);
+        owned(s.pid(), 2);
         s.signal(sig);
         assert_died_of(&mut s, sig);
     }

@@ -80,7 +80,7 @@ fn container_killed_behind_our_back() {
     let mut s = Server::start(&[&image()]);
     let d = s.open();
     let argv = s.exec_argv();
-    let id = containers_of(s.pid()).remove(0);
+    let id = testbed_of(&argv);
     // Kill (not remove): the container still exists, stopped.
     runtime_block(
         docker().kill_container(&id, None::<bollard::query_parameters::KillContainerOptions>),

@@ -54,7 +54,7 @@ fn docker_run_options_reach_the_container() {
         sh_ok(&argv, "getent hosts example.invalid | cut -d' ' -f1"),
         "10.9.8.7\n"
     );
-    let id = containers_of(s.pid()).remove(0);
+    let id = testbed_of(&s.exec_argv());
     let hc = inspect(&id).host_config.unwrap();
     assert_eq!(hc.memory, Some(512 * 1024 * 1024));
     assert_eq!(hc.nano_cpus, Some(1_500_000_000));
@@ -75,7 +75,7 @@ fn docker_run_options_reach_the_container() {
 fn labels_and_name_identify_the_container() {
     let mut s = Server::start(&[&image()]);
     s.open();
-    let id = containers_of(s.pid()).remove(0);
+    let id = testbed_of(&s.exec_argv());
     let c = inspect(&id);
     let labels = c.config.unwrap().labels.unwrap();
     assert_eq!(

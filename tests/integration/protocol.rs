@@ -44,29 +44,50 @@ fn full_session() {
     s.quit();
 }
 
+/// Revert swaps in the spare made while the testbed ran, removes the old
+/// one, and starts the next spare; a spare that died meanwhile is not
+/// used. Every testbed has the same scratch directory, clean.
 #[test]
 fn revert_gives_a_fresh_container_with_the_same_scratch() {
     let mut s = Server::start(&[&image()]);
     let d = s.open();
+    let clean = format!("ls -A {d}; test -e /etc/dirty || echo clean");
     let argv = s.exec_argv();
+    let first = testbed_of(&argv);
     sh_ok(&argv, &format!("touch /etc/dirty {d}/also-dirty"));
-    let before = containers_of(s.pid());
-    assert_eq!(before.len(), 1);
+    let both = owned(s.pid(), 2);
+    assert!(both.contains(&first), "{both:?}");
+    let spare = both.iter().find(|c| **c != first).unwrap().clone();
     let t = std::time::Instant::now();
     assert_eq!(s.ok("revert"), vec![d.clone()]);
     let took = t.elapsed();
-    let after = containers_of(s.pid());
-    assert_eq!(after.len(), 1, "{after:?}");
-    assert_ne!(before, after, "revert kept the old container");
     // Well under Docker's 10 s stop grace.
     assert!(took < Duration::from_secs(5), "revert took {took:?}");
+    assert!(
+        !containers_of(s.pid()).contains(&first),
+        "revert kept the old container"
+    );
     let argv = s.exec_argv();
-    assert_eq!(
-        sh_ok(
-            &argv,
-            &format!("ls -A {d}; test -e /etc/dirty || echo clean")
-        ),
-        "clean\n"
+    assert_eq!(testbed_of(&argv), spare, "revert did not use the spare");
+    assert_eq!(sh_ok(&argv, &clean), "clean\n");
+    sh_ok(&argv, "touch /etc/dirty");
+
+    // The next spare dies before it is needed: revert makes a testbed anew.
+    let both = owned(s.pid(), 2);
+    let dead = both.iter().find(|c| **c != spare).unwrap().clone();
+    remove_container(&dead);
+    assert_eq!(s.ok("revert"), vec![d.clone()]);
+    let argv = s.exec_argv();
+    let now = testbed_of(&argv);
+    assert!(now != dead && now != spare, "{now}");
+    assert_eq!(sh_ok(&argv, &clean), "clean\n");
+    owned(s.pid(), 2);
+    let pid = s.pid();
+    s.ok("close");
+    assert!(
+        containers_of(pid).is_empty(),
+        "close left {:?}",
+        containers_of(pid)
     );
     s.quit();
 }
@@ -205,7 +226,7 @@ fn vanished_container_gives_a_clear_error() {
     let mut s = Server::start(&[&image()]);
     s.open();
     let argv = s.exec_argv();
-    let id = containers_of(s.pid()).remove(0);
+    let id = testbed_of(&argv);
     remove_container(&id);
     // The exec argv reports a testbed failure, not a test failure.
     let o = sh(&argv, "true");

@@ -103,6 +103,31 @@ pub fn containers_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// The testbed's container, from its print-execute-command argv.
+pub fn testbed_of(argv: &[String]) -> String {
+    argv.iter()
+        .find_map(|a| a.strip_prefix("--container="))
+        .expect("no --container= in the exec argv")
+        .to_string()
+}
+
+/// Wait until rdocker `pid` owns `n` containers (an open testbed and the
+/// spare made beside it: 2), and return them.
+pub fn owned(pid: u32, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = containers_of(pid);
+        if c.len() == n {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rdocker (pid {pid}) owns {c:?}, not {n} containers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Wait (briefly) until no container of this owner is left, and fail if
 /// one is.
 pub fn assert_no_containers(pid: u32) {
