@@ -26,8 +26,8 @@ pub struct Cli {
     pub pull: bool,
 
     /// Assume the daemon cannot see this machine's filesystem or processes: move files
-    /// and command streams only through the Engine API, never through a shared directory
-    /// or the testbed's root
+    /// and command streams, and start commands, only through the Engine API, never
+    /// through a shared directory or the testbed's root
     #[arg(long)]
     pub remote: bool,
 

@@ -39,10 +39,10 @@ impl Client {
         crate::debug!("connecting through {}", endpoint.transport());
         // A server lives long: always keep an ssh connection ready.
         let docker = raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX)?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable_error(endpoint, e))?;
+        let docker = match docker.negotiate_version().await {
+            Ok(d) => d,
+            Err(e) => return Err(unreachable_error(endpoint, e, diagnose(endpoint).await)),
+        };
         Ok(Client {
             docker,
             endpoint: endpoint.clone(),
@@ -98,17 +98,40 @@ fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> R
             endpoint.source
         );
     };
-    docker.map_err(|e| unreachable_error(endpoint, e))
+    docker.map_err(|e| unreachable_error(endpoint, e, None))
 }
 
-fn unreachable_error(endpoint: &Endpoint, e: bollard::errors::Error) -> anyhow::Error {
+/// Why a TLS daemon failed a request, if it says so after the handshake.
+/// In TLS 1.3 a daemon checks the client's certificate after the client
+/// has finished its handshake, and its alert then races the first
+/// request: the request may fail first, with a bare "connection closed".
+/// A fresh connection that only waits for that alert gets the reason.
+async fn diagnose(endpoint: &Endpoint) -> Option<String> {
+    let tls = endpoint.tls.as_ref()?;
+    let dial = TlsDial::new(&endpoint.host, tls).ok()?;
+    let mut s = dial.dial().await.ok()?;
+    let mut b = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut s, &mut b);
+    match tokio::time::timeout(std::time::Duration::from_secs(2), read).await {
+        Ok(Err(e)) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            Some(dial.explain.say(&e))
+        }
+        _ => None,
+    }
+}
+
+fn unreachable_error(
+    endpoint: &Endpoint,
+    e: bollard::errors::Error,
+    why: Option<String>,
+) -> anyhow::Error {
     let plain_to_tls = endpoint.tls.is_none() && endpoint.host.starts_with("tcp://");
     anyhow!(
         "the Docker daemon is unreachable at {} (from {}): {}. Is the daemon running, and do \
          --host, --context, DOCKER_HOST or the docker context say where it listens?{}",
         endpoint.host,
         endpoint.source,
-        chain(&e),
+        why.unwrap_or_else(|| chain(&e)),
         if plain_to_tls {
             " If it wants TLS, set DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or use a context \
              with TLS material."

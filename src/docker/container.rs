@@ -213,6 +213,30 @@ impl Container {
         Ok(c)
     }
 
+    /// End the testbed without a grace period; the container stays until
+    /// `remove`. With `wait`, return once all its processes are dead (a
+    /// SIGKILL, which the daemon waits out, with the unmount of the root:
+    /// a second after a build). Without, ask PID 1 to exit (SIGTERM, which
+    /// it traps and the daemon does not wait for): the kernel then kills
+    /// every other process of the container's pid namespace.
+    pub async fn kill(&self, wait: bool) -> Result<()> {
+        let opts = bollard::query_parameters::KillContainerOptionsBuilder::new()
+            .signal(if wait { "SIGKILL" } else { "SIGTERM" })
+            .build();
+        match self
+            .client
+            .docker
+            .kill_container(&self.id, Some(opts))
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Gone, or not running: nothing runs in it either way.
+            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("cannot kill testbed container {}", self.name))),
+        }
+    }
+
     /// Kill and remove at once: nothing in a testbed is worth a grace period.
     pub async fn remove(&mut self) -> Result<()> {
         if self.removed {
@@ -225,6 +249,7 @@ impl Container {
         // A daemon that is restarting answers nothing for a while; wait
         // for it rather than leave the container behind.
         let deadline = std::time::Instant::now() + REMOVE_RETRY;
+        let busy_until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut delay = std::time::Duration::from_millis(100);
         loop {
             match self
@@ -237,6 +262,14 @@ impl Container {
                 Err(e) if status_of(&e) == Some(404) => break,
                 // "removal already in progress"
                 Err(e) if status_of(&e) == Some(409) => break,
+                // A container that is just stopping (after revert's
+                // SIGTERM) can fail a forced removal: podman says "could
+                // not be stopped: container state improper". Once stopped,
+                // it goes.
+                Err(e) if status_of(&e) == Some(500) && std::time::Instant::now() < busy_until => {
+                    crate::debug!("cannot remove {} yet ({e}); retrying", self.name);
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
                 Err(e) if status_of(&e).is_none() && std::time::Instant::now() < deadline => {
                     crate::debug!(
                         "cannot reach the daemon to remove {} ({e}); retrying",

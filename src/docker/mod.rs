@@ -45,6 +45,10 @@ pub struct DockerTestbed {
     /// The next testbed, made while this one runs, so that revert costs
     /// only the swap (see `revert`).
     spare: Option<tokio::task::JoinHandle<Result<Ready>>>,
+    /// Reverted testbeds, killed, whose removal (the daemon deleting what
+    /// the tests installed: seconds after a build) runs while the next
+    /// testbed works. Awaited by `stop`.
+    retiring: Vec<tokio::task::JoinHandle<Result<()>>>,
 }
 
 /// What it takes to make a testbed; owned, so that a spare can be made
@@ -170,6 +174,7 @@ impl DockerTestbed {
             direct: None,
             execs_as_root: false,
             spare: None,
+            retiring: Vec::new(),
         })
     }
 
@@ -271,12 +276,14 @@ impl DockerTestbed {
         Ok(downtmp)
     }
 
-    /// Remove the open testbed and the spare, both at once.
+    /// Remove the open testbed, the spare and the reverted ones, all at
+    /// once.
     async fn tear_down(&mut self) -> Result<()> {
         self.direct = None;
         let current = self.container.take();
         let spare = self.spare.take();
-        let (a, b) = tokio::join!(
+        let retiring = std::mem::take(&mut self.retiring);
+        let (a, b, c) = tokio::join!(
             async {
                 match current {
                     Some(mut c) => {
@@ -296,11 +303,33 @@ impl DockerTestbed {
                     }
                     _ => None,
                 }
-            }
+            },
+            futures_util::future::join_all(retiring)
         );
         a?;
         b.transpose()?;
+        for r in c {
+            r.map_err(|e| anyhow!("a container removal failed: {e}"))??;
+        }
         self.clean_shared_dir()
+    }
+
+    /// Leave the removal of a reverted (and killed) testbed to a task of
+    /// its own.
+    async fn retire(&mut self, mut old: Container) -> Result<()> {
+        debug!("removing container {} in the background", old.name);
+        self.retiring
+            .push(tokio::spawn(async move { old.remove().await }));
+        // Report failures of those already done, and forget them.
+        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retiring)
+            .into_iter()
+            .partition(|h| h.is_finished());
+        self.retiring = running;
+        for h in done {
+            h.await
+                .map_err(|e| anyhow!("a container removal failed: {e}"))??;
+        }
+        Ok(())
     }
 
     fn clean_shared_dir(&self) -> Result<()> {
@@ -416,14 +445,14 @@ impl Testbed for DockerTestbed {
 
     async fn revert(&mut self) -> Result<String> {
         // The spare made while this testbed ran takes its place, and the
-        // old container goes meanwhile: revert costs the removal, not a
-        // create and start. Without a spare, the new one is made while the
-        // old goes. They share no name, and a shared directory is emptied
-        // before either starts.
+        // old one is ended at once and removed in the background: revert
+        // costs neither a create and start, nor the daemon unmounting and
+        // deleting what the tests installed. Without a spare, the new testbed is
+        // made meanwhile. They share no name, and a shared directory is
+        // emptied after the kill, before the new testbed is handed out.
         let old = self.container.take();
         self.direct = None;
         let spare = self.take_spare().await;
-        self.clean_shared_dir()?;
         let recipe = self.recipe()?;
         let downtmp = recipe.downtmp.clone();
         let next = async {
@@ -432,20 +461,28 @@ impl Testbed for DockerTestbed {
                 None => prepare(recipe).await,
             }
         };
-        let remove = async {
-            match old {
-                Some(mut c) => {
-                    debug!("removing container {}", c.name);
-                    c.remove().await
-                }
+        // Only a shared directory, which the old testbed could still write
+        // to, needs its processes dead before revert answers.
+        let wait = self.shared_dir().is_some();
+        let kill = async {
+            match &old {
+                Some(c) => c.kill(wait).await,
                 None => Ok(()),
             }
         };
-        let (removed, next) = tokio::join!(remove, next);
+        let (killed, next) = tokio::join!(kill, next);
+        if let Some(old) = old {
+            // Retired even if the kill failed: stop() then removes it.
+            let retired = self.retire(old).await;
+            killed?;
+            retired?;
+        }
         let next = next?;
+        self.clean_shared_dir()?;
+        // In the shared directory, downtmp must be there again.
+        self.recipe()?;
         debug!("testbed container is now {}", next.container.name);
         self.install(next);
-        removed?;
         self.make_spare()?;
         Ok(downtmp)
     }
