@@ -71,7 +71,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         CopyMode::Api { why, local } => debug!(
             "copies go through the Engine API: {why}{}",
             if *local {
-                "; single files straight through the testbed's root if rdocker can see it"
+                "; straight through the testbed's root instead if rdocker can see it"
             } else {
                 ""
             }

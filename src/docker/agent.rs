@@ -109,10 +109,48 @@ pub async fn start(client: &Client, container: &str, root: &Root) -> Result<()> 
         .await
         .context("cannot start the agent")?
     {
-        StartExecResults::Detached => Ok(()),
-        StartExecResults::Attached { .. } => Err(anyhow!("the daemon attached the agent's exec")),
+        StartExecResults::Detached => {}
+        StartExecResults::Attached { .. } => {
+            return Err(anyhow!("the daemon attached the agent's exec"))
+        }
+    }
+    // Until the agent has ctl open, a command would find no reader and
+    // take a docker exec: wait for it, as the first commands follow at
+    // once. A writer's open succeeds once there is a reader.
+    let deadline = tokio::time::Instant::now() + READY_WITHIN;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        match root.open_at(CTL, OFlag::O_WRONLY | OFlag::O_NONBLOCK, 0) {
+            Ok(_) => return Ok(()),
+            Err(Errno::ENXIO) if tokio::time::Instant::now() < deadline => {
+                // One that gave up (no `setsid -f`: busybox) will never
+                // open it.
+                let running = client
+                    .docker
+                    .inspect_exec(&created.id)
+                    .await
+                    .map(|i| i.running)
+                    .unwrap_or(Some(false));
+                if running == Some(false) {
+                    return Err(anyhow!(
+                        "the agent exited at once (no `setsid -f` in the testbed?)"
+                    ));
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno::ENXIO) => {
+                return Err(anyhow!(
+                    "the agent did not open its fifo within {READY_WITHIN:?}"
+                ))
+            }
+            Err(e) => return Err(e).context("cannot open the agent's fifo"),
+        }
     }
 }
+
+/// How long open waits for the agent to listen.
+const READY_WITHIN: Duration = Duration::from_secs(2);
 
 /// Quote for sh: any bytes but NUL survive single quotes.
 fn quote(s: &str) -> String {

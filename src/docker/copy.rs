@@ -33,7 +33,7 @@ impl Write for ChanWriter {
 }
 
 /// A Read over chunks from another thread; `next` gives None at the end.
-struct ChanReader {
+pub struct ChanReader {
     next: Box<dyn FnMut() -> Option<io::Result<Bytes>> + Send>,
     cur: Bytes,
 }
@@ -46,7 +46,7 @@ impl ChanReader {
         }
     }
 
-    fn std(rx: std::sync::mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
+    pub fn std(rx: std::sync::mpsc::Receiver<io::Result<Bytes>>) -> ChanReader {
         ChanReader {
             next: Box::new(move || rx.recv().ok()),
             cur: Bytes::new(),

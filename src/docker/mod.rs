@@ -13,6 +13,7 @@ pub mod exec;
 pub mod pipes;
 pub mod reap;
 pub mod runopts;
+pub mod tree;
 
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -127,7 +128,7 @@ async fn prepare(r: Recipe) -> Result<Ready> {
         match open_root(&r.client, &id, &r.downtmp).await {
             Ok((root, as_root)) => {
                 ready.execs_as_root = as_root;
-                debug!("single files are copied through the testbed's root directly");
+                debug!("files and directories are copied through the testbed's root directly");
                 if as_root {
                     match agent::start(&r.client, &id, &root).await {
                         Ok(()) => debug!("commands start through the agent in the testbed"),
@@ -136,7 +137,7 @@ async fn prepare(r: Recipe) -> Result<Ready> {
                 }
                 ready.direct = Some(Arc::new(root));
             }
-            Err(e) => debug!("single files go through the archive API too: {e:#}"),
+            Err(e) => debug!("files and directories go through the archive API too: {e:#}"),
         }
     }
     Ok(ready)
@@ -494,9 +495,14 @@ impl Testbed for DockerTestbed {
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
-        if let (Some(root), false) = (self.direct.clone(), dir) {
+        if let Some(root) = self.direct.clone() {
             let (h, t) = (host.to_path_buf(), testbed.to_string());
-            if direct::run(root, move |r, c| r.push_file(&h, &t, c)).await? {
+            let done = if dir {
+                direct::run(root, move |r, c| tree::push(r, &h, &t, c)).await?
+            } else {
+                direct::run(root, move |r, c| r.push_file(&h, &t, c)).await?
+            };
+            if done {
                 return Ok(());
             }
         }
@@ -509,9 +515,14 @@ impl Testbed for DockerTestbed {
 
     async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()> {
         let id = self.container()?.id.clone();
-        if let (Some(root), false) = (self.direct.clone(), dir) {
+        if let Some(root) = self.direct.clone() {
             let (h, t) = (host.to_path_buf(), testbed.to_string());
-            if direct::run(root, move |r, c| r.pull_file(&t, &h, c)).await? {
+            let done = if dir {
+                direct::run(root, move |r, c| tree::pull(r, &t, &h, c)).await?
+            } else {
+                direct::run(root, move |r, c| r.pull_file(&t, &h, c)).await?
+            };
+            if done {
                 return Ok(());
             }
         }

@@ -95,7 +95,12 @@ fn socat(dir: &Path, listen: &str, tag: &str) -> (Bg, u16) {
     let socat = need("socat", "socat");
     let port = free_port();
     let mut bg = Bg::spawn(
+        // -t: after one side's EOF (an exec's stdin closed at once),
+        // socat's default is to cut the whole connection within 0.5 s,
+        // which a command slower to answer then sees as a lost stream.
         Command::new(socat).args([
+            "-t",
+            "86400",
             &format!("{listen}:{port},bind=127.0.0.1,reuseaddr,fork"),
             &local_daemon(),
         ]),
@@ -203,7 +208,10 @@ fn tls(dir: &Path) -> (Bg, u16, PathBuf) {
     let socat = need("socat", "socat");
     let port = free_port();
     let mut bg = Bg::spawn(
+        // -t as in socat() above: an exec's stdin ends at once.
         Command::new(socat).args([
+            "-t",
+            "86400",
             &format!("{head}{port}{tail},bind=127.0.0.1,reuseaddr,fork"),
             &local_daemon(),
         ]),

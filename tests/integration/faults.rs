@@ -294,7 +294,7 @@ fn hostile_testbed_trees_cannot_escape_the_copyup_target() {
 /// testbed's, and the host's same paths stay untouched. With --remote the
 /// archive API must give the same answers.
 #[test]
-fn planted_symlinks_stay_inside_the_testbed_for_single_files() {
+fn planted_symlinks_stay_inside_the_testbed() {
     let host = TempDir::new("direct");
     let secret = host.path().join("secret");
     fs::write(&secret, "host secret\n").unwrap();
@@ -340,9 +340,64 @@ fn planted_symlinks_stay_inside_the_testbed_for_single_files() {
             "payload\n"
         );
         assert_eq!(fs::read_to_string(&secret).unwrap(), "host secret\n");
+
+        // Trees: a planted link as the target, and as an entry in the way.
+        let tree = host.path().join("tree");
+        let _ = fs::remove_dir_all(&tree);
+        fs::create_dir_all(tree.join("sub")).unwrap();
+        fs::write(tree.join("sub/x"), "tree payload\n").unwrap();
+        sh_ok(
+            &argv,
+            &format!(
+                "rm -f {v}/dropped && mkdir {d}/t2 && ln -s {v} {d}/t2/sub",
+                v = victim_dir.display()
+            ),
+        );
+        s.ok(&format!("copydown {}/ {d}/dirlink/", tree.display()));
+        s.ok(&format!("copydown {}/ {d}/t2/", tree.display()));
+        assert_eq!(
+            fs::read_dir(&victim_dir).unwrap().count(),
+            0,
+            "{extra:?}: a tree copydown wrote through a planted symlink onto the host"
+        );
+        // As the daemon's extraction does, both links became directories.
+        assert_eq!(
+            sh_ok(
+                &argv,
+                &format!(
+                    "cat {d}/dirlink/sub/x {d}/t2/sub/x; ls -A {v}; \
+                     for l in {d}/dirlink {d}/t2/sub; do test -d $l -a ! -L $l && echo real; done",
+                    v = victim_dir.display()
+                )
+            ),
+            "tree payload\ntree payload\nreal\nreal\n",
+            "{extra:?}"
+        );
+        let up = host.path().join(format!("up{}", extra[0]));
+        sh_ok(
+            &argv,
+            &format!("mkdir {d}/t3 && ln -s {} {d}/t3/abs", secret.display()),
+        );
+        s.ok(&format!("copyup {d}/t3/ {}/", up.display()));
+        assert!(
+            fs::symlink_metadata(up.join("abs"))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{extra:?}: a tree copyup followed a link in the testbed"
+        );
+        s.ok(&format!("copyup {d}/dirlink/ {}/", up.display()));
+        assert_eq!(
+            fs::read_to_string(up.join("sub/x")).unwrap(),
+            "tree payload\n",
+            "{extra:?}: a tree copyup through a planted link read the host"
+        );
+        assert_eq!(fs::read_to_string(&secret).unwrap(), "host secret\n");
         if extra == ["-d"] {
             assert!(
-                s.stderr_says("single files are copied through the testbed's root directly"),
+                s.stderr_says(
+                    "files and directories are copied through the testbed's root directly"
+                ),
                 "the direct route was not taken: {}",
                 s.stderr()
             );
