@@ -248,6 +248,7 @@ impl Root {
 /// sendfile), by read and write where it cannot; a set `cancel` (the copy timed out) stops it.
 pub fn copy(src: &mut File, dst: &mut File, len: u64, cancel: &AtomicBool) -> Result<()> {
     const STEP: usize = 8 << 20;
+    archive::reserve(dst, len)?;
     let mut left = len;
     let mut kernel = true;
     let mut sendfile = true;
