@@ -170,7 +170,9 @@ impl Container {
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), IDLE.into()]),
-            cmd: Some(vec!["rdocker-idle".into()]),
+            // The name as PID 1's argument: how direct.rs knows this
+            // container's PID 1 from another pid namespace's process.
+            cmd: Some(vec!["rdocker-idle".into(), name.clone()]),
             env: (!run.env.is_empty()).then(|| run.env.clone()),
             labels: Some(labels),
             host_config: Some(host_config),

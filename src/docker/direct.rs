@@ -79,12 +79,15 @@ pub fn create_new<P: ?Sized + nix::NixPath>(dir: BorrowedFd, name: &P) -> nix::R
 
 impl Root {
     /// The root of the container whose PID 1 is `pid`, if we may use it.
-    /// `marker` is a directory just made in it through the API, owned by
-    /// root there: its presence shows that this is the right container,
-    /// and its owner that no user namespace maps root elsewhere (where our
-    /// files would get the wrong owner). `hostname` is the container's, as
-    /// the daemon reports it: a second, independent check.
-    pub fn open(pid: i64, marker: &str, hostname: &str) -> Result<Root> {
+    /// `name` is the container's, which its PID 1 carries as its last
+    /// argument (container.rs): the daemon allows one container of a name,
+    /// so a process of this number that carries it is that container's,
+    /// and not one of another pid namespace (rdocker in a CI job container
+    /// sees other processes under the daemon's numbers). Sharing our user
+    /// namespace shows that root there is root here, so the files we make
+    /// get the owners the testbed expects. `hostname` is the container's,
+    /// as the daemon reports it: a second, independent check.
+    pub fn open(pid: i64, name: &str, hostname: &str) -> Result<Root> {
         let path = format!("/proc/{pid}/root");
         // The start time is read after the open, as `attach` checks it.
         let mut root = Root::at(pid, None)?;
@@ -92,14 +95,17 @@ impl Root {
         if root.start.is_none() {
             bail!("cannot read the start time of process {pid}");
         }
-        let dir = root
-            .open_at(marker, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
-            .with_context(|| format!("{marker} is not visible through {path}"))?;
-        let st = fstat(&dir)?;
-        if st.st_uid != 0 {
+        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .with_context(|| format!("cannot read the command line of process {pid}"))?;
+        if argv.split(|b| *b == 0).rfind(|a| !a.is_empty()) != Some(name.as_bytes()) {
+            bail!("process {pid} here is not the testbed's first process: rdocker sees another pid namespace than the daemon's");
+        }
+        // Still the same process, so the root opened above is its.
+        root.check_alive()?;
+        let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+        if ns(&pid.to_string()).is_none() || ns(&pid.to_string()) != ns("self") {
             bail!(
-                "{marker} shows owner {} through {path}, not root",
-                st.st_uid
+                "the testbed runs in another user namespace than rdocker, so its root is not ours"
             );
         }
         // And the container's own name for itself, which Docker writes.
@@ -115,6 +121,47 @@ impl Root {
             );
         }
         Ok(root)
+    }
+
+    /// Make the scratch directory at `path`, owned by root and mode 1777
+    /// like the reference's: no archive upload (the daemon re-executes
+    /// itself for each, about 0.1 s).
+    pub fn make_dir(&self, path: &str) -> Result<()> {
+        let (parent, name) = super::copy::split_testbed_path(path);
+        let dir = self
+            .open_at(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+            .with_context(|| format!("cannot open {parent} in the testbed"))?;
+        nix::sys::stat::mkdirat(dir.as_fd(), name.as_str(), Mode::from_bits_truncate(0o700))
+            .with_context(|| format!("cannot create {path} in the testbed"))?;
+        let made = openat2(
+            dir.as_fd(),
+            name.as_str(),
+            OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
+        )?;
+        // Not through mkdir's mode, which the umask trims.
+        nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(0o1777))?;
+        Ok(())
+    }
+
+    /// A small text file of the testbed's, such as /etc/passwd; None if
+    /// there is none.
+    pub fn read_text(&self, path: &str) -> Result<Option<String>> {
+        let f = match self.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
+            Ok(f) => f,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {path}"))),
+        };
+        if SFlag::from_bits_truncate(fstat(&f)?.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+            bail!("{path} in the testbed is not a regular file");
+        }
+        let mut text = String::new();
+        File::from(f)
+            .take(16 << 20)
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read {path}"))?;
+        Ok(Some(text))
     }
 
     /// `PID:START`, what an exec process needs to find this root again
@@ -314,4 +361,58 @@ pub async fn run(
     tokio::task::spawn_blocking(move || f(&root, &flag))
         .await
         .map_err(|e| anyhow!("the copy thread failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This test process stands in for a testbed's PID 1: its root is
+    /// "/", its last argument is the "name" and /etc/hostname the host name.
+    fn own_identity() -> (i64, String, String) {
+        let argv = std::fs::read("/proc/self/cmdline").unwrap();
+        let last = argv.split(|b| *b == 0).rfind(|a| !a.is_empty()).unwrap();
+        let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        (
+            std::process::id() as i64,
+            String::from_utf8_lossy(last).into_owned(),
+            hostname.trim().to_string(),
+        )
+    }
+
+    #[test]
+    fn root_is_proved_by_the_first_process_carrying_the_container_name() {
+        let (pid, name, hostname) = own_identity();
+        let root = Root::open(pid, &name, &hostname).unwrap();
+        assert!(root.read_text("/tmp").is_err(), "not a regular file");
+        assert!(root
+            .read_text("/etc/passwd")
+            .unwrap()
+            .unwrap()
+            .contains("root:"));
+        assert_eq!(root.read_text("/nonexistent-rdocker").unwrap(), None);
+        // Another name: a process of another pid namespace under that number.
+        let e = Root::open(pid, "rdocker-1-00000000", &hostname)
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("pid namespace"), "{e:#}");
+        // Another hostname: another container.
+        let e = Root::open(pid, &name, "not-this-host").err().unwrap();
+        assert!(format!("{e:#}").contains("another container"), "{e:#}");
+    }
+
+    #[test]
+    fn scratch_dir_is_sticky_and_world_writable() {
+        use std::os::unix::fs::PermissionsExt;
+        let (pid, name, hostname) = own_identity();
+        let root = Root::open(pid, &name, &hostname).unwrap();
+        let dir = std::env::temp_dir().join(format!("rdocker-scratch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        root.make_dir(dir.to_str().unwrap()).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o1777);
+        // Made, not reused: an existing path is an error.
+        assert!(root.make_dir(dir.to_str().unwrap()).is_err());
+        std::fs::remove_dir(&dir).unwrap();
+    }
 }

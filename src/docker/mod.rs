@@ -102,43 +102,60 @@ async fn prepare(r: Recipe) -> Result<Ready> {
         &c.id[..12.min(c.id.len())]
     );
     let id = c.id.clone();
-    let mk = async {
-        if r.make_downtmp {
-            make_dir(&r.client, &id, &r.downtmp).await
-        } else {
-            Ok(())
-        }
-    };
-    let user = async {
-        if r.find_user {
-            find_normal_user(&r.client, &id).await.map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let (made, user) = tokio::join!(mk, user);
-    made?;
     let mut ready = Ready {
         container: c,
         direct: None,
         execs_as_root: false,
-        normal_user: user?,
+        normal_user: None,
     };
+    let mut root = None;
     if r.local {
-        match open_root(&r.client, &id, &r.downtmp).await {
-            Ok((root, as_root)) => {
+        match open_root(&r.client, &id, &ready.container.name).await {
+            Ok((rt, as_root)) => {
                 ready.execs_as_root = as_root;
                 debug!("files and directories are copied through the testbed's root directly");
-                if as_root {
-                    match agent::start(&r.client, &id, &root).await {
-                        Ok(()) => debug!("commands start through the agent in the testbed"),
-                        Err(e) => debug!("commands start through docker exec: {e:#}"),
-                    }
-                }
-                ready.direct = Some(Arc::new(root));
+                root = Some(rt);
             }
             Err(e) => debug!("files and directories go through the archive API too: {e:#}"),
         }
+    }
+    // Straight through the root where we have it; the archive API (or a
+    // direct step that failed) otherwise, which also gives the errors.
+    let mk = async {
+        if !r.make_downtmp {
+            return Ok(());
+        }
+        if let Some(rt) = &root {
+            match rt.make_dir(&r.downtmp) {
+                Ok(()) => return Ok(()),
+                Err(e) => debug!("{e:#}; through the API instead"),
+            }
+        }
+        make_dir(&r.client, &id, &r.downtmp).await
+    };
+    let user = async {
+        if !r.find_user {
+            return Ok(None);
+        }
+        if let Some(rt) = &root {
+            match rt.read_text("/etc/passwd") {
+                Ok(t) => return Ok(Some(t.as_deref().and_then(first_normal_user))),
+                Err(e) => debug!("{e:#}; through the API instead"),
+            }
+        }
+        find_normal_user(&r.client, &id).await.map(Some)
+    };
+    let (made, user) = tokio::join!(mk, user);
+    made?;
+    ready.normal_user = user?;
+    if let Some(rt) = root {
+        if ready.execs_as_root {
+            match agent::start(&r.client, &id, &rt).await {
+                Ok(()) => debug!("commands start through the agent in the testbed"),
+                Err(e) => debug!("commands start through docker exec: {e:#}"),
+            }
+        }
+        ready.direct = Some(Arc::new(rt));
     }
     Ok(ready)
 }
@@ -348,7 +365,7 @@ impl DockerTestbed {
 
 /// The container's root, through its PID 1 as this machine sees it, and
 /// whether execs run as root there.
-async fn open_root(client: &Client, id: &str, marker: &str) -> Result<(direct::Root, bool)> {
+async fn open_root(client: &Client, id: &str, name: &str) -> Result<(direct::Root, bool)> {
     let c = client
         .docker
         .inspect_container(id, None)
@@ -366,7 +383,7 @@ async fn open_root(client: &Client, id: &str, marker: &str) -> Result<(direct::R
         .and_then(|s| s.pid)
         .filter(|p| *p > 0)
         .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
-    Ok((direct::Root::open(pid, marker, &hostname)?, as_root))
+    Ok((direct::Root::open(pid, name, &hostname)?, as_root))
 }
 
 /// Create the scratch directory, mode 1777 like the reference's, with one
