@@ -300,16 +300,16 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copy an entry's data, failing on a short archive: the tar reader just
-/// stops at the end of its input, which would pass a truncated file off as
-/// a whole one.
 /// Reserve a big file's blocks in one call before it is written: ext4
-/// then need not allocate them page by page. 256 MiB into a testbed's
-/// overlay took 65 ms instead of 84 here (sendfile, median of 6). A disk
-/// too full fails here, before any data moves; a filesystem without
-/// fallocate is simply written. Sizes beyond the free space are left to
-/// the copy itself, which fails where the disk fills, as it would without
-/// this (a sparse testbed file of 200 GiB, say, is never reserved whole).
+/// then need not allocate them page by page (256 MiB into a testbed's
+/// overlay took 65 ms instead of 84 here, sendfile, median of 6). Only
+/// for a temporary file that a failed copy removes: the file has its full
+/// size at once, and a copy cut short (a timeout) must not leave a file
+/// that looks complete. A disk too full fails here, before any data
+/// moves; a filesystem without fallocate is simply written. Sizes beyond
+/// the free space are left to the copy itself, which fails where the disk
+/// fills, as it would without this (a sparse testbed file of 200 GiB, say,
+/// is never reserved whole).
 pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
     if len < 1 << 20 {
         return Ok(());
@@ -326,9 +326,11 @@ pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
     }
 }
 
+/// Copy an entry's data, failing on a short archive: the tar reader just
+/// stops at the end of its input, which would pass a truncated file off as
+/// a whole one.
 fn copy_exact<R: Read>(entry: &mut tar::Entry<R>, out: &mut fs::File, path: &Path) -> Result<()> {
     let want = entry.header().entry_size().unwrap_or(0);
-    reserve(out, want).with_context(|| format!("cannot write {}", path.display()))?;
     // Large writes: io::copy's 8 KiB would cost a syscall per 8 KiB.
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
@@ -386,7 +388,11 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     }
     let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
     let mtime = header.mtime().unwrap_or(0);
-    write_host_file(dst, mode, mtime, |f| copy_exact(&mut entry, f, dst))?;
+    let size = header.entry_size().unwrap_or(0);
+    write_host_file(dst, mode, mtime, |f| {
+        reserve(f, size).with_context(|| format!("cannot write {}", dst.display()))?;
+        copy_exact(&mut entry, f, dst)
+    })?;
     Ok(SingleFile::Written)
 }
 

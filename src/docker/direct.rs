@@ -249,6 +249,7 @@ impl Root {
         };
         let mut out = File::from(out);
         let done = (|| -> Result<()> {
+            archive::reserve(&out, md.len())?;
             copy(&mut src, &mut out, md.len(), cancel)
                 .with_context(|| format!("cannot copy {} into the testbed", host.display()))?;
             nix::sys::stat::fchmod(&out, Mode::from_bits_truncate(md.mode() & 0o7777))?;
@@ -284,6 +285,7 @@ impl Root {
         }
         let mut src = File::from(src);
         archive::write_host_file(host, st.st_mode, st.st_mtime.max(0) as u64, |out| {
+            archive::reserve(out, st.st_size as u64)?;
             copy(&mut src, out, st.st_size as u64, cancel)
                 .with_context(|| format!("cannot copy {testbed} out of the testbed"))
         })?;
@@ -295,7 +297,6 @@ impl Root {
 /// sendfile), by read and write where it cannot; a set `cancel` (the copy timed out) stops it.
 pub fn copy(src: &mut File, dst: &mut File, len: u64, cancel: &AtomicBool) -> Result<()> {
     const STEP: usize = 8 << 20;
-    archive::reserve(dst, len)?;
     let mut left = len;
     let mut kernel = true;
     let mut sendfile = true;
