@@ -19,7 +19,7 @@ fi
 
 need_pkgs=()
 for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
-         openssl openssh-server openssh-client podman; do
+         openssl openssh-server openssh-client podman autodep8 git; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
