@@ -1,5 +1,6 @@
-//! Single-file copies straight through the testbed's root directory, as
-//! /proc/PID/root shows it to a root rdocker beside a local daemon.
+//! The testbed's root directory, as /proc/PID/root shows it to a root
+//! rdocker beside a local daemon: proving it is the testbed's, the
+//! scratch directory and /etc/passwd at open, and single-file copies.
 //!
 //! Why: the archive API moves a file through tar, HTTP and the daemon's
 //! extraction, about 0.5 s for 256 MiB here, where the kernel copies it in
