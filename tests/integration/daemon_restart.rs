@@ -34,13 +34,35 @@ fn stop_dockerd() {
 }
 
 fn start_dockerd() {
-    let st = Command::new("sh")
-        .args([
-            "-c",
-            "setsid -f dockerd >>/var/log/rdocker-test-dockerd.log 2>&1 </dev/null",
-        ])
-        .status()
-        .unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "setsid -f dockerd >>/var/log/rdocker-test-dockerd.log 2>&1 </dev/null",
+    ]);
+    // cargo starts this test binary through glibc's posix_spawn, which
+    // leaves glibc's internal signals 32 and 33 ignored in the child; a
+    // dockerd started with them ignored passes that on to every process
+    // of every container. glibc's sigaction refuses to touch them, and a
+    // shell cannot undo an ignore it inherits: reset them with the raw
+    // system call. An all-zero kernel sigaction is SIG_DFL, no flags, on
+    // every architecture.
+    unsafe {
+        cmd.pre_exec(|| {
+            let dfl = [0u64; 4];
+            for sig in 1..=64 {
+                nix::libc::syscall(
+                    nix::libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+            Ok(())
+        });
+    }
+    let st = cmd.status().unwrap();
     assert!(st.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
