@@ -17,14 +17,34 @@ use super::client::{status_of, Client};
 
 const CHUNK: usize = 256 * 1024;
 
-/// A Write that hands chunks to the async side.
-struct ChanWriter(mpsc::Sender<io::Result<Bytes>>);
+/// A Write that hands chunks to another thread; `send` says whether the
+/// other side still takes them.
+pub struct ChanWriter {
+    send: Box<dyn FnMut(Bytes) -> bool + Send>,
+}
+
+impl ChanWriter {
+    fn tokio(tx: mpsc::Sender<io::Result<Bytes>>) -> ChanWriter {
+        ChanWriter {
+            send: Box::new(move |b| tx.blocking_send(Ok(b)).is_ok()),
+        }
+    }
+
+    pub fn std(tx: std::sync::mpsc::SyncSender<io::Result<Bytes>>) -> ChanWriter {
+        ChanWriter {
+            send: Box::new(move |b| tx.send(Ok(b)).is_ok()),
+        }
+    }
+}
 
 impl Write for ChanWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload ended"))?;
+        if !(self.send)(Bytes::copy_from_slice(buf)) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the other side of the copy stopped",
+            ));
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -135,7 +155,7 @@ pub async fn push(
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let src = host.to_path_buf();
     let producer = tokio::task::spawn_blocking(move || {
-        let r = write_archive(ChanWriter(tx.clone()), &src, &name, dir);
+        let r = write_archive(ChanWriter::tokio(tx.clone()), &src, &name, dir);
         if let Err(e) = &r {
             // Fail the upload rather than let a short archive look whole.
             let _ = tx.blocking_send(Err(io::Error::other(format!("{e:#}"))));

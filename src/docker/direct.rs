@@ -104,7 +104,8 @@ impl Root {
         // Still the same process, so the root opened above is its.
         root.check_alive()?;
         let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
-        if ns(&pid.to_string()).is_none() || ns(&pid.to_string()) != ns("self") {
+        let theirs = ns(&pid.to_string());
+        if theirs.is_none() || theirs != ns("self") {
             bail!(
                 "the testbed runs in another user namespace than rdocker, so its root is not ours"
             );

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::archive;
-use super::copy::split_testbed_path;
+use super::copy::{split_testbed_path, ChanReader, ChanWriter};
 use super::direct::{self, Root};
 
 /// Deeper than any real tree; a bind mount looping into itself would
@@ -269,7 +269,7 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let written = std::thread::scope(|s| {
         let producer = s.spawn(move || {
-            let w = ChanWriter(tx.clone());
+            let w = ChanWriter::std(tx.clone());
             let r = (|| -> Result<()> {
                 let mut b = tar::Builder::new(io::BufWriter::with_capacity(256 * 1024, w));
                 b.mode(tar::HeaderMode::Complete);
@@ -294,7 +294,7 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
             }
             r
         });
-        let extracted = archive::extract_tree(super::copy::ChanReader::std(rx), host);
+        let extracted = archive::extract_tree(ChanReader::std(rx), host);
         let produced = producer
             .join()
             .map_err(|_| anyhow!("the copy thread panicked"))?;
@@ -308,20 +308,6 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
         )
     })?;
     Ok(true)
-}
-
-struct ChanWriter(std::sync::mpsc::SyncSender<io::Result<Bytes>>);
-
-impl Write for ChanWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the host side stopped"))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn header(md: &Metadata) -> tar::Header {
