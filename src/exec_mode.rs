@@ -271,13 +271,29 @@ async fn run(args: Args) -> Result<u8> {
                     pumps,
                     seen: false,
                 };
-                let r = exec::run(&client, &args.container, argv, None, &mut s).await;
+                let r = exec::run(
+                    &client,
+                    &args.container,
+                    exec::As::Default,
+                    argv,
+                    None,
+                    &mut s,
+                )
+                .await;
                 (r, s.seen)
             }
             _ => {
                 let argv = exec::wrapped(&token, &args.command, exec::Stdio::Exec);
                 let stdin = stdin_pump();
-                let r = exec::run(&client, &args.container, argv, Some(stdin), &mut sink).await;
+                let r = exec::run(
+                    &client,
+                    &args.container,
+                    exec::As::Default,
+                    argv,
+                    Some(stdin),
+                    &mut sink,
+                )
+                .await;
                 (r, true)
             }
         }
@@ -376,7 +392,7 @@ async fn kill(client: &Client, container: &str, token: &str) {
         .map(|s| s.to_string())
         .collect();
     let mut cap = exec::Captured::default();
-    let kill = exec::run(client, container, argv, None, &mut cap);
+    let kill = exec::run(client, container, exec::As::Root, argv, None, &mut cap);
     if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), kill)
         .await
         .context("timed out")

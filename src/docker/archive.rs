@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -135,27 +136,47 @@ pub fn member_path(raw: &Path, strip_root: bool) -> Result<Option<PathBuf>> {
 /// Make sure every directory between `root` and `rel`'s parent is a real
 /// directory below `root`, creating missing ones. A symlink on the way
 /// (planted by the testbed, or anything else) is refused, never followed.
-fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf> {
-    let mut cur = root.to_path_buf();
-    if let Some(parent) = rel.parent() {
-        for c in parent.components() {
-            cur.push(c);
-            match fs::symlink_metadata(&cur) {
-                Ok(md) if md.is_dir() => {}
-                Ok(_) => bail!(
-                    "refusing to write below {}: it is not a directory (a symlink planted in \
-                     the testbed?)",
-                    cur.display()
-                ),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur)
-                        .with_context(|| format!("cannot create {}", cur.display()))?;
+/// Directories of one extraction known to be real directories, created
+/// here or checked with lstat: each is checked once, not once for every
+/// member below it (a tree of 5000 files cost 5000 lstats per level).
+/// Nothing in the archive can turn one into a link afterwards: a member
+/// that would replace a directory is refused.
+#[derive(Default)]
+struct Dirs {
+    known: HashSet<PathBuf>,
+}
+
+impl Dirs {
+    /// `root/rel`, once every directory above it below `root` is a real
+    /// directory, created where missing.
+    fn parent_of(&mut self, root: &Path, rel: &Path) -> Result<PathBuf> {
+        let mut cur = root.to_path_buf();
+        if let Some(parent) = rel.parent() {
+            for c in parent.components() {
+                cur.push(c);
+                if self.known.contains(&cur) {
+                    continue;
                 }
-                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", cur.display())),
+                match fs::symlink_metadata(&cur) {
+                    Ok(md) if md.is_dir() => {}
+                    Ok(_) => bail!(
+                        "refusing to write below {}: it is not a directory (a symlink planted \
+                         in the testbed?)",
+                        cur.display()
+                    ),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        fs::create_dir(&cur)
+                            .with_context(|| format!("cannot create {}", cur.display()))?;
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("cannot stat {}", cur.display()))
+                    }
+                }
+                self.known.insert(cur.clone());
             }
         }
+        Ok(root.join(rel))
     }
-    Ok(root.join(rel))
 }
 
 /// Remove whatever non-directory is at `path`, so that we create a fresh
@@ -169,6 +190,15 @@ fn clear_non_dir(path: &Path) -> Result<bool> {
         }
         Err(_) => Ok(false),
     }
+}
+
+fn create_new_file(path: &Path) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
 }
 
 fn set_times(path: &Path, mtime: u64) {
@@ -188,6 +218,8 @@ fn set_times(path: &Path, mtime: u64) {
 pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(input);
     let mut dir_times = Vec::new();
+    let mut dirs = Dirs::default();
+    let mut buf = Vec::new();
     fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
     for entry in archive
         .entries()
@@ -206,34 +238,37 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
             }
             continue;
         };
-        let path = safe_parent(dst, &rel)?;
+        let path = dirs.parent_of(dst, &rel)?;
         match kind {
             EntryType::Directory => {
-                if !clear_non_dir(&path)? {
+                if !dirs.known.contains(&path) && !clear_non_dir(&path)? {
                     fs::create_dir(&path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                 }
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))?;
+                dirs.known.insert(path.clone());
                 dir_times.push((path, mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
-                if clear_non_dir(&path)? {
-                    bail!(
-                        "cannot copy file {}: a directory is in the way",
-                        path.display()
-                    );
-                }
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(nix::libc::O_NOFOLLOW)
-                    .open(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                copy_exact(&mut entry, &mut f, &path)?;
+                // Create first and clear only what is in the way: most
+                // targets are new, and O_EXCL never writes through a link.
+                let f = match create_new_file(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        if clear_non_dir(&path)? {
+                            bail!(
+                                "cannot copy file {}: a directory is in the way",
+                                path.display()
+                            );
+                        }
+                        create_new_file(&path)
+                    }
+                    r => r,
+                };
+                let mut f = f.with_context(|| format!("cannot create {}", path.display()))?;
+                copy_exact(&mut entry, &mut f, &path, &mut buf)?;
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
-                drop(f);
-                set_times(&path, mtime);
+                let t = TimeSpec::new(mtime as i64, 0);
+                let _ = nix::sys::stat::futimens(&f, &t, &t);
             }
             EntryType::Symlink => {
                 let target = entry
@@ -257,7 +292,7 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
                     .into_owned();
                 let target_rel = member_path(&target_raw, true)?
                     .ok_or_else(|| anyhow!("refusing hard link {raw:?} to the archive root"))?;
-                let target = safe_parent(dst, &target_rel)?;
+                let target = dirs.parent_of(dst, &target_rel)?;
                 let md = fs::symlink_metadata(&target).with_context(|| {
                     format!("hard link {raw:?} points to {target_raw:?}, which is not there")
                 })?;
@@ -329,13 +364,21 @@ pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
 /// Copy an entry's data, failing on a short archive: the tar reader just
 /// stops at the end of its input, which would pass a truncated file off as
 /// a whole one.
-fn copy_exact<R: Read>(entry: &mut tar::Entry<R>, out: &mut fs::File, path: &Path) -> Result<()> {
+fn copy_exact<R: Read>(
+    entry: &mut tar::Entry<R>,
+    out: &mut fs::File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     let want = entry.header().entry_size().unwrap_or(0);
-    // Large writes: io::copy's 8 KiB would cost a syscall per 8 KiB.
-    let mut buf = vec![0u8; 256 * 1024];
+    // Large writes: io::copy's 8 KiB would cost a syscall per 8 KiB. One
+    // buffer for a whole tree: a fresh one per file costs an mmap.
+    if buf.is_empty() {
+        buf.resize(256 * 1024, 0);
+    }
     let mut got = 0u64;
     loop {
-        let n = match entry.read(&mut buf) {
+        let n = match entry.read(buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -391,7 +434,7 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     let size = header.entry_size().unwrap_or(0);
     write_host_file(dst, mode, mtime, |f| {
         reserve(f, size).with_context(|| format!("cannot write {}", dst.display()))?;
-        copy_exact(&mut entry, f, dst)
+        copy_exact(&mut entry, f, dst, &mut Vec::new())
     })?;
     Ok(SingleFile::Written)
 }

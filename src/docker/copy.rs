@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::archive::{self, SingleFile};
 use super::client::{status_of, Client};
+use super::exec::As;
 
 const CHUNK: usize = 256 * 1024;
 
@@ -349,25 +350,38 @@ impl super::exec::Sink for TarSink {
     }
 }
 
-async fn testbed_sh(
-    client: &Client,
-    container: &str,
-    script: &str,
-    args: &[&str],
-) -> Result<(i64, String)> {
-    let mut argv = vec![
-        "sh".to_string(),
-        "-c".into(),
-        script.into(),
-        "rdocker-copy".into(),
-    ];
-    argv.extend(args.iter().map(|a| a.to_string()));
-    let mut cap = super::exec::Captured::default();
-    let code = super::exec::run(client, container, argv, None, &mut cap).await?;
-    Ok((code, String::from_utf8_lossy(&cap.err).trim().to_string()))
+/// The testbed has no tar (or no sh) to run: the caller may take the
+/// archive endpoints instead. Nothing was written on either side.
+#[derive(Debug)]
+pub struct NoTar(pub String);
+
+impl std::fmt::Display for NoTar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the testbed cannot run tar: {}", self.0)
+    }
+}
+impl std::error::Error for NoTar {}
+
+/// Exit statuses of the copy scripts below, besides tar's own.
+const NOT_THERE: i64 = 3;
+/// sh: command not found, or found but not executable.
+const NOT_FOUND: [i64; 2] = [127, 126];
+
+/// What a copy script's failure means, for the error message.
+fn script_failure(code: i64, err: &[u8]) -> anyhow::Error {
+    let err = String::from_utf8_lossy(err).trim().to_string();
+    if NOT_FOUND.contains(&code) {
+        return NoTar(err).into();
+    }
+    if code == NOT_THERE {
+        return anyhow!("{err}");
+    }
+    anyhow!("tar in the testbed exited {code}: {err}")
 }
 
-/// copyup through `tar -c` in the testbed.
+/// copyup through `tar -c` in the testbed: one exec, which checks the path
+/// and packs it. Nothing on the host is touched before the first byte of
+/// the archive arrives, so a missing path leaves no target behind.
 pub async fn pull_via_exec(
     client: &Client,
     container: &str,
@@ -376,24 +390,17 @@ pub async fn pull_via_exec(
     dir: bool,
 ) -> Result<()> {
     let (parent, name) = split_testbed_path(testbed);
-    let test = if dir { "-d" } else { "-f" };
-    let (code, err) = testbed_sh(
-        client,
-        container,
-        &format!("test {test} \"$1\""),
-        &[testbed],
-    )
-    .await?;
-    if code != 0 {
-        bail!(
-            "{testbed} is not a {} in the testbed {err}",
-            if dir { "directory" } else { "regular file" }
-        );
-    }
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let dst = host.to_path_buf();
     let consumer = tokio::task::spawn_blocking(move || -> Result<()> {
-        let r = ChanReader::std(rx);
+        // Wait for data before touching the host.
+        let first = match rx.recv() {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => bail!("the testbed sent nothing"),
+        };
+        let mut r = ChanReader::std(rx);
+        r.cur = first;
         if dir {
             archive::extract_tree(r, &dst)
         } else {
@@ -409,9 +416,13 @@ pub async fn pull_via_exec(
     };
     // -h: a file copyup follows symlinks, as `cat` does.
     let script = if dir {
-        "cd -- \"$1\" && exec tar -cf - -- \"$2\""
+        "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || \
+         { echo \"$1/$2 is not a directory in the testbed\" >&2; exit 3; }
+         exec tar -cf - -- \"$2\""
     } else {
-        "cd -- \"$1\" && exec tar -chf - -- \"$2\""
+        "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || \
+         { echo \"$1/$2 is not a regular file in the testbed\" >&2; exit 3; }
+         exec tar -chf - -- \"$2\""
     };
     let argv = vec![
         "sh".into(),
@@ -421,24 +432,21 @@ pub async fn pull_via_exec(
         parent,
         name,
     ];
-    let ran = super::exec::run(client, container, argv, None, &mut sink).await;
+    let ran = super::exec::run(client, container, As::Root, argv, None, &mut sink).await;
     let tx = sink.tx.take().expect("sender");
-    let failure = match &ran {
+    let failure = match ran {
         Ok(0) => None,
-        Ok(code) => Some(format!(
-            "tar in the testbed exited {code}: {}",
-            String::from_utf8_lossy(&sink.err).trim()
-        )),
-        Err(e) => Some(format!("{e:#}")),
+        Ok(code) => Some(script_failure(code, &sink.err)),
+        Err(e) => Some(e),
     };
     if let Some(f) = &failure {
         // A short stream must fail the extraction, not look complete.
-        let _ = tx.send(Err(io::Error::other(f.clone())));
+        let _ = tx.send(Err(io::Error::other(format!("{f:#}"))));
     }
     drop(tx);
     let extracted = consumer.await.context("the archive reader panicked")?;
     if let Some(f) = failure {
-        bail!("cannot copy {testbed} from the testbed: {f}");
+        return Err(f.context(format!("cannot copy {testbed} from the testbed")));
     }
     extracted.with_context(|| {
         format!(
@@ -448,7 +456,7 @@ pub async fn pull_via_exec(
     })
 }
 
-/// copydown through `tar -x` in the testbed.
+/// copydown through `tar -x` in the testbed, as root.
 pub async fn push_via_exec(
     client: &Client,
     container: &str,
@@ -469,19 +477,32 @@ pub async fn push_via_exec(
     let argv = vec![
         "sh".into(),
         "-c".into(),
-        "cd -- \"$1\" && exec tar -xpf -".into(),
+        "cd -- \"$1\" 2>/dev/null || { echo \"$1 does not exist in the testbed\" >&2; exit 3; }
+         exec tar -xpf -"
+            .into(),
         "rdocker-copydown".into(),
         parent.clone(),
     ];
-    let ran = super::exec::run(client, container, argv, Some(rx), &mut cap).await;
-    produced_ok(producer.await)?;
-    match ran? {
-        0 => Ok(()),
-        code => bail!(
-            "cannot copy into {testbed} in the testbed: tar exited {code}: {}",
-            String::from_utf8_lossy(&cap.err).trim()
-        ),
+    let ran = super::exec::run(client, container, As::Root, argv, Some(rx), &mut cap).await;
+    let produced = producer.await;
+    let code = ran?;
+    if code == 0 {
+        return produced_ok(produced);
     }
+    let failure = script_failure(code, &cap.err);
+    if !failure.is::<NoTar>() {
+        // A host file that could not be read explains why tar failed,
+        // unless tar stopped first.
+        if let Err(e) = produced_ok(produced) {
+            let tar_stopped = e
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe);
+            if !tar_stopped {
+                return Err(e);
+            }
+        }
+    }
+    Err(failure.context(format!("cannot copy into {testbed} in the testbed")))
 }
 
 fn produced_ok(r: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {

@@ -298,9 +298,22 @@ impl Root {
 /// Copy `len` bytes in the kernel where it can (copy_file_range, else
 /// sendfile), by read and write where it cannot; a set `cancel` (the copy timed out) stops it.
 pub fn copy(src: &mut File, dst: &mut File, len: u64, cancel: &AtomicBool) -> Result<()> {
+    copy_hinted(src, dst, len, cancel, &mut true)
+}
+
+/// `copy`, for many files between the same two filesystems: `range` says
+/// whether copy_file_range is worth trying, and turns false once it fails
+/// there (host and overlay: always), which saves a syscall per file.
+pub fn copy_hinted(
+    src: &mut File,
+    dst: &mut File,
+    len: u64,
+    cancel: &AtomicBool,
+    range: &mut bool,
+) -> Result<()> {
     const STEP: usize = 8 << 20;
     let mut left = len;
-    let mut kernel = true;
+    let kernel = range;
     let mut sendfile = true;
     let mut buf = Vec::new();
     while left > 0 {
@@ -308,12 +321,12 @@ pub fn copy(src: &mut File, dst: &mut File, len: u64, cancel: &AtomicBool) -> Re
             bail!("cancelled");
         }
         let want = STEP.min(left as usize);
-        let n = if kernel {
+        let n = if *kernel {
             match nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                    kernel = false;
+                    *kernel = false;
                     continue;
                 }
                 Err(e) => return Err(e.into()),

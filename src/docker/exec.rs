@@ -157,11 +157,21 @@ impl Sink for Captured {
     }
 }
 
-/// Run `argv` in `container`, streaming `stdin` (None: no input) in and
-/// output to `sink`. Returns the exit status.
+/// Who runs an exec.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum As {
+    /// The image's user, as a docker exec without -u: the test's commands.
+    Default,
+    /// root: rdocker's own copies and clean-up, whatever the image's USER.
+    Root,
+}
+
+/// Run `argv` in `container` as `user`, streaming `stdin` (None: no input)
+/// in and output to `sink`. Returns the exit status.
 pub async fn run(
     client: &Client,
     container: &str,
+    user: As,
     argv: Vec<String>,
     stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
     sink: &mut dyn Sink,
@@ -176,6 +186,7 @@ pub async fn run(
                 attach_stderr: Some(true),
                 tty: Some(false),
                 cmd: Some(argv),
+                user: (user == As::Root).then(|| "0".to_string()),
                 ..Default::default()
             },
         )

@@ -36,6 +36,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::archive;
 use super::copy::{split_testbed_path, ChanReader, ChanWriter};
@@ -85,6 +86,18 @@ fn cancelled(cancel: &AtomicBool) -> Result<()> {
 // ---------------------------------------------------------------------------
 // copydown
 
+/// Threads that create files, besides the one that walks the tree: the
+/// time of a big tree goes to the kernel creating its files, and two
+/// threads on two cores made 5000 files of 1 KiB in an overlay in about
+/// 0.6 of the time one took. Directories are made by the walker alone.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
+/// Jobs waiting for a worker. Each holds its directory open, so this also
+/// bounds the descriptors a wide tree keeps open.
+const QUEUE: usize = 256;
+
 /// copydown of the directory `host` to `testbed`. Ok(false): not a case
 /// for this route (the parent is missing, say); the archive route then
 /// gives its own answer.
@@ -100,20 +113,200 @@ pub fn push(root: &Root, host: &Path, testbed: &str, cancel: &AtomicBool) -> Res
     let Ok(base) = root.open_at(&parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) else {
         return Ok(false);
     };
-    let mut down = Down { cancel, depth: 0 };
-    down.dir(base.as_fd(), OsStr::new(&name), host, &md)
-        .with_context(|| {
-            format!(
-                "cannot copy {} into {testbed} in the testbed",
-                host.display()
-            )
-        })?;
+    let shared = Shared {
+        cancel,
+        failed: Mutex::new(None),
+        root_creds: nix::unistd::geteuid().is_root() && nix::unistd::getegid().as_raw() == 0,
+    };
+    let n = workers();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
+    let rx = Mutex::new(rx);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        if n > 1 {
+            for _ in 0..n {
+                let (rx, shared) = (&rx, &shared);
+                handles.push(scope.spawn(move || {
+                    let mut range = true;
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = job else { break };
+                        shared.run(job, &mut range);
+                    }
+                }));
+            }
+        }
+        let mut walk = Walk {
+            shared: &shared,
+            tx: (n > 1).then_some(tx),
+            depth: 0,
+            range: true,
+        };
+        if let Err(e) = walk.dir(None, base.as_fd(), OsStr::new(&name), host, &md) {
+            shared.fail(e);
+        }
+        // Workers finish what is queued, then see the channel close.
+        drop(walk);
+        for h in handles {
+            if h.join().is_err() {
+                shared.fail(anyhow!("a copy thread panicked"));
+            }
+        }
+    });
+    let failed = shared
+        .failed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(e) = failed {
+        return Err(e.context(format!(
+            "cannot copy {} into {testbed} in the testbed",
+            host.display()
+        )));
+    }
     Ok(true)
 }
 
-struct Down<'a> {
+/// What the walker and the workers share.
+struct Shared<'a> {
     cancel: &'a AtomicBool,
+    /// The first failure; once set, everybody stops.
+    failed: Mutex<Option<anyhow::Error>>,
+    /// We run as root:root: what we create in a directory we made (not
+    /// set-group-id) is root's already, and needs no chown.
+    root_creds: bool,
+}
+
+impl Shared<'_> {
+    fn fail(&self, e: anyhow::Error) {
+        let mut f = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn stopped(&self) -> Result<()> {
+        cancelled(self.cancel)?;
+        if self.failed.lock().map_or(true, |f| f.is_some()) {
+            bail!("stopped by an earlier failure");
+        }
+        Ok(())
+    }
+
+    fn run(&self, job: Job, range: &mut bool) {
+        if self.stopped().is_err() {
+            return;
+        }
+        let r =
+            entry(self, &job, range).with_context(|| format!("cannot copy {}", job.host.display()));
+        if let Err(e) = r {
+            self.fail(e);
+        }
+    }
+}
+
+/// A directory being filled. Its owner, mode and times are set when the
+/// last of its entries is done, which is when the last reference (the
+/// walker's, its files' jobs, its subdirectories') goes: creating entries
+/// changes a directory's mtime, so that must come last.
+struct DirNode<'a> {
+    fd: OwnedFd,
+    md: Metadata,
+    shared: &'a Shared<'a>,
+    _parent: Option<Arc<DirNode<'a>>>,
+}
+
+impl Drop for DirNode<'_> {
+    fn drop(&mut self) {
+        let r = root_owned(self.fd.as_fd(), &self.md)
+            .and_then(|()| futimens(&self.fd, &times(&self.md), &times(&self.md)));
+        if let Err(e) = r {
+            self.shared.fail(
+                anyhow::Error::new(e).context("cannot set a directory's owner, mode or time"),
+            );
+        }
+    }
+}
+
+/// One entry that is not a directory.
+struct Job<'a> {
+    dir: Arc<DirNode<'a>>,
+    name: OsString,
+    host: PathBuf,
+    md: Metadata,
+    /// What we create in `dir` is root's already (see `gives_root`).
+    owned: bool,
+}
+
+/// The walker: makes the directories and hands out their other entries.
+struct Walk<'a> {
+    shared: &'a Shared<'a>,
+    /// None: no workers; the walker does the jobs itself.
+    tx: Option<std::sync::mpsc::SyncSender<Job<'a>>>,
     depth: usize,
+    range: bool,
+}
+
+impl<'a> Walk<'a> {
+    fn dir(
+        &mut self,
+        parent: Option<&Arc<DirNode<'a>>>,
+        pfd: BorrowedFd,
+        name: &OsStr,
+        host: &Path,
+        md: &Metadata,
+    ) -> Result<()> {
+        self.shared.stopped()?;
+        if self.depth > MAX_DEPTH {
+            bail!("{} is too deep", host.display());
+        }
+        let fresh = !clear(pfd, name, true, self.depth)?;
+        if fresh {
+            mkdirat(pfd, name, Mode::from_bits_truncate(0o700))?;
+        }
+        let here = step(pfd, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let owned = fresh && self.shared.root_creds && gives_root(here.as_fd());
+        let node = Arc::new(DirNode {
+            fd: here,
+            md: md.clone(),
+            shared: self.shared,
+            _parent: parent.cloned(),
+        });
+        let entries =
+            std::fs::read_dir(host).with_context(|| format!("cannot list {}", host.display()))?;
+        let mut list: Vec<_> = entries
+            .collect::<io::Result<_>>()
+            .with_context(|| format!("cannot list {}", host.display()))?;
+        list.sort_by_key(|e| e.file_name());
+        self.depth += 1;
+        for e in list {
+            let path = e.path();
+            let md = std::fs::symlink_metadata(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if md.is_dir() {
+                self.dir(Some(&node), node.fd.as_fd(), &e.file_name(), &path, &md)
+                    .with_context(|| format!("cannot copy {}", path.display()))?;
+                continue;
+            }
+            let job = Job {
+                dir: node.clone(),
+                name: e.file_name(),
+                host: path,
+                md,
+                owned,
+            };
+            match &self.tx {
+                Some(tx) => {
+                    if tx.send(job).is_err() {
+                        bail!("the copy threads stopped");
+                    }
+                }
+                None => self.shared.run(job, &mut self.range),
+            }
+        }
+        self.depth -= 1;
+        Ok(())
+    }
 }
 
 fn times(md: &Metadata) -> TimeSpec {
@@ -123,6 +316,12 @@ fn times(md: &Metadata) -> TimeSpec {
 fn root_owned(fd: BorrowedFd, md: &Metadata) -> nix::Result<()> {
     fchown(fd, Some(Uid::from_raw(0)), Some(Gid::from_raw(0)))?;
     fchmod(fd, Mode::from_bits_truncate(md.mode() & 0o7777))
+}
+
+/// Whether files created in the directory `fd` come out root:root.
+fn gives_root(fd: BorrowedFd) -> bool {
+    nix::sys::stat::fstat(fd)
+        .is_ok_and(|st| st.st_uid == 0 && st.st_gid == 0 && st.st_mode & Mode::S_ISGID.bits() == 0)
 }
 
 /// Remove `name` in `dir`, a whole tree if it is a directory.
@@ -143,116 +342,94 @@ fn remove(dir: BorrowedFd, name: &OsStr, depth: usize) -> Result<()> {
     Ok(())
 }
 
-impl Down<'_> {
-    /// What is at `name` in `dir`, made ready for a new entry: removed
-    /// unless `keep_dir` and it is a directory. True: a directory stays.
-    fn clear(&self, dir: BorrowedFd, name: &OsStr, keep_dir: bool) -> Result<bool> {
-        match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Err(Errno::ENOENT) => Ok(false),
-            Err(e) => Err(e.into()),
-            Ok(st) => {
-                let is_dir =
-                    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR;
-                if keep_dir && is_dir {
-                    return Ok(true);
-                }
-                remove(dir, name, self.depth)?;
-                Ok(false)
+/// What is at `name` in `dir`, made ready for a new entry: removed unless
+/// `keep_dir` and it is a directory. True: a directory stays.
+fn clear(dir: BorrowedFd, name: &OsStr, keep_dir: bool, depth: usize) -> Result<bool> {
+    match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+        Ok(st) => {
+            let is_dir =
+                SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR;
+            if keep_dir && is_dir {
+                return Ok(true);
             }
+            remove(dir, name, depth)?;
+            Ok(false)
         }
     }
+}
 
-    fn dir(&mut self, parent: BorrowedFd, name: &OsStr, host: &Path, md: &Metadata) -> Result<()> {
-        cancelled(self.cancel)?;
-        if self.depth > MAX_DEPTH {
-            bail!("{} is too deep", host.display());
-        }
-        if !self.clear(parent, name, true)? {
-            mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
-        }
-        let here = step(parent, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-        let entries =
-            std::fs::read_dir(host).with_context(|| format!("cannot list {}", host.display()))?;
-        let mut list: Vec<_> = entries
-            .collect::<io::Result<_>>()
-            .with_context(|| format!("cannot list {}", host.display()))?;
-        list.sort_by_key(|e| e.file_name());
-        self.depth += 1;
-        for e in list {
-            let path = e.path();
-            let md = std::fs::symlink_metadata(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            self.entry(here.as_fd(), &e.file_name(), &path, &md)
-                .with_context(|| format!("cannot copy {}", path.display()))?;
-        }
-        self.depth -= 1;
-        // Last, so that creating the entries does not change them.
-        root_owned(here.as_fd(), md)?;
-        futimens(&here, &times(md), &times(md))?;
-        Ok(())
+/// Create one entry that is not a directory.
+fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
+    let (dir, name, host, md) = (job.dir.fd.as_fd(), job.name.as_os_str(), &job.host, &job.md);
+    let ft = md.file_type();
+    if ft.is_socket() {
+        // Sockets have no copy; GNU tar and the archive route skip them.
+        eprintln!(
+            "autopkgtest-virt-rdocker: skipping socket {}",
+            host.display()
+        );
+        return Ok(());
     }
-
-    fn entry(&mut self, dir: BorrowedFd, name: &OsStr, host: &Path, md: &Metadata) -> Result<()> {
-        let ft = md.file_type();
-        if ft.is_dir() {
-            return self.dir(dir, name, host, md);
-        }
-        cancelled(self.cancel)?;
-        if ft.is_socket() {
-            // Sockets have no copy; GNU tar and the archive route skip them.
-            eprintln!(
-                "autopkgtest-virt-rdocker: skipping socket {}",
-                host.display()
-            );
-            return Ok(());
-        }
-        if self.clear(dir, name, false)? {
-            unreachable!("clear keeps no directory when asked not to");
-        }
-        if ft.is_file() {
-            let mut src = File::open(host)?;
-            let out = direct::create_new(dir, name)?;
-            let mut out = File::from(out);
-            direct::copy(&mut src, &mut out, md.len(), self.cancel)?;
-            root_owned(out.as_fd(), md)?;
-            futimens(&out, &times(md), &times(md))?;
-            return Ok(());
-        }
-        if ft.is_symlink() {
-            symlinkat(&std::fs::read_link(host)?, dir, name)?;
+    if ft.is_file() {
+        let mut src = File::open(host)?;
+        // Create first and clear only what is in the way: most targets
+        // are new, and O_EXCL never writes through a link.
+        let out = match direct::create_new(dir, name) {
+            Err(Errno::EEXIST) => {
+                clear(dir, name, false, 0)?;
+                direct::create_new(dir, name)?
+            }
+            r => r?,
+        };
+        let mut out = File::from(out);
+        direct::copy_hinted(&mut src, &mut out, md.len(), shared.cancel, range)?;
+        if job.owned {
+            fchmod(out.as_fd(), Mode::from_bits_truncate(md.mode() & 0o7777))?;
         } else {
-            let kind = if ft.is_fifo() {
-                SFlag::S_IFIFO
-            } else if ft.is_char_device() {
-                SFlag::S_IFCHR
-            } else {
-                SFlag::S_IFBLK
-            };
-            mknodat(
-                dir,
-                name,
-                kind,
-                Mode::from_bits_truncate(md.mode() & 0o7777),
-                md.rdev(),
-            )?;
+            root_owned(out.as_fd(), md)?;
         }
-        // Never through the new entry: it may be a link.
-        fchownat(
-            dir,
-            name,
-            Some(Uid::from_raw(0)),
-            Some(Gid::from_raw(0)),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        utimensat(
-            dir,
-            name,
-            &times(md),
-            &times(md),
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )?;
-        Ok(())
+        futimens(&out, &times(md), &times(md))?;
+        return Ok(());
     }
+    if clear(dir, name, false, 0)? {
+        unreachable!("clear keeps no directory when asked not to");
+    }
+    if ft.is_symlink() {
+        symlinkat(&std::fs::read_link(host)?, dir, name)?;
+    } else {
+        let kind = if ft.is_fifo() {
+            SFlag::S_IFIFO
+        } else if ft.is_char_device() {
+            SFlag::S_IFCHR
+        } else {
+            SFlag::S_IFBLK
+        };
+        mknodat(
+            dir,
+            name,
+            kind,
+            Mode::from_bits_truncate(md.mode() & 0o7777),
+            md.rdev(),
+        )?;
+    }
+    // Never through the new entry: it may be a link.
+    fchownat(
+        dir,
+        name,
+        Some(Uid::from_raw(0)),
+        Some(Gid::from_raw(0)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    utimensat(
+        dir,
+        name,
+        &times(md),
+        &times(md),
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

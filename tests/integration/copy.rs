@@ -1,5 +1,6 @@
-//! copydown and copyup through the Engine API: names, symlinks, modes,
-//! timestamps, merging, failures and the copy timeout.
+//! copydown and copyup on both routes (straight through the testbed's root
+//! beside this daemon, and the Engine API alone with --remote): names,
+//! symlinks, modes, timestamps, merging, failures and the copy timeout.
 
 use crate::util::*;
 use std::fs;
@@ -80,8 +81,16 @@ fn assert_same_tree(a: &Path, b: &Path) {
     }
 }
 
-fn open() -> (Server, String, Vec<String>) {
-    let mut s = Server::start(&[&image()]);
+/// The default route (direct, beside this daemon) and the Engine API
+/// alone (trees through tar in the testbed, files through the archive
+/// endpoints).
+const ROUTES: [&[&str]; 2] = [&[], &["--remote"]];
+
+fn open_on(route: &[&str]) -> (Server, String, Vec<String>) {
+    let img = image();
+    let mut args = route.to_vec();
+    args.push(&img);
+    let mut s = Server::start(&args);
     let d = s.open();
     let argv = s.exec_argv();
     (s, d, argv)
@@ -89,7 +98,13 @@ fn open() -> (Server, String, Vec<String>) {
 
 #[test]
 fn directory_round_trip_keeps_names_modes_links_times() {
-    let (mut s, d, argv) = open();
+    for route in ROUTES {
+        directory_round_trip_keeps_names_modes_links_times_on(route);
+    }
+}
+
+fn directory_round_trip_keeps_names_modes_links_times_on(route: &[&str]) {
+    let (mut s, d, argv) = open_on(route);
     let host = TempDir::new("tree");
     let src = host.path().join("src");
     make_tree(&src);
@@ -136,7 +151,13 @@ fn directory_round_trip_keeps_names_modes_links_times() {
 
 #[test]
 fn file_copies_with_awkward_names() {
-    let (mut s, d, argv) = open();
+    for route in ROUTES {
+        file_copies_with_awkward_names_on(route);
+    }
+}
+
+fn file_copies_with_awkward_names_on(route: &[&str]) {
+    let (mut s, d, argv) = open_on(route);
     let host = TempDir::new("file");
     let src = host.path().join(format!("{AWKWARD}.bin"));
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
@@ -177,7 +198,13 @@ fn file_copies_with_awkward_names() {
 
 #[test]
 fn directories_merge_into_existing_targets() {
-    let (mut s, d, argv) = open();
+    for route in ROUTES {
+        directories_merge_into_existing_targets_on(route);
+    }
+}
+
+fn directories_merge_into_existing_targets_on(route: &[&str]) {
+    let (mut s, d, argv) = open_on(route);
     let host = TempDir::new("merge");
     let src = host.path().join("src");
     fs::create_dir_all(src.join("sub")).unwrap();
@@ -211,7 +238,13 @@ fn directories_merge_into_existing_targets() {
 
 #[test]
 fn missing_sources_fail_without_a_partial_target() {
-    let (mut s, d, _argv) = open();
+    for route in ROUTES {
+        missing_sources_fail_without_a_partial_target_on(route);
+    }
+}
+
+fn missing_sources_fail_without_a_partial_target_on(route: &[&str]) {
+    let (mut s, d, _argv) = open_on(route);
     let host = TempDir::new("missing");
     let target = host.path().join("target");
     assert_eq!(
@@ -252,7 +285,7 @@ fn missing_sources_fail_without_a_partial_target() {
 
 #[test]
 fn directoryness_must_agree() {
-    let (mut s, d, _) = open();
+    let (mut s, d, _) = open_on(&[]);
     s.send(&format!("copyup {d}/ /tmp/x"));
     let st = s.wait(Duration::from_secs(30));
     assert_eq!(st.code(), Some(12));
@@ -306,5 +339,32 @@ fn copy_timeout_answers_timeout_and_leaves_nothing() {
     }
     // The session goes on, and ends cleanly.
     assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
+    s.quit();
+}
+
+#[test]
+fn remote_trees_go_through_tar_and_do_without_it() {
+    let (mut s, d, argv) = open_on(&["--remote", "-d"]);
+    let host = TempDir::new("notar");
+    let src = host.path().join("src");
+    make_tree(&src);
+    // A missing parent is named, on the tar route as on the others.
+    assert_eq!(
+        s.cmd(&format!("copydown {}/ /nonexistent/t/", src.display())),
+        "copy-failed"
+    );
+    assert!(
+        s.stderr_says("/nonexistent does not exist in the testbed"),
+        "{}",
+        s.stderr()
+    );
+    // A testbed without tar still gets its trees, through the archive
+    // endpoints.
+    sh_ok(&argv, "rm -f /bin/tar /usr/bin/tar");
+    s.ok(&format!("copydown {}/ {d}/t/", src.display()));
+    assert!(s.stderr_says("cannot run tar"), "{}", s.stderr());
+    let back = host.path().join("back");
+    s.ok(&format!("copyup {d}/t/ {}/", back.display()));
+    assert_same_tree(&src, &back);
     s.quit();
 }

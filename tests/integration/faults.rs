@@ -219,7 +219,18 @@ fn full_disk_during_copydown_is_an_error() {
 
 #[test]
 fn hostile_testbed_trees_cannot_escape_the_copyup_target() {
-    let mut s = Server::start(&[&image()]);
+    // Directly, and with --remote through tar in the testbed, whose output
+    // the testbed controls as much as the files.
+    for route in [&[][..], &["--remote"][..]] {
+        hostile_trees_on(route);
+    }
+}
+
+fn hostile_trees_on(route: &[&str]) {
+    let img = image();
+    let mut args = route.to_vec();
+    args.push(&img);
+    let mut s = Server::start(&args);
     let d = s.open();
     let argv = s.exec_argv();
     let host = TempDir::new("hostile");
