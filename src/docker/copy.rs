@@ -456,7 +456,11 @@ pub async fn pull_via_exec(
     })
 }
 
-/// copydown through `tar -x` in the testbed, as root.
+/// copydown through `tar -x` in the testbed, as root (--no-same-owner:
+/// root's anyway, without a chown per file). One tar: two at once, each
+/// with every directory and half the files, took as long for 5000 files
+/// of 1 KiB and longer for 2000 (the second exec costs the daemon what
+/// the split saves).
 pub async fn push_via_exec(
     client: &Client,
     container: &str,
@@ -478,7 +482,7 @@ pub async fn push_via_exec(
         "sh".into(),
         "-c".into(),
         "cd -- \"$1\" 2>/dev/null || { echo \"$1 does not exist in the testbed\" >&2; exit 3; }
-         exec tar -xpf -"
+         exec tar --no-same-owner -xpf -"
             .into(),
         "rdocker-copydown".into(),
         parent.clone(),
