@@ -402,13 +402,18 @@ pub async fn pull_via_exec(
         let mut r = ChanReader::std(rx);
         r.cur = first;
         if dir {
-            archive::extract_tree(r, &dst)
+            archive::extract_tree(&mut r, &dst)?;
         } else {
-            match archive::extract_file(r, &dst)? {
-                SingleFile::Written => Ok(()),
+            match archive::extract_file(&mut r, &dst)? {
+                SingleFile::Written => {}
                 _ => bail!("the testbed sent no regular file"),
             }
         }
+        // tar pads its output to a whole record after the archive's end:
+        // take that too, so that the exec's output never finds the copy
+        // gone. Not without bound: a testbed could send for ever.
+        io::copy(&mut (&mut r).take(1 << 20), &mut io::sink())?;
+        Ok(())
     });
     let mut sink = TarSink {
         tx: Some(tx),
@@ -434,10 +439,12 @@ pub async fn pull_via_exec(
     ];
     let ran = super::exec::run(client, container, As::Root, argv, None, &mut sink).await;
     let tx = sink.tx.take().expect("sender");
-    let failure = match ran {
-        Ok(0) => None,
-        Ok(code) => Some(script_failure(code, &sink.err)),
-        Err(e) => Some(e),
+    // An exec that failed on its own (Ok(code)) is the cause; one whose
+    // output found the host side gone (Err) is not, if the host side failed.
+    let (failure, stream_broke) = match ran {
+        Ok(0) => (None, false),
+        Ok(code) => (Some(script_failure(code, &sink.err)), false),
+        Err(e) => (Some(e), true),
     };
     if let Some(f) = &failure {
         // A short stream must fail the extraction, not look complete.
@@ -445,8 +452,11 @@ pub async fn pull_via_exec(
     }
     drop(tx);
     let extracted = consumer.await.context("the archive reader panicked")?;
-    if let Some(f) = failure {
-        return Err(f.context(format!("cannot copy {testbed} from the testbed")));
+    match failure {
+        Some(f) if !(stream_broke && extracted.is_err()) => {
+            return Err(f.context(format!("cannot copy {testbed} from the testbed")))
+        }
+        _ => {}
     }
     extracted.with_context(|| {
         format!(
