@@ -367,14 +367,15 @@ const NOT_THERE: i64 = 3;
 /// sh: command not found, or found but not executable.
 const NOT_FOUND: [i64; 2] = [127, 126];
 
-/// What a copy script's failure means, for the error message.
-fn script_failure(code: i64, err: &[u8]) -> anyhow::Error {
+/// What a copy script's failure means, for the error message;
+/// `not_there` says what NOT_THERE means.
+fn script_failure(code: i64, err: &[u8], not_there: &str) -> anyhow::Error {
     let err = String::from_utf8_lossy(err).trim().to_string();
     if NOT_FOUND.contains(&code) {
         return NoTar(err).into();
     }
     if code == NOT_THERE {
-        return anyhow!("{err}");
+        return anyhow!("{not_there}");
     }
     anyhow!("tar in the testbed exited {code}: {err}")
 }
@@ -420,14 +421,16 @@ pub async fn pull_via_exec(
         err: Vec::new(),
     };
     // -h: a file copyup follows symlinks, as `cat` does.
-    let script = if dir {
-        "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || \
-         { echo \"$1/$2 is not a directory in the testbed\" >&2; exit 3; }
-         exec tar -cf - -- \"$2\""
+    let (script, not_there) = if dir {
+        (
+            "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || exit 3; exec tar -cf - -- \"$2\"",
+            format!("{testbed} is not a directory in the testbed"),
+        )
     } else {
-        "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || \
-         { echo \"$1/$2 is not a regular file in the testbed\" >&2; exit 3; }
-         exec tar -chf - -- \"$2\""
+        (
+            "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || exit 3; exec tar -chf - -- \"$2\"",
+            format!("{testbed} is not a regular file in the testbed"),
+        )
     };
     let argv = vec![
         "sh".into(),
@@ -443,7 +446,7 @@ pub async fn pull_via_exec(
     // output found the host side gone (Err) is not, if the host side failed.
     let (failure, stream_broke) = match ran {
         Ok(0) => (None, false),
-        Ok(code) => (Some(script_failure(code, &sink.err)), false),
+        Ok(code) => (Some(script_failure(code, &sink.err, &not_there)), false),
         Err(e) => (Some(e), true),
     };
     if let Some(f) = &failure {
@@ -491,9 +494,7 @@ pub async fn push_via_exec(
     let argv = vec![
         "sh".into(),
         "-c".into(),
-        "cd -- \"$1\" 2>/dev/null || { echo \"$1 does not exist in the testbed\" >&2; exit 3; }
-         exec tar --no-same-owner -xpf -"
-            .into(),
+        "cd -- \"$1\" 2>/dev/null || exit 3; exec tar --no-same-owner -xpf -".into(),
         "rdocker-copydown".into(),
         parent.clone(),
     ];
@@ -503,7 +504,11 @@ pub async fn push_via_exec(
     if code == 0 {
         return produced_ok(produced);
     }
-    let failure = script_failure(code, &cap.err);
+    let failure = script_failure(
+        code,
+        &cap.err,
+        &format!("{parent} does not exist in the testbed"),
+    );
     if !failure.is::<NoTar>() {
         // A host file that could not be read explains why tar failed,
         // unless tar stopped first.
