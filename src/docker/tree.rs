@@ -116,6 +116,7 @@ pub fn push(root: &Root, host: &Path, testbed: &str, cancel: &AtomicBool) -> Res
     let shared = Shared {
         cancel,
         failed: Mutex::new(None),
+        stop: AtomicBool::new(false),
         root_creds: nix::unistd::geteuid().is_root() && nix::unistd::getegid().as_raw() == 0,
     };
     let n = workers();
@@ -170,8 +171,11 @@ pub fn push(root: &Root, host: &Path, testbed: &str, cancel: &AtomicBool) -> Res
 /// What the walker and the workers share.
 struct Shared<'a> {
     cancel: &'a AtomicBool,
-    /// The first failure; once set, everybody stops.
+    /// The first failure.
     failed: Mutex<Option<anyhow::Error>>,
+    /// Set with `failed`, and read before every entry: everybody stops,
+    /// without taking the lock per file.
+    stop: AtomicBool,
     /// We run as root:root: what we create in a directory we made (not
     /// set-group-id) is root's already, and needs no chown.
     root_creds: bool,
@@ -183,11 +187,12 @@ impl Shared<'_> {
         if f.is_none() {
             *f = Some(e);
         }
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     fn stopped(&self) -> Result<()> {
         cancelled(self.cancel)?;
-        if self.failed.lock().map_or(true, |f| f.is_some()) {
+        if self.stop.load(Ordering::Relaxed) {
             bail!("stopped by an earlier failure");
         }
         Ok(())
