@@ -9,6 +9,7 @@ use nix::errno::Errno;
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
@@ -39,6 +40,18 @@ pub fn write_file<W: Write>(out: W, src: &Path, name: &str) -> Result<W> {
 /// Write the directory `src` and everything below it, under `prefix`
 /// ("" for the archive root itself). Symlinks are stored, not followed.
 pub fn write_tree<W: Write>(out: W, src: &Path, prefix: &str) -> Result<W> {
+    write_tree_part(out, src, prefix, &mut |_| true)
+}
+
+/// write_tree with every directory, depth first, but only the other
+/// entries whose file name `keep` takes: one of the parts that two tars
+/// unpack at once (copy.rs).
+pub fn write_tree_part<W: Write>(
+    out: W,
+    src: &Path,
+    prefix: &str,
+    keep: &mut dyn FnMut(&OsStr) -> bool,
+) -> Result<W> {
     let md = fs::metadata(src).with_context(|| format!("cannot read {}", src.display()))?;
     if !md.is_dir() {
         bail!("{} is not a directory", src.display());
@@ -47,7 +60,7 @@ pub fn write_tree<W: Write>(out: W, src: &Path, prefix: &str) -> Result<W> {
     let root = if prefix.is_empty() { "." } else { prefix };
     let mut h = header_for(&md);
     b.append_data(&mut h, root, io::empty())?;
-    walk(&mut b, src, Path::new(root))?;
+    walk(&mut b, src, Path::new(root), keep)?;
     Ok(b.into_inner()?)
 }
 
@@ -70,13 +83,23 @@ fn header_for(md: &fs::Metadata) -> Header {
     h
 }
 
-fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &Path, name: &Path) -> Result<()> {
+fn walk<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+    keep: &mut dyn FnMut(&OsStr) -> bool,
+) -> Result<()> {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .collect::<io::Result<_>>()
         .with_context(|| format!("cannot list {}", dir.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
+        // The entry's type from the directory, without a stat for what is
+        // left out (a failure reads as a directory: never drop a subtree).
+        if !e.file_type().map_or(true, |t| t.is_dir()) && !keep(&e.file_name()) {
+            continue;
+        }
         let path = e.path();
         let ename = name.join(e.file_name());
         let md = fs::symlink_metadata(&path)
@@ -85,7 +108,7 @@ fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &Path, name: &Path) -> Result<()
         let mut h = header_for(&md);
         if ft.is_dir() {
             b.append_data(&mut h, &ename, io::empty())?;
-            walk(b, &path, &ename)?;
+            walk(b, &path, &ename, keep)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path)?;
             b.append_link(&mut h, &ename, target)?;
@@ -233,8 +256,8 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
         let mtime = header.mtime().unwrap_or(0);
         let Some(rel) = member_path(&raw, true)? else {
             if kind.is_dir() {
-                fs::set_permissions(dst, fs::Permissions::from_mode(mode))?;
-                dir_times.push((dst.to_path_buf(), mtime));
+                fs::set_permissions(dst, fs::Permissions::from_mode(mode | 0o700))?;
+                dir_times.push((dst.to_path_buf(), mode, mtime));
             }
             continue;
         };
@@ -245,9 +268,10 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
                     fs::create_dir(&path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                 }
+                // Writable until its entries are in, whoever runs us.
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))?;
                 dirs.known.insert(path.clone());
-                dir_times.push((path, mtime));
+                dir_times.push((path, mode, mtime));
             }
             EntryType::Regular | EntryType::Continuous => {
                 // Create first and clear only what is in the way: most
@@ -329,7 +353,9 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
         }
     }
     // Last, so that creating entries does not disturb them; deepest first.
-    for (path, mtime) in dir_times.into_iter().rev() {
+    for (path, mode, mtime) in dir_times.into_iter().rev() {
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
         set_times(&path, mtime);
     }
     Ok(())

@@ -37,6 +37,10 @@ fn make_tree(root: &Path) {
     symlink("/nonexistent/target", root.join("link-dangling")).unwrap();
     fs::create_dir(root.join("empty")).unwrap();
     fs::write(root.join("binary"), (0..=255u8).collect::<Vec<_>>()).unwrap();
+    // Read-only once filled: the copies must still get its entries in.
+    fs::create_dir(root.join("ro")).unwrap();
+    fs::write(root.join("ro/kept"), "kept\n").unwrap();
+    fs::set_permissions(root.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
 }
 
 /// Compare two host trees: names, types, contents, modes, link targets.
@@ -365,6 +369,106 @@ fn remote_trees_go_through_tar_and_do_without_it() {
     assert!(s.stderr_says("cannot run tar"), "{}", s.stderr());
     let back = host.path().join("back");
     s.ok(&format!("copyup {d}/t/ {}/", back.display()));
+    assert_same_tree(&src, &back);
+    s.quit();
+}
+
+/// A tree of many small files goes, through the Engine API, to two tars
+/// at once (one from a file the script unlinks at once, one from the
+/// stream); each creates every directory. Nothing may be lost or doubled,
+/// and every directory must end with its own mode and time, whichever tar
+/// finished last.
+#[test]
+fn many_files_go_to_two_tars_and_keep_everything() {
+    let (mut s, d, argv) = open_on(&["--remote", "-d"]);
+    let host = TempDir::new("split");
+    let src = host.path().join("src");
+    let dirs = ["a", "b/c", "b/c/deeper", "ro", AWKWARD];
+    for (k, dir) in dirs.iter().enumerate() {
+        let p = src.join(dir);
+        fs::create_dir_all(&p).unwrap();
+        for i in 0..160 {
+            let f = p.join(format!("f{i}"));
+            fs::write(&f, format!("{dir}/{i}\n").repeat(i % 7 + 1)).unwrap();
+            let mode = match i % 11 {
+                0 => 0o755,
+                1 => 0o600,
+                _ => 0o644,
+            };
+            fs::set_permissions(&f, fs::Permissions::from_mode(mode)).unwrap();
+            set_mtime(&f, MTIME + (k * 1000 + i) as i64);
+        }
+        symlink(format!("f{k}"), p.join("link")).unwrap();
+    }
+    // Deepest first, so that setting a directory's time is not undone by
+    // the next one made inside it.
+    for (k, dir) in dirs.iter().enumerate().rev() {
+        set_mtime(&src.join(dir), MTIME - 100 * k as i64);
+    }
+    fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    set_mtime(&src.join("b"), MTIME - 7);
+    set_mtime(&src, MTIME - 9);
+
+    let tb = format!("{d}/dest/");
+    s.ok(&format!("copydown {}/ {tb}", src.display()));
+    assert!(s.stderr_says("two tars at once"), "{}", s.stderr());
+
+    // Directories and files as the testbed sees them: type, mode, time.
+    let listing = |root: &str| {
+        sh_ok(
+            &argv,
+            &format!("cd '{}' && find . -printf '%p %y %m %T@\\n' | sed 's/\\.[0-9]*$//' | LC_ALL=C sort", root.replace('\'', "'\\''")),
+        )
+    };
+    let mut want = Vec::new();
+    let mut stack = vec![(src.clone(), ".".to_string())];
+    while let Some((p, name)) = stack.pop() {
+        let md = fs::symlink_metadata(&p).unwrap();
+        let y = if md.is_dir() {
+            "d"
+        } else if md.file_type().is_symlink() {
+            "l"
+        } else {
+            "f"
+        };
+        want.push(format!(
+            "{name} {y} {:o} {}",
+            md.mode() & 0o7777,
+            md.mtime()
+        ));
+        if md.is_dir() {
+            for e in fs::read_dir(&p).unwrap() {
+                let e = e.unwrap();
+                let n = format!("{name}/{}", e.file_name().to_string_lossy());
+                stack.push((e.path(), n));
+            }
+        }
+    }
+    want.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let got = listing(&tb);
+    let got: Vec<&str> = got.lines().collect();
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (g, w) in got.iter().zip(&want) {
+        // A symlink's own mode is 777 on both sides; its time is the
+        // moment it was made.
+        if w.contains(" l ") {
+            assert_eq!(
+                g.split(' ').take(2).collect::<Vec<_>>(),
+                w.split(' ').take(2).collect::<Vec<_>>()
+            );
+        } else {
+            assert_eq!(g, w);
+        }
+    }
+    // The script's temporary file is gone.
+    assert_eq!(
+        sh_ok(&argv, &format!("ls -A {d} | grep -c rdocker || true")),
+        "0\n"
+    );
+
+    // Contents, modes and file times, back on the host.
+    let back = host.path().join("back");
+    s.ok(&format!("copyup {tb} {}/", back.display()));
     assert_same_tree(&src, &back);
     s.quit();
 }
