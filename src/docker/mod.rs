@@ -528,7 +528,7 @@ impl Testbed for DockerTestbed {
             // Trees go through tar in the testbed, as the reference's
             // --remote does: the daemon's own unpacking (a re-executed
             // dockerd, in Go) took 432 ms for 5000 files of 1 KiB where
-            // GNU tar over one exec took 227 ms (bench/bench.py, copydown
+            // GNU tar over one exec took 180 ms (bench/bench.py, copydown
             // tree, --remote; README). Single files stay on the archive
             // endpoint, which moves big data faster than an exec's stream
             // (256 MiB: 377 ms against 452 ms through exec stdin).
@@ -559,7 +559,7 @@ impl Testbed for DockerTestbed {
         let tmpfs = copy::needs_exec_route(testbed, &self.tmpfs_mounts());
         if tmpfs || dir {
             // As for copydown: one exec of tar, and the same host-side
-            // extraction as the archive's (185 ms for the tree above in
+            // extraction as the archive's (178 ms for the tree above in
             // the README's run; 235 ms through the archive endpoint in an
             // earlier run of the tree rows).
             debug!("copyup from {testbed} through tar in the testbed");
