@@ -8,6 +8,7 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
+use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
@@ -504,7 +505,7 @@ const SPLIT_MAX_BYTES: usize = 4 << 20;
 /// both walks agree on every file without keeping a list. FNV-1a, then
 /// murmur3's finalizer: FNV alone leaves the last byte's change out of
 /// some bits, and file names often differ in their last byte only.
-fn first_part(name: &std::ffi::OsStr) -> bool {
+fn first_part(name: &OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
     let mut h = name
         .as_bytes()
@@ -522,7 +523,7 @@ fn first_part(name: &std::ffi::OsStr) -> bool {
 /// files first_part() takes. None when the tree is too small or too big.
 fn split_first(src: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let mut files = 0usize;
-    let mut keep = |n: &std::ffi::OsStr| {
+    let mut keep = |n: &OsStr| {
         let k = first_part(n);
         files += usize::from(k);
         k
@@ -560,19 +561,23 @@ impl Write for Capped {
 }
 
 /// What push_via_exec sends: UNPACK_SCRIPT's length line, then one
-/// archive, or a tree's two parts. Says whether it split the tree.
-fn write_unpack_stream(mut out: BytesWriter, src: &Path, name: &str, dir: bool) -> Result<bool> {
+/// archive, or a tree's two parts.
+fn write_unpack_stream(mut out: BytesWriter, src: &Path, name: &str, dir: bool) -> Result<()> {
     let first = if dir { split_first(src, name)? } else { None };
     let Some(first) = first else {
         out.write_all(b"0\n")?;
-        return write_archive(out, src, name, dir).map(|_| false);
+        return write_archive(out, src, name, dir);
     };
+    debug!(
+        "copydown of {}: two tars at once, one part each",
+        src.display()
+    );
     out.write_all(format!("{}\n", first.len()).as_bytes())?;
     out.send(Bytes::from(first))?;
     let w = BufWriter::with_capacity(CHUNK, out);
     let w = archive::write_tree_part(w, src, name, &mut |n| !first_part(n))?;
     w.into_inner()
-        .map(|_| true)
+        .map(drop)
         .map_err(|e| anyhow!("{}", e.error()))
 }
 
@@ -607,13 +612,7 @@ pub async fn push_via_exec(
         parent.clone(),
     ];
     let ran = super::exec::run(client, container, As::Root, argv, Some(rx), &mut cap).await;
-    let produced = producer.await.map(|r| {
-        r.map(|split| {
-            if split {
-                debug!("copydown to {testbed}: two tars at once, one part each");
-            }
-        })
-    });
+    let produced = producer.await;
     let code = ran?;
     if code == 0 {
         return produced_ok(produced);
@@ -673,17 +672,14 @@ mod tests {
     #[test]
     fn split_parts_are_balanced() {
         let names: Vec<String> = (0..2000).map(|i| format!("file{i}.txt")).collect();
-        let first = names
-            .iter()
-            .filter(|n| first_part(std::ffi::OsStr::new(n)))
-            .count();
+        let first = names.iter().filter(|n| first_part(OsStr::new(n))).count();
         assert!(
             (800..1200).contains(&first),
             "{first} of 2000 in the first part"
         );
         // Names that differ in their last byte alone still spread.
         let last: Vec<bool> = (b'a'..=b'z')
-            .map(|c| first_part(std::ffi::OsStr::new(&format!("f{}", c as char))))
+            .map(|c| first_part(OsStr::new(&format!("f{}", c as char))))
             .collect();
         assert!(
             last.iter().any(|&b| b) && last.iter().any(|&b| !b),
