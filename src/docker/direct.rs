@@ -52,6 +52,36 @@ fn start_time(pid: i64) -> Option<u64> {
         .ok()
 }
 
+/// What the process a daemon names as a testbed's PID 1 is, seen from here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstProcess {
+    /// It carries the testbed's name (container.rs).
+    Testbed,
+    /// In a pid namespace of its own but without the name yet: the daemon
+    /// answers the start before the runtime's init has exec'd the
+    /// entrypoint (about 1 open in 14 with 8 at once here), and execve
+    /// keeps the process, its number and its start time.
+    Starting,
+    /// A process of our own pid namespace: rdocker sees other numbers than
+    /// the daemon (a CI job container), and waiting would not help.
+    Foreign,
+}
+
+pub fn first_process(pid: i64, name: &str) -> Result<FirstProcess> {
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("cannot read the command line of process {pid}"))?;
+    if argv.split(|b| *b == 0).rfind(|a| !a.is_empty()) == Some(name.as_bytes()) {
+        return Ok(FirstProcess::Testbed);
+    }
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let theirs = ns(&pid.to_string());
+    Ok(if theirs.is_some() && theirs != ns("self") {
+        FirstProcess::Starting
+    } else {
+        FirstProcess::Foreign
+    })
+}
+
 fn how(flags: OFlag, mode: u32) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC)
@@ -96,9 +126,7 @@ impl Root {
         if root.start.is_none() {
             bail!("cannot read the start time of process {pid}");
         }
-        let argv = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .with_context(|| format!("cannot read the command line of process {pid}"))?;
-        if argv.split(|b| *b == 0).rfind(|a| !a.is_empty()) != Some(name.as_bytes()) {
+        if first_process(pid, name)? != FirstProcess::Testbed {
             bail!("process {pid} here is not the testbed's first process: rdocker sees another pid namespace than the daemon's");
         }
         // Still the same process, so the root opened above is its.

@@ -383,6 +383,13 @@ async fn open_root(client: &Client, id: &str, name: &str) -> Result<(direct::Roo
         .and_then(|s| s.pid)
         .filter(|p| *p > 0)
         .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
+    // Bounded: a process that never takes the name is not the testbed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while direct::first_process(pid, name)? == direct::FirstProcess::Starting
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     Ok((direct::Root::open(pid, name, &hostname)?, as_root))
 }
 

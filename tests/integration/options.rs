@@ -3,6 +3,7 @@
 
 use crate::util::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn inspect(id: &str) -> bollard::models::ContainerInspectResponse {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -179,4 +180,36 @@ fn shared_dir_with_a_remote_daemon_is_refused() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--shared-dir"), "{err}");
+}
+
+/// The daemon answers a start before the runtime's init has exec'd the
+/// entrypoint; under load the testbed's PID 1 is still the runtime's init
+/// when rdocker looks (1 open in 14 with 8 at once, before the wait in
+/// open_root). Every testbed of a local daemon gets the direct route all
+/// the same: 8 servers open at once, each with its spare.
+#[test]
+fn testbeds_started_at_once_all_get_the_direct_route() {
+    let mut servers: Vec<Server> = (0..8).map(|_| Server::start(&["-d", &image()])).collect();
+    for s in &mut servers {
+        s.send("open");
+    }
+    for s in &mut servers {
+        let r = s.line(Duration::from_secs(120));
+        assert!(
+            r.as_deref().is_some_and(|r| r.starts_with("ok ")),
+            "open answered {r:?}; stderr: {}",
+            s.stderr()
+        );
+    }
+    // quit waits for each spare, so both testbeds have said their route.
+    for s in servers {
+        let err = s.quit();
+        let direct = err
+            .matches("copied through the testbed's root directly")
+            .count();
+        assert!(
+            direct == 2 && !err.contains("go through the archive API too"),
+            "a testbed of a local daemon missed the direct route: {err}"
+        );
+    }
 }

@@ -27,7 +27,8 @@ fn reap_removes_orphans_and_nothing_else() {
     dead.signal(nix::sys::signal::Signal::SIGKILL);
     dead.wait(std::time::Duration::from_secs(10));
     let mut left = containers_of(dead_pid);
-    (orphan.sort(), left.sort());
+    orphan.sort();
+    left.sort();
     assert_eq!(
         left, orphan,
         "SIGKILL cannot clean up; the test needs the orphan"
