@@ -7,6 +7,7 @@ set -euo pipefail
 BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TEST_IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
 USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
+SYSTEMD_IMAGE=${RDOCKER_TEST_SYSTEMD_IMAGE:-rdocker-test/systemd:bookworm}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
 
@@ -81,6 +82,22 @@ if ! docker image inspect "$USER_IMAGE" >/dev/null 2>&1; then
     docker rm "$cid" >/dev/null
 fi
 
+# The same image with systemd as /sbin/init, for --init.
+if ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
+    log "building $SYSTEMD_IMAGE"
+    cid=$(docker run -d "$TEST_IMAGE" sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends systemd systemd-sysv && apt-get clean')
+    rc=$(docker wait "$cid")
+    if [ "$rc" != 0 ]; then
+        docker logs "$cid" 2>&1 | tail -20 >&2
+        docker rm "$cid" >/dev/null
+        log "installing systemd in $SYSTEMD_IMAGE failed (exit $rc); can the container reach $MIRROR?"
+        exit 1
+    fi
+    docker commit --change 'CMD ["/bin/bash"]' "$cid" "$SYSTEMD_IMAGE" >/dev/null
+    docker rm "$cid" >/dev/null
+fi
+
 # autopkgtest's upstream suite is our conformance reference.
 if [ ! -d "$CACHE/autopkgtest-src" ]; then
     log "fetching autopkgtest source"
@@ -117,4 +134,4 @@ fi
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 
-log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE and $USER_IMAGE, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"
+log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"

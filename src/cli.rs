@@ -11,7 +11,7 @@ use std::path::PathBuf;
     version,
     after_help = "Normally run by autopkgtest: autopkgtest PKG -- rdocker IMAGE [DOCKER-RUN-OPTIONS...]\n\n\
         docker run options after IMAGE: -v/--volume, -e/--env, --network, --tmpfs, --cap-add, \
-        --privileged, --memory, --cpus, --shm-size, --add-host, --platform.\n\n\
+        --privileged, --memory, --cpus, --shm-size, --add-host, --platform, --cgroupns.\n\n\
         The daemon is found as the docker CLI finds it: --host, --context, DOCKER_HOST, \
         DOCKER_CONTEXT, the current context in $DOCKER_CONFIG/config.json, else \
         unix:///var/run/docker.sock. TLS: DOCKER_TLS_VERIFY, DOCKER_TLS, DOCKER_CERT_PATH."
@@ -24,6 +24,13 @@ pub struct Cli {
     /// Pull IMAGE through the daemon before starting the container
     #[arg(short, long)]
     pub pull: bool,
+
+    /// Run the image's init system (/sbin/init) as the testbed's first process, wait
+    /// until it has booted, and advertise isolation-container, for tests that need
+    /// services; systemd needs docker run options such as --tmpfs /run --tmpfs
+    /// /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro
+    #[arg(long)]
+    pub init: bool,
 
     /// Assume the daemon cannot see this machine's filesystem or processes: move files
     /// and command streams, and start commands, only through the Engine API, never
@@ -47,7 +54,7 @@ pub struct Cli {
 
     /// Remove rdocker containers whose owner process on this host is gone
     /// (left by an rdocker killed with SIGKILL), and exit
-    #[arg(long, conflicts_with_all = ["image", "pull", "remote", "shared_dir"])]
+    #[arg(long, conflicts_with_all = ["image", "pull", "init", "remote", "shared_dir"])]
     pub reap: bool,
 
     /// Image to run the tests in, for example debian:sid

@@ -89,7 +89,8 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
         let client = docker::client::Client::connect(&endpoint).await?;
         debug!("API version {}", client.api_version());
-        let tb = docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull)?;
+        let tb =
+            docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull, cli.init)?;
         Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
     })
 }

@@ -2,7 +2,7 @@
 //! that removes it on every path, panics included.
 
 use anyhow::{Context, Result};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigCgroupnsModeEnum};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, RemoveContainerOptionsBuilder,
 };
@@ -28,6 +28,9 @@ pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
 /// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
 /// How long removal waits for an unreachable daemon to come back.
 const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// PID 1 with --init, as the reference runs it.
+pub const INIT: &str = "/sbin/init";
 
 const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
 
@@ -115,6 +118,7 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
                 .unwrap_or_default(),
             client: client.clone(),
             removed: false,
+            init: false,
         };
         stray.remove().await?;
     }
@@ -127,14 +131,19 @@ pub struct Container {
     pub name: String,
     client: Client,
     removed: bool,
+    /// PID 1 is an init system, which SIGTERM does not end.
+    pub init: bool,
 }
 
 impl Container {
+    /// With `init`, PID 1 is the image's /sbin/init (`--init`) instead of
+    /// rdocker's idle shell.
     pub async fn create(
         client: &Client,
         image: &str,
         run: &RunOptions,
         binds: Vec<String>,
+        init: bool,
     ) -> Result<Container> {
         let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
         let pid = std::process::id();
@@ -165,14 +174,28 @@ impl Container {
             shm_size: run.shm_size,
             extra_hosts: (!run.extra_hosts.is_empty()).then(|| run.extra_hosts.clone()),
             network_mode: run.network.clone(),
+            cgroupns_mode: run.cgroupns.as_deref().map(|m| match m {
+                "host" => HostConfigCgroupnsModeEnum::HOST,
+                _ => HostConfigCgroupnsModeEnum::PRIVATE,
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into(), IDLE.into()]),
-            // The name as PID 1's argument: how direct.rs knows this
-            // container's PID 1 from another pid namespace's process.
-            cmd: Some(vec!["rdocker-idle".into(), name.clone()]),
+            // The name as PID 1's last argument: how direct.rs knows this
+            // container's PID 1 from another pid namespace's process. An
+            // init ignores it (systemd in a container reads its arguments
+            // as a kernel command line, and skips words it does not know).
+            entrypoint: Some(if init {
+                vec![INIT.into()]
+            } else {
+                vec!["/bin/sh".into(), "-c".into(), IDLE.into()]
+            }),
+            cmd: Some(if init {
+                vec![name.clone()]
+            } else {
+                vec!["rdocker-idle".into(), name.clone()]
+            }),
             env: (!run.env.is_empty()).then(|| run.env.clone()),
             labels: Some(labels),
             host_config: Some(host_config),
@@ -205,11 +228,20 @@ impl Container {
             name,
             client: client.clone(),
             removed: false,
+            init,
         };
         if let Err(e) = client.docker.start_container(&c.id, None).await {
             c.remove().await.ok();
+            let hint = if init {
+                format!(
+                    "; --init runs the image's {INIT}, which needs an init system in the image \
+                     (systemd-sysv or sysvinit-core)"
+                )
+            } else {
+                String::new()
+            };
             return Err(anyhow::Error::new(e).context(format!(
-                "cannot start the testbed container from image {image}"
+                "cannot start the testbed container from image {image}{hint}"
             )));
         }
         Ok(c)
@@ -222,6 +254,11 @@ impl Container {
     /// it traps and the daemon does not wait for): the kernel then kills
     /// every other process of the container's pid namespace.
     pub async fn kill(&self, wait: bool) -> Result<()> {
+        if self.init && !wait {
+            // An init does not end on SIGTERM (systemd re-executes itself),
+            // and SIGKILL is waited out: the removal that follows kills it.
+            return Ok(());
+        }
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::new()
             .signal(if wait { "SIGKILL" } else { "SIGTERM" })
             .build();
@@ -316,6 +353,7 @@ impl Drop for Container {
                     name,
                     client,
                     removed: false,
+                    init: false,
                 };
                 let r = c.remove().await;
                 c.removed = true;

@@ -134,7 +134,7 @@ fn gone(container: &str, e: &bollard::errors::Error) -> anyhow::Error {
 }
 
 /// Where exec output goes.
-pub trait Sink {
+pub trait Sink: Send {
     fn stdout(&mut self, data: &[u8]) -> Result<()>;
     fn stderr(&mut self, data: &[u8]) -> Result<()>;
 }

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod boot;
 pub mod client;
 pub mod container;
 pub mod context;
@@ -33,6 +34,8 @@ pub struct DockerTestbed {
     copy_mode: CopyMode,
     pull: bool,
     pulled: bool,
+    /// `--init`: PID 1 is the image's init system.
+    init: bool,
     container: Option<Container>,
     /// Kept across reverts: built trees may refer to it by absolute path.
     downtmp: Option<String>,
@@ -66,6 +69,7 @@ struct Recipe {
     find_user: bool,
     /// The daemon is local: try its root (direct.rs) and the agent.
     local: bool,
+    init: bool,
 }
 
 /// A started container, with everything rdocker learned about it.
@@ -95,12 +99,17 @@ impl Ready {
 /// directory, the normal user, the direct root and the agent. A failure
 /// removes the container (Container's drop).
 async fn prepare(r: Recipe) -> Result<Ready> {
-    let c = Container::create(&r.client, &r.image, &r.run, r.binds.clone()).await?;
+    let c = Container::create(&r.client, &r.image, &r.run, r.binds.clone(), r.init).await?;
     debug!(
         "started container {} ({})",
         c.name,
         &c.id[..12.min(c.id.len())]
     );
+    if r.init {
+        let t = std::time::Instant::now();
+        boot::wait(&r.client, &c).await?;
+        debug!("{} booted in {:.2?}", c.name, t.elapsed());
+    }
     let id = c.id.clone();
     let mut ready = Ready {
         container: c,
@@ -175,6 +184,7 @@ impl DockerTestbed {
         run: RunOptions,
         copy_mode: CopyMode,
         pull: bool,
+        init: bool,
     ) -> Result<DockerTestbed> {
         let exe = std::env::current_exe()
             .context("cannot find rdocker's own executable for print-execute-command")?;
@@ -185,6 +195,7 @@ impl DockerTestbed {
             copy_mode,
             pull,
             pulled: false,
+            init,
             container: None,
             downtmp: None,
             normal_user: None,
@@ -237,6 +248,7 @@ impl DockerTestbed {
             downtmp,
             find_user: self.normal_user.is_none(),
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
+            init: self.init,
         })
     }
 
@@ -602,6 +614,11 @@ impl Testbed for DockerTestbed {
             "revert-full-system".into(),
             "root-on-testbed".into(),
         ];
+        // As the reference: only a booted init gives tests the services
+        // that isolation-container promises.
+        if self.init {
+            caps.push("isolation-container".into());
+        }
         if let Some(u) = &self.normal_user {
             caps.push(format!("suggested-normal-user={u}"));
         }

@@ -18,10 +18,12 @@ pub struct RunOptions {
     pub shm_size: Option<i64>,
     pub extra_hosts: Vec<String>,
     pub platform: Option<String>,
+    /// "host" or "private"; systemd under --init may need the host's.
+    pub cgroupns: Option<String>,
 }
 
 pub const SUPPORTED: &str = "-v/--volume, -e/--env, --network, --tmpfs, --cap-add, \
-    --privileged, --memory, --cpus, --shm-size, --add-host, --platform";
+    --privileged, --memory, --cpus, --shm-size, --add-host, --platform, --cgroupns";
 
 impl RunOptions {
     /// Parse `docker run` options. `lookup` gives host variables for
@@ -93,6 +95,13 @@ impl RunOptions {
                     o.extra_hosts.push(v);
                 }
                 "--platform" => o.platform = Some(value()?),
+                "--cgroupns" => {
+                    let v = value()?;
+                    if v != "host" && v != "private" {
+                        bail!("--cgroupns {v:?}: expected host or private");
+                    }
+                    o.cgroupns = Some(v);
+                }
                 _ => bail!(
                     "unsupported docker run option {arg:?}: rdocker passes these through the \
                      Engine API: {SUPPORTED}"
@@ -181,6 +190,8 @@ mod tests {
             "--add-host",
             "db:10.0.0.2",
             "--platform=linux/amd64",
+            "--cgroupns",
+            "host",
         ])
         .unwrap();
         assert_eq!(o.binds, vec!["/a:/b:ro", "/c:/d"]);
@@ -195,6 +206,7 @@ mod tests {
         assert_eq!(o.shm_size, Some(64 << 10));
         assert_eq!(o.extra_hosts, vec!["db:10.0.0.2"]);
         assert_eq!(o.platform.as_deref(), Some("linux/amd64"));
+        assert_eq!(o.cgroupns.as_deref(), Some("host"));
     }
 
     #[test]
@@ -217,6 +229,7 @@ mod tests {
         assert!(parse(&["--cpus", "-1"]).is_err());
         assert!(parse(&["-v", "/only-target"]).is_err());
         assert!(parse(&["--privileged=maybe"]).is_err());
+        assert!(parse(&["--cgroupns=shared"]).is_err());
     }
 
     #[test]

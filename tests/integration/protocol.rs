@@ -25,6 +25,11 @@ fn full_session() {
         !caps.iter().any(|c| c == "reboot"),
         "reboot advertised: {caps:?}"
     );
+    // Only --init gives tests a booted init system.
+    assert!(
+        !caps.iter().any(|c| c == "isolation-container"),
+        "isolation-container advertised without --init: {caps:?}"
+    );
     assert!(
         !caps.iter().any(|c| c.starts_with("downtmp-host=")),
         "{caps:?}"

@@ -26,6 +26,22 @@ pub fn user_image() -> String {
     std::env::var("RDOCKER_TEST_USER_IMAGE").unwrap_or_else(|_| "rdocker-test/user:bookworm".into())
 }
 
+/// The image with systemd as /sbin/init, for --init.
+pub fn systemd_image() -> String {
+    std::env::var("RDOCKER_TEST_SYSTEMD_IMAGE")
+        .unwrap_or_else(|_| "rdocker-test/systemd:bookworm".into())
+}
+
+/// What systemd needs to boot in a container on this cgroup v1 host.
+pub const SYSTEMD_RUN_OPTIONS: [&str; 6] = [
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+];
+
 /// How long a single protocol reply may take before the test fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 
