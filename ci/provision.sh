@@ -127,10 +127,12 @@ if ! curl -fsS --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1; th
         tail -20 /var/log/rdocker-test-podman.log >&2 || true
         exit 1; }
 fi
-if ! podman image exists "$TEST_IMAGE"; then
-    log "loading $TEST_IMAGE into podman"
-    docker save "$TEST_IMAGE" | podman load >/dev/null
-fi
+for img in "$TEST_IMAGE" "$SYSTEMD_IMAGE"; do
+    if ! podman image exists "$img"; then
+        log "loading $img into podman"
+        docker save "$img" | podman load >/dev/null
+    fi
+done
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 

@@ -917,3 +917,46 @@ fn podman_session() {
     let left = runtime_block(p.list_containers(Some(opts))).unwrap();
     assert!(left.is_empty(), "containers left on podman: {left:?}");
 }
+
+/// Podman sets a container up for systemd itself when its command is
+/// /sbin/init (its systemd mode, through the Docker API too): --init
+/// needs no docker run options there.
+#[test]
+fn podman_boots_init_without_options() {
+    let p = podman();
+    let img = systemd_image();
+    assert!(
+        runtime_block(p.inspect_image(&img)).is_ok(),
+        "podman has no {img}: `docker save {img} | podman load' ({SETUP})"
+    );
+    let host = format!("unix://{PODMAN_SOCKET}");
+    let env = [("DOCKER_HOST", host.as_str())];
+    let mut s = Server::start_env(&["-d", "--init", &img], &env);
+    s.open();
+    assert!(
+        s.capabilities()
+            .contains(&"isolation-container".to_string()),
+        "{}",
+        s.stderr()
+    );
+    let argv = s.exec_argv();
+    let got = exec_ok(
+        &argv,
+        &env,
+        "cat /proc/1/comm; systemctl is-system-running || true",
+    );
+    assert!(
+        got == "systemd\nrunning\n" || got == "systemd\ndegraded\n",
+        "{got:?}"
+    );
+    let pid = s.pid();
+    s.quit();
+    let label = format!("{LABEL_OWNER_PID}={pid}");
+    let filters = std::collections::HashMap::from([("label".to_string(), vec![label])]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let left = runtime_block(p.list_containers(Some(opts))).unwrap();
+    assert!(left.is_empty(), "containers left on podman: {left:?}");
+}
