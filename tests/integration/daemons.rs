@@ -898,6 +898,17 @@ fn podman() -> bollard::Docker {
     d
 }
 
+fn assert_none_left_on_podman(p: &bollard::Docker, pid: u32) {
+    let label = format!("{LABEL_OWNER_PID}={pid}");
+    let filters = std::collections::HashMap::from([("label".to_string(), vec![label])]);
+    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let left = runtime_block(p.list_containers(Some(opts))).unwrap();
+    assert!(left.is_empty(), "containers left on podman: {left:?}");
+}
+
 #[test]
 fn podman_session() {
     let p = podman();
@@ -908,14 +919,7 @@ fn podman_session() {
         "{err}"
     );
     // Nothing left on podman either.
-    let label = format!("{LABEL_OWNER_PID}={pid}");
-    let filters = std::collections::HashMap::from([("label".to_string(), vec![label])]);
-    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let left = runtime_block(p.list_containers(Some(opts))).unwrap();
-    assert!(left.is_empty(), "containers left on podman: {left:?}");
+    assert_none_left_on_podman(&p, pid);
 }
 
 /// Podman sets a container up for systemd itself when its command is
@@ -951,12 +955,5 @@ fn podman_boots_init_without_options() {
     );
     let pid = s.pid();
     s.quit();
-    let label = format!("{LABEL_OWNER_PID}={pid}");
-    let filters = std::collections::HashMap::from([("label".to_string(), vec![label])]);
-    let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let left = runtime_block(p.list_containers(Some(opts))).unwrap();
-    assert!(left.is_empty(), "containers left on podman: {left:?}");
+    assert_none_left_on_podman(&p, pid);
 }
