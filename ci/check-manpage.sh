@@ -59,7 +59,9 @@ tags=$(awk 'prev ~ /^\.TP/ { print } { prev = $0 }' "$PAGE" |
 
 missing=()
 for opt in $options; do
-    printf '%s\n' "$tags" | grep -qxF -- "$opt" || missing+=("$opt")
+    # Not `printf | grep -q`: grep -q quits at the first match, and under
+    # pipefail printf's SIGPIPE then failed the check now and then.
+    grep -qxF -- "$opt" <<<"$tags" || missing+=("$opt")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     die "$PAGE has no entry (.TP tag) for: ${missing[*]}"

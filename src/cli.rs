@@ -25,6 +25,15 @@ pub struct Cli {
     #[arg(short, long)]
     pub pull: bool,
 
+    /// Use Podman's Docker-compatible API: CONTAINER_HOST, else the socket of
+    /// podman.socket (the rootless user's, or root's /run/podman/podman.sock)
+    #[arg(long, conflicts_with_all = ["host", "context", "docker"])]
+    pub podman: bool,
+
+    /// Use Docker (the default); accepted for autopkgtest-virt-docker's command lines
+    #[arg(long)]
+    pub docker: bool,
+
     /// Run the image's init system (/sbin/init) as the testbed's first process, wait
     /// until it has booted, and advertise isolation-container, for tests that need
     /// services; systemd needs docker run options such as --tmpfs /run --tmpfs

@@ -54,11 +54,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let image = cli.image.clone().context("no IMAGE given")?;
     let run_opts = docker::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
     let copy_timeout = copy_timeout()?;
-    let endpoint = Endpoint::resolve(
-        cli.host.as_deref(),
-        cli.context.as_deref(),
-        &docker::context::Env::process(),
-    )?;
+    let endpoint = endpoint(&cli)?;
     let copy_mode = endpoint::choose_copy_mode(
         &endpoint,
         &Evidence::gather(),
@@ -95,12 +91,18 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     })
 }
 
+/// The daemon: Podman's rules with --podman, the docker CLI's otherwise.
+fn endpoint(cli: &cli::Cli) -> Result<Endpoint> {
+    let env = docker::context::Env::process();
+    if cli.podman {
+        Endpoint::podman(&env)
+    } else {
+        Endpoint::resolve(cli.host.as_deref(), cli.context.as_deref(), &env)
+    }
+}
+
 fn reap(cli: &cli::Cli) -> Result<ExitCode> {
-    let endpoint = Endpoint::resolve(
-        cli.host.as_deref(),
-        cli.context.as_deref(),
-        &docker::context::Env::process(),
-    )?;
+    let endpoint = endpoint(cli)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

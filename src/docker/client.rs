@@ -126,13 +126,26 @@ fn unreachable_error(
     why: Option<String>,
 ) -> anyhow::Error {
     let plain_to_tls = endpoint.tls.is_none() && endpoint.host.starts_with("tcp://");
+    let podman = endpoint.source.contains("--podman");
+    let (what, ask) = if podman {
+        (
+            "Podman's API service",
+            "Is it running (`podman system service`, or podman.socket), and does \
+             CONTAINER_HOST say where it listens?",
+        )
+    } else {
+        (
+            "the Docker daemon",
+            "Is the daemon running, and do --host, --context, DOCKER_HOST or the docker \
+             context say where it listens?",
+        )
+    };
     anyhow!(
-        "the Docker daemon is unreachable at {} (from {}): {}. Is the daemon running, and do \
-         --host, --context, DOCKER_HOST or the docker context say where it listens?{}",
+        "{what} is unreachable at {} (from {}): {}. {ask}{}",
         endpoint.host,
         endpoint.source,
         why.unwrap_or_else(|| chain(&e)),
-        if plain_to_tls {
+        if plain_to_tls && !podman {
             " If it wants TLS, set DOCKER_TLS_VERIFY and DOCKER_CERT_PATH, or use a context \
              with TLS material."
         } else {

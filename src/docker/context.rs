@@ -4,6 +4,9 @@
 //! read from docker's own context store, so `docker context create` and
 //! `docker context use` work for rdocker unchanged.
 //!
+//! With `--podman`, Podman's own rules instead (`podman`): CONTAINER_HOST,
+//! else the rootless user's or root's API socket.
+//!
 //! TLS material comes with the endpoint: from DOCKER_TLS_VERIFY,
 //! DOCKER_TLS and DOCKER_CERT_PATH for an address given by --host or
 //! DOCKER_HOST, from the context's own store for a context.
@@ -27,6 +30,8 @@ const VARS: &[&str] = &[
     "DOCKER_TLS",
     "DOCKER_CERT_PATH",
     "HOME",
+    "CONTAINER_HOST",
+    "XDG_RUNTIME_DIR",
 ];
 
 impl Env {
@@ -84,6 +89,55 @@ pub fn resolve(flag_host: Option<&str>, flag_context: Option<&str>, env: &Env) -
     Ok(Endpoint {
         host: DEFAULT_HOST.into(),
         source: "the default socket".into(),
+        tls: None,
+    })
+}
+
+/// Podman's Docker-compatible API, found as podman-remote finds it:
+/// CONTAINER_HOST, else the socket of `podman.socket` (systemd), the user's
+/// for a rootless `uid`, root's for uid 0. A missing socket is an error
+/// that says how to start it, before any connection is tried.
+pub fn podman(env: &Env, uid: u32, exists: impl Fn(&Path) -> bool) -> Result<Endpoint> {
+    if let Some(h) = env.get("CONTAINER_HOST") {
+        if h.starts_with("ssh://") {
+            bail!(
+                "CONTAINER_HOST={h}: rdocker cannot reach Podman over ssh (podman-remote's own \
+                 protocol); forward its socket instead, e.g. `ssh -nNT -L \
+                 /tmp/podman.sock:/run/podman/podman.sock HOST &` and \
+                 CONTAINER_HOST=unix:///tmp/podman.sock"
+            );
+        }
+        return Ok(from_address(h, "CONTAINER_HOST (--podman)".into(), env));
+    }
+    let (path, how) = if uid == 0 {
+        (
+            PathBuf::from("/run/podman/podman.sock"),
+            "systemctl start podman.socket",
+        )
+    } else {
+        let run = env
+            .get("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")));
+        (
+            run.join("podman/podman.sock"),
+            "systemctl --user start podman.socket",
+        )
+    };
+    if !exists(&path) {
+        bail!(
+            "Podman's API socket {} does not exist: start it with `{how}`, or run `podman \
+             system service --time=0 unix://{} &`, or set CONTAINER_HOST",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Endpoint {
+        host: format!("unix://{}", path.display()),
+        source: format!(
+            "Podman's {} socket (--podman)",
+            if uid == 0 { "system" } else { "rootless" }
+        ),
         tls: None,
     })
 }
@@ -357,6 +411,54 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect())
+    }
+
+    #[test]
+    fn podman_sockets() {
+        let none = |_: &Path| false;
+        let all = |_: &Path| true;
+        // CONTAINER_HOST wins, whatever exists.
+        let e = podman(&env(&[("CONTAINER_HOST", "unix:///x.sock")]), 0, none).unwrap();
+        assert_eq!(e.host, "unix:///x.sock");
+        assert!(e.source.contains("CONTAINER_HOST"));
+        let e = podman(&env(&[("CONTAINER_HOST", "tcp://b:8080")]), 1000, none).unwrap();
+        assert_eq!(e.host, "tcp://b:8080");
+        let err = podman(
+            &env(&[("CONTAINER_HOST", "ssh://me@b/run/podman/podman.sock")]),
+            0,
+            all,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ssh") && err.contains("-L"), "{err}");
+        // Root's socket, or the rootless user's.
+        assert_eq!(
+            podman(&env(&[]), 0, all).unwrap().host,
+            "unix:///run/podman/podman.sock"
+        );
+        let e = podman(&env(&[("XDG_RUNTIME_DIR", "/run/user/1000")]), 1000, all).unwrap();
+        assert_eq!(e.host, "unix:///run/user/1000/podman/podman.sock");
+        assert!(e.source.contains("rootless"), "{}", e.source);
+        assert_eq!(
+            podman(&env(&[]), 1001, all).unwrap().host,
+            "unix:///run/user/1001/podman/podman.sock"
+        );
+        // DOCKER_HOST is Docker's, not Podman's.
+        assert_eq!(
+            podman(&env(&[("DOCKER_HOST", "tcp://d:2375")]), 0, all)
+                .unwrap()
+                .host,
+            "unix:///run/podman/podman.sock"
+        );
+        // A missing socket says how to start it.
+        let err = podman(&env(&[]), 1000, none).unwrap_err().to_string();
+        assert!(
+            err.contains("/run/user/1000/podman/podman.sock")
+                && err.contains("systemctl --user start podman.socket"),
+            "{err}"
+        );
+        let err = podman(&env(&[]), 0, none).unwrap_err().to_string();
+        assert!(err.contains("systemctl start podman.socket"), "{err}");
     }
 
     fn add_context(cfg: &Path, name: &str, host: &str, skip: bool, tls: &[&str]) {

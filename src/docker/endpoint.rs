@@ -43,6 +43,11 @@ impl Endpoint {
         super::context::resolve(flag_host, flag_context, env)
     }
 
+    /// Podman's API (--podman), as context.rs's `podman` finds it.
+    pub fn podman(env: &super::context::Env) -> anyhow::Result<Endpoint> {
+        super::context::podman(env, nix::unistd::getuid().as_raw(), |p| p.exists())
+    }
+
     /// The endpoint of print-execute-command's helper, which is given the
     /// address alone.
     pub fn for_exec(host: &str) -> Endpoint {

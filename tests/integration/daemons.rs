@@ -957,3 +957,44 @@ fn podman_boots_init_without_options() {
     s.quit();
     assert_none_left_on_podman(&p, pid);
 }
+
+/// --podman finds Podman's socket by Podman's rules (root's here), not
+/// Docker's; --docker, the reference's other spelling, is the default.
+#[test]
+fn podman_and_docker_flags() {
+    let p = podman();
+    let mut s = Server::start_env(
+        &["-d", "--podman", &image()],
+        &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")],
+    );
+    s.open();
+    let argv = s.exec_argv();
+    assert_eq!(exec_ok(&argv, &[], "echo on podman"), "on podman\n");
+    let pid = s.pid();
+    let err = s.quit();
+    assert!(
+        err.contains(&format!(
+            "daemon: unix://{PODMAN_SOCKET} (from Podman's system socket (--podman))"
+        )),
+        "{err}"
+    );
+    assert_none_left_on_podman(&p, pid);
+
+    let o = Command::new(BIN)
+        .args(["--podman", &image()])
+        .env("CONTAINER_HOST", "unix:///nonexistent/podman.sock")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("Podman's API service is unreachable at unix:///nonexistent/podman.sock")
+            && err.contains("CONTAINER_HOST"),
+        "{err}"
+    );
+
+    let mut s = Server::start(&["-d", "--docker", &image()]);
+    s.open();
+    let err = s.quit();
+    assert!(!err.contains("podman"), "{err}");
+}
