@@ -10,6 +10,12 @@ USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 SYSTEMD_IMAGE=${RDOCKER_TEST_SYSTEMD_IMAGE:-rdocker-test/systemd:bookworm}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
+# A registry that wants a login, for --pull with credentials
+# (tests/integration/pull.rs has the same defaults).
+REGISTRY=${RDOCKER_TEST_REGISTRY:-127.0.0.1:5123}
+REGISTRY_USER=tester
+REGISTRY_PASSWORD=s3cret
+PRIVATE_IMAGE=$REGISTRY/rdocker-test/private:bookworm
 
 log() { echo "provision: $*" >&2; }
 
@@ -20,7 +26,7 @@ fi
 
 need_pkgs=()
 for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
-         openssl openssh-server openssh-client podman autodep8 git; do
+         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -98,6 +104,42 @@ if ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
     docker rm "$cid" >/dev/null
 fi
 
+# The private registry: Debian's docker-registry with htpasswd auth, on
+# loopback (which dockerd lets speak plain HTTP), holding the base image.
+registry_says() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+if [ "$(registry_says "http://$REGISTRY/v2/")" != 401 ]; then
+    log "starting a registry on $REGISTRY"
+    mkdir -p "$CACHE/registry"
+    htpasswd -Bbn "$REGISTRY_USER" "$REGISTRY_PASSWORD" >"$CACHE/registry.htpasswd"
+    printf '%s\n' 'version: 0.1' 'log:' '  level: warn' 'storage:' '  filesystem:' \
+        "    rootdirectory: $CACHE/registry" 'http:' "  addr: $REGISTRY" 'auth:' '  htpasswd:' \
+        '    realm: rdocker-test' "    path: $CACHE/registry.htpasswd" >"$CACHE/registry.yml"
+    nohup docker-registry serve "$CACHE/registry.yml" >/var/log/rdocker-test-registry.log 2>&1 &
+    for _ in $(seq 1 40); do
+        [ "$(registry_says "http://$REGISTRY/v2/")" = 401 ] && break
+        sleep 0.25
+    done
+    [ "$(registry_says "http://$REGISTRY/v2/")" = 401 ] || {
+        log "the registry did not come up; see /var/log/rdocker-test-registry.log"
+        tail -20 /var/log/rdocker-test-registry.log >&2 || true
+        exit 1; }
+fi
+if [ "$(registry_says -u "$REGISTRY_USER:$REGISTRY_PASSWORD" \
+        -H 'Accept: application/vnd.docker.distribution.manifest.v2+json' \
+        "http://$REGISTRY/v2/rdocker-test/private/manifests/bookworm")" != 200 ]; then
+    log "pushing $PRIVATE_IMAGE"
+    login=$(mktemp -d)
+    DOCKER_CONFIG=$login docker login -u "$REGISTRY_USER" --password-stdin "$REGISTRY" \
+        <<<"$REGISTRY_PASSWORD" >"$CACHE/registry-push.log" 2>&1 &&
+    docker tag "$BASE_IMAGE" "$PRIVATE_IMAGE" &&
+    DOCKER_CONFIG=$login docker push "$PRIVATE_IMAGE" >>"$CACHE/registry-push.log" 2>&1 || {
+        tail -20 "$CACHE/registry-push.log" >&2
+        log "pushing $PRIVATE_IMAGE failed"
+        exit 1; }
+    docker rmi "$PRIVATE_IMAGE" >/dev/null
+    rm -rf "$login"
+fi
+
 # autopkgtest's upstream suite is our conformance reference.
 if [ ! -d "$CACHE/autopkgtest-src" ]; then
     log "fetching autopkgtest source"
@@ -136,4 +178,4 @@ done
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 
-log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"
+log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"

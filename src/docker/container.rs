@@ -58,14 +58,37 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub async fn pull(client: &Client, image: &str) -> Result<()> {
+/// Pull `image` through the daemon, with the docker CLI's credentials for
+/// its registry (auth.rs) from `config_dir`.
+pub async fn pull(client: &Client, image: &str, config_dir: &std::path::Path) -> Result<()> {
+    // A credential helper is a process of its own: off the runtime.
+    let (dir, img) = (config_dir.to_path_buf(), image.to_string());
+    let credentials = tokio::task::spawn_blocking(move || super::auth::for_image(&dir, &img))
+        .await
+        .context("the credential lookup panicked")??;
+    let logged_in = credentials.is_some();
     let opts = CreateImageOptionsBuilder::new().from_image(image).build();
-    let mut stream = client.docker.create_image(Some(opts), None, None);
+    let mut stream = client.docker.create_image(Some(opts), None, credentials);
     while let Some(item) = stream.next().await {
         item.with_context(|| {
+            let registry = super::auth::registry_of(image);
+            let login = if logged_in {
+                format!(
+                    "the credentials for {registry} in {} were sent; if the registry refuses \
+                     them, `docker login {registry}` again",
+                    config_dir.display()
+                )
+            } else {
+                format!(
+                    "no credentials for {registry} in {}: for a private image, `docker login \
+                     {registry}` first (with DOCKER_CONFIG={} if that is not your default)",
+                    config_dir.display(),
+                    config_dir.display()
+                )
+            };
             format!(
                 "cannot pull {image} through the daemon at {}; check the image name and that \
-                 the daemon can reach its registry, or drop --pull to use a local image",
+                 the daemon can reach its registry, or drop --pull to use a local image ({login})",
                 client.endpoint.host
             )
         })?;

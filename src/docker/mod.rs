@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod archive;
+pub mod auth;
 pub mod boot;
 pub mod client;
 pub mod container;
@@ -297,7 +298,8 @@ impl DockerTestbed {
     async fn bring_up(&mut self) -> Result<String> {
         if self.pull && !self.pulled {
             debug!("pulling {}", self.image);
-            container::pull(&self.client, &self.image).await?;
+            let config_dir = context::Env::process().config_dir();
+            container::pull(&self.client, &self.image, &config_dir).await?;
             self.pulled = true;
         }
         let recipe = self.recipe()?;

@@ -13,4 +13,5 @@ mod faults;
 mod init;
 mod options;
 mod protocol;
+mod pull;
 mod reap;
