@@ -21,7 +21,8 @@ pub struct Cli {
     #[arg(short, long)]
     pub debug: bool,
 
-    /// Pull IMAGE through the daemon before starting the container, with the docker CLI's
+    /// Pull IMAGE through the daemon before starting the container, even when the daemon has
+    /// it (a missing image is always pulled), with the docker CLI's
     /// credentials for its registry (docker login, or its credential helper)
     #[arg(short, long)]
     pub pull: bool,

@@ -30,6 +30,15 @@ pub fn registry_of(image: &str) -> String {
     }
 }
 
+/// How the user logs in to `registry` with the docker CLI.
+pub fn login_command(registry: &str) -> String {
+    if registry == HUB {
+        "docker login".into()
+    } else {
+        format!("docker login {registry}")
+    }
+}
+
 /// The keys `docker login` may have stored a registry under.
 fn keys(registry: &str) -> Vec<String> {
     if registry == HUB {

@@ -58,6 +58,18 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether the daemon has `image`.
+pub async fn image_exists(client: &Client, image: &str) -> Result<bool> {
+    match client.docker.inspect_image(image).await {
+        Ok(_) => Ok(true),
+        Err(e) if status_of(&e) == Some(404) => Ok(false),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "cannot ask the daemon at {} for image {image}",
+            client.endpoint.host
+        ))),
+    }
+}
+
 /// Pull `image` through the daemon, with the docker CLI's credentials for
 /// its registry (auth.rs) from `config_dir`.
 pub async fn pull(client: &Client, image: &str, config_dir: &std::path::Path) -> Result<()> {
@@ -72,23 +84,24 @@ pub async fn pull(client: &Client, image: &str, config_dir: &std::path::Path) ->
     while let Some(item) = stream.next().await {
         item.with_context(|| {
             let registry = super::auth::registry_of(image);
+            let cmd = super::auth::login_command(&registry);
+            let config = config_dir.join("config.json");
             let login = if logged_in {
                 format!(
                     "the credentials for {registry} in {} were sent; if the registry refuses \
-                     them, `docker login {registry}` again",
-                    config_dir.display()
+                     them, run `{cmd}` again",
+                    config.display()
                 )
             } else {
                 format!(
-                    "no credentials for {registry} in {}: for a private image, `docker login \
-                     {registry}` first (with DOCKER_CONFIG={} if that is not your default)",
-                    config_dir.display(),
-                    config_dir.display()
+                    "no credentials for {registry} in {}: for a private image, run `{cmd}` \
+                     first",
+                    config.display()
                 )
             };
             format!(
                 "cannot pull {image} through the daemon at {}; check the image name and that \
-                 the daemon can reach its registry, or drop --pull to use a local image ({login})",
+                 the daemon can reach its registry ({login})",
                 client.endpoint.host
             )
         })?;
@@ -235,8 +248,8 @@ impl Container {
             .map_err(|e| {
                 let hint = if status_of(&e) == Some(404) {
                     format!(
-                        "; the image is not on the daemon at {}: build or pull it first, \
-                         or pass --pull",
+                        "; the image is not on the daemon at {} (was it removed meanwhile?): \
+                         build, load or pull it there",
                         client.endpoint.host
                     )
                 } else {

@@ -34,6 +34,7 @@ pub struct DockerTestbed {
     run: RunOptions,
     copy_mode: CopyMode,
     pull: bool,
+    /// The image is on the daemon: pulled, or found there, once.
     pulled: bool,
     /// `--init`: PID 1 is the image's init system.
     init: bool,
@@ -296,10 +297,25 @@ impl DockerTestbed {
     }
 
     async fn bring_up(&mut self) -> Result<String> {
-        if self.pull && !self.pulled {
-            debug!("pulling {}", self.image);
+        if !self.pulled {
             let config_dir = context::Env::process().config_dir();
-            container::pull(&self.client, &self.image, &config_dir).await?;
+            if self.pull {
+                debug!("pulling {}", self.image);
+                container::pull(&self.client, &self.image, &config_dir).await?;
+            } else if !container::image_exists(&self.client, &self.image).await? {
+                // As `docker run` does (--pull=missing): what the reference
+                // runs pulls a missing image too.
+                debug!("{} is not on the daemon: pulling it", self.image);
+                container::pull(&self.client, &self.image, &config_dir)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "image {} is not on the daemon at {}, and pulling it failed: build \
+                             or load it there, or fix what stops the pull",
+                            self.image, self.client.endpoint.host
+                        )
+                    })?;
+            }
             self.pulled = true;
         }
         let recipe = self.recipe()?;

@@ -138,10 +138,12 @@ fn missing_image_fails_open_clearly() {
     let st = s.wait(std::time::Duration::from_secs(30));
     assert_eq!(st.code(), Some(12));
     assert!(
-        s.stderr_says("rdocker-test/no-such-image"),
+        s.stderr_says("rdocker-test/no-such-image:latest is not on the daemon"),
         "{}",
         s.stderr()
     );
+    // It tried to pull it, as docker run does, and says why that failed.
+    assert!(s.stderr_says("cannot pull"), "{}", s.stderr());
     assert_no_containers(s.pid());
 }
 

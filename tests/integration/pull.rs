@@ -32,6 +32,11 @@ fn forget_image() {
 
 /// open with --pull under DOCKER_CONFIG=`config` (and PATH); the stderr.
 fn pull_open(config: &TempDir, path: Option<&str>) -> (bool, String) {
+    open_with(&["--pull"], config, path)
+}
+
+/// The same with rdocker's `options` before the image.
+fn open_with(options: &[&str], config: &TempDir, path: Option<&str>) -> (bool, String) {
     forget_image();
     let dir = config.path().to_string_lossy().into_owned();
     let mut env = vec![("DOCKER_CONFIG", dir.as_str())];
@@ -39,7 +44,9 @@ fn pull_open(config: &TempDir, path: Option<&str>) -> (bool, String) {
         env.push(("PATH", p));
     }
     let img = private_image();
-    let mut s = Server::start_env(&["--pull", &img], &env);
+    let mut args = options.to_vec();
+    args.push(&img);
+    let mut s = Server::start_env(&args, &env);
     s.send("open");
     // A failed open is a bomb: the server exits without a reply.
     if let Some(reply) = s.line(REPLY_TIMEOUT) {
@@ -81,6 +88,10 @@ fn pull_sends_the_docker_cli_credentials() {
     .unwrap();
     let (ok, err) = pull_open(&stored, None);
     assert!(ok, "{err}");
+    // Without --pull, a missing image is pulled too, as `docker run` does.
+    let (ok, err) = open_with(&["-d"], &stored, None);
+    assert!(ok, "{err}");
+    assert!(err.contains("is not on the daemon: pulling it"), "{err}");
 
     // Wrong ones are sent, and the registry's refusal shows.
     let wrong = TempDir::new("pull-wrong");
