@@ -150,7 +150,8 @@ fn ask_helper(name: &str, registry: &str) -> Result<Option<DockerCredentials>> {
             format!("cannot run {prog}, the credential helper docker's config.json names")
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(registry.as_bytes())?;
+        // A helper that does not read its input says so in its answer.
+        let _ = stdin.write_all(registry.as_bytes());
     }
     let out = child.wait_with_output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
