@@ -72,14 +72,24 @@ pub async fn image_exists(client: &Client, image: &str) -> Result<bool> {
 
 /// Pull `image` through the daemon, with the docker CLI's credentials for
 /// its registry (auth.rs) from `config_dir`.
-pub async fn pull(client: &Client, image: &str, config_dir: &std::path::Path) -> Result<()> {
+/// `platform` (--platform) picks the variant, as `docker run --platform`.
+pub async fn pull(
+    client: &Client,
+    image: &str,
+    platform: Option<&str>,
+    config_dir: &std::path::Path,
+) -> Result<()> {
     // A credential helper is a process of its own: off the runtime.
     let (dir, img) = (config_dir.to_path_buf(), image.to_string());
     let credentials = tokio::task::spawn_blocking(move || super::auth::for_image(&dir, &img))
         .await
         .context("the credential lookup panicked")??;
     let logged_in = credentials.is_some();
-    let opts = CreateImageOptionsBuilder::new().from_image(image).build();
+    let mut opts = CreateImageOptionsBuilder::new().from_image(image);
+    if let Some(p) = platform {
+        opts = opts.platform(p);
+    }
+    let opts = opts.build();
     let mut stream = client.docker.create_image(Some(opts), None, credentials);
     while let Some(item) = stream.next().await {
         item.with_context(|| {

@@ -299,14 +299,15 @@ impl DockerTestbed {
     async fn bring_up(&mut self) -> Result<String> {
         if !self.pulled {
             let config_dir = context::Env::process().config_dir();
+            let platform = self.run.platform.as_deref();
             if self.pull {
                 debug!("pulling {}", self.image);
-                container::pull(&self.client, &self.image, &config_dir).await?;
+                container::pull(&self.client, &self.image, platform, &config_dir).await?;
             } else if !container::image_exists(&self.client, &self.image).await? {
                 // As `docker run` does (--pull=missing): what the reference
                 // runs pulls a missing image too.
                 debug!("{} is not on the daemon: pulling it", self.image);
-                container::pull(&self.client, &self.image, &config_dir)
+                container::pull(&self.client, &self.image, platform, &config_dir)
                     .await
                     .with_context(|| {
                         format!(
