@@ -7,6 +7,8 @@ use std::os::unix::ffi::OsStringExt;
 /// A command the caller may send. Copy paths stay raw bytes, since Python's
 /// unquote hands any byte sequence to the filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Variants are named after the protocol's words: print-execute-command.
+#[allow(clippy::enum_variant_names)]
 pub enum Command {
     Capabilities,
     Open,

@@ -375,6 +375,8 @@ pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
     if len < 1 << 20 {
         return Ok(());
     }
+    // fsblkcnt_t and c_ulong are not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
     match nix::sys::statvfs::fstatvfs(f) {
         Ok(st)
             if (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64) > len => {}

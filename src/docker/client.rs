@@ -88,7 +88,7 @@ fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> R
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
     } else if host.starts_with("ssh://") {
-        let dial = Dial::Ssh(SshDial::new(host, &endpoint.source, spares)?);
+        let dial = Dial::Ssh(Box::new(SshDial::new(host, &endpoint.source, spares)?));
         return Ok(custom(dial, version));
     } else {
         bail!(
@@ -222,7 +222,8 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 
 enum Dial {
     Tls(TlsDial),
-    Ssh(SshDial),
+    // Boxed: it is most of the enum's size.
+    Ssh(Box<SshDial>),
 }
 
 impl Dial {
@@ -232,7 +233,7 @@ impl Dial {
                 .dial()
                 .await
                 .map(|s| Stream::Tls(Box::new(s), t.explain.clone())),
-            Dial::Ssh(s) => s.connection().map(Stream::Ssh),
+            Dial::Ssh(s) => s.connection().map(|c| Stream::Ssh(Box::new(c))),
         }
     }
 }
@@ -306,7 +307,7 @@ enum Stream {
         Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
         Arc<Explain>,
     ),
-    Ssh(SshStream),
+    Ssh(Box<SshStream>),
 }
 
 impl AsyncRead for Stream {
@@ -319,7 +320,7 @@ impl AsyncRead for Stream {
             Stream::Tls(s, ex) => Pin::new(s.as_mut())
                 .poll_read(cx, buf)
                 .map_err(|e| ex.wrap(e)),
-            Stream::Ssh(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Ssh(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -334,13 +335,13 @@ impl AsyncWrite for Stream {
             Stream::Tls(s, ex) => Pin::new(s.as_mut())
                 .poll_write(cx, buf)
                 .map_err(|e| ex.wrap(e)),
-            Stream::Ssh(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Ssh(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Ssh(s) => Pin::new(s).poll_flush(cx),
+            Stream::Ssh(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -349,7 +350,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Ssh(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Ssh(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -215,7 +215,7 @@ mod tests {
     fn start_time_survives_odd_command_names() {
         let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 0 0";
         assert_eq!(parse_start_time(stat), Some(123456));
-        assert_eq!(start_time(std::process::id()).is_some(), true);
+        assert!(start_time(std::process::id()).is_some());
         assert_eq!(parse_start_time("garbage"), None);
     }
 }
