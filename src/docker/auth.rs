@@ -176,10 +176,8 @@ fn ask_helper(name: &str, registry: &str) -> Result<Option<DockerCredentials>> {
 pub fn for_image(config_dir: &Path, image: &str) -> Result<Option<DockerCredentials>> {
     let registry = registry_of(image);
     let path = config_dir.join("config.json");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => bail!("cannot read docker's configuration {}: {e}", path.display()),
+    let Some(text) = super::context::read_config(&path)? else {
+        return Ok(None);
     };
     let src = source(&text, &registry)
         .with_context(|| format!("cannot read the credentials in {}", path.display()))?;

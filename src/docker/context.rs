@@ -207,15 +207,22 @@ fn parse_bool(v: &str) -> bool {
     matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
-/// config.json's currentContext, if any. A missing file means none.
-fn current_context(config: &Path) -> Result<Option<String>> {
-    let text = match std::fs::read_to_string(config) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+/// The text of docker's config.json at `config`; None if there is none.
+pub fn read_config(config: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(config) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => bail!(
             "cannot read docker's configuration {}: {e}",
             config.display()
         ),
+    }
+}
+
+/// config.json's currentContext, if any. A missing file means none.
+fn current_context(config: &Path) -> Result<Option<String>> {
+    let Some(text) = read_config(config)? else {
+        return Ok(None);
     };
     let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
         format!(
