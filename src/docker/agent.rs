@@ -23,7 +23,13 @@
 //! Whoever first creates the file `claim` owns the command: the agent
 //! before starting it, rdocker before falling back to a docker exec when
 //! the agent has not answered. So a command never runs twice, and a
-//! killed or stuck agent costs one wait, not the command.
+//! killed or stuck agent costs one wait, not the command. A command the
+//! agent claimed but did not start within START_WITHIN fails.
+//!
+//! ctl is the testbed's to replace. rdocker records its device and inode
+//! when it makes it and opens it only through confined.rs, which checks
+//! them first: a node planted under the name is never written to, and a
+//! fifo that is not ours means there is no agent.
 
 use anyhow::{anyhow, Context, Result};
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
@@ -35,6 +41,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::client::Client;
+use super::confined::{self, Made};
 use super::direct::Root;
 use super::pipes::{self, Fifos};
 
@@ -66,17 +73,29 @@ done
 /// claims the command back and uses docker exec.
 const CLAIM_AFTER: Duration = Duration::from_secs(2);
 
-/// Start the agent in a testbed that was just created. Failure leaves
-/// docker exec as the route.
-pub async fn start(client: &Client, container: &str, root: &Root) -> Result<()> {
+/// How long a command the agent claimed may take to start (its wrapper's
+/// `R`): a stuck or false agent must not hold the caller for ever.
+const START_WITHIN: Duration = Duration::from_secs(5);
+
+/// The agent's ctl, opened for writing once it is known to be the fifo
+/// rdocker made. ENXIO: nobody reads it. ENOENT: no agent here.
+fn open_ctl(root: &Root, ctl: Made) -> std::result::Result<OwnedFd, Errno> {
+    let e = root.lookup(CTL, false)?;
+    match confined::open_fifo(&e, ctl, OFlag::O_WRONLY | OFlag::O_NONBLOCK) {
+        Ok(r) => r,
+        // Replaced, or chmod'ed: not our agent's; as if there were none.
+        Err(_) => Err(Errno::ENOENT),
+    }
+}
+
+/// Start the agent in a testbed that was just created, and return what
+/// was recorded of its ctl. Failure leaves docker exec as the route.
+pub async fn start(client: &Client, container: &str, root: &Root) -> Result<Made> {
     let (_run, dir) = pipes::private_dir(root, AGENT_DIR)?;
     // Made, checked, and closed: while only the agent holds it open, a
     // writer that finds no reader knows the agent is gone.
-    drop(pipes::fifo(
-        &dir,
-        "ctl",
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
-    )?);
+    let (fd, ctl) = pipes::fifo(&dir, "ctl", OFlag::O_RDONLY | OFlag::O_NONBLOCK)?;
+    drop(fd);
     let created = client
         .docker
         .create_exec(
@@ -120,8 +139,8 @@ pub async fn start(client: &Client, container: &str, root: &Root) -> Result<()> 
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     let mut delay = Duration::from_millis(1);
     loop {
-        match root.open_at(CTL, OFlag::O_WRONLY | OFlag::O_NONBLOCK, 0) {
-            Ok(_) => return Ok(()),
+        match open_ctl(root, ctl) {
+            Ok(_) => return Ok(ctl),
             Err(Errno::ENXIO) if tokio::time::Instant::now() < deadline => {
                 // One that gave up (no `setsid -f`: busybox) will never
                 // open it.
@@ -170,7 +189,10 @@ pub fn script(fifo_dir: &str, argv: &[String]) -> String {
 /// Hand `argv` to the agent. None: there is no agent listening; the
 /// caller uses docker exec.
 pub fn submit(root: &Root, fifos: &Fifos, token: &str, argv: &[String]) -> Result<Option<OwnedFd>> {
-    let ctl = match root.open_at(CTL, OFlag::O_WRONLY | OFlag::O_NONBLOCK, 0) {
+    let Some(made) = root.agent() else {
+        return Ok(None);
+    };
+    let ctl = match open_ctl(root, made) {
         Ok(f) => f,
         // No agent here, or it has died.
         Err(Errno::ENOENT | Errno::ENXIO) => return Ok(None),
@@ -213,11 +235,15 @@ pub async fn wait(
     let mut got: Vec<u8> = Vec::new();
     let mut taken = false;
     let mut buf = [0u8; 64];
+    let submitted = tokio::time::Instant::now();
     loop {
         // Until the agent has taken the command, wait for it only so long;
-        // once taken, look now and then whether the testbed still runs.
-        let wait = if taken {
+        // then until it has started it; then look now and then whether
+        // the testbed still runs.
+        let wait = if !got.is_empty() {
             Duration::from_secs(2)
+        } else if taken {
+            (submitted + START_WITHIN).saturating_duration_since(tokio::time::Instant::now())
         } else {
             CLAIM_AFTER
         };
@@ -230,6 +256,13 @@ pub async fn wait(
                 taken = true;
                 continue;
             }
+            Err(_) if got.is_empty() => {
+                return Err(anyhow!(
+                    "the agent in the testbed took the command but did not start it within \
+                     {START_WITHIN:?}; something in the testbed has replaced or stopped the \
+                     agent (/run/rdocker-agent); revert the testbed"
+                ));
+            }
             Err(_) => {
                 root.check_alive()?;
                 continue;
@@ -240,7 +273,6 @@ pub async fn wait(
         }) {
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => {
-                taken = true;
                 if got.is_empty() && buf[0] == b'R' {
                     on_ready();
                 }

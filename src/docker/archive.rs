@@ -17,8 +17,10 @@ use std::path::{Component, Path, PathBuf};
 use tar::{EntryType, Header, HeaderMode};
 
 /// Set-id bits never reach the host: a testbed is untrusted, and a set-uid
-/// file owned by whoever runs rdocker is a way out of it.
-const HOST_MODE_MASK: u32 = 0o1777;
+/// file owned by whoever runs rdocker is a way out of it. Nor does write
+/// permission for others: rdocker's files on the host are root's, and a
+/// world-writable one would be any host user's to change.
+const HOST_MODE_MASK: u32 = 0o1775;
 
 /// Write `src` (a file, followed if a symlink) as one entry named `name`.
 pub fn write_file<W: Write>(out: W, src: &Path, name: &str) -> Result<W> {
@@ -243,6 +245,7 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     let mut dir_times = Vec::new();
     let mut dirs = Dirs::default();
     let mut buf = Vec::new();
+    let mut room = Room::default();
     fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
     for entry in archive
         .entries()
@@ -289,7 +292,7 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
                     r => r,
                 };
                 let mut f = f.with_context(|| format!("cannot create {}", path.display()))?;
-                copy_exact(&mut entry, &mut f, &path, &mut buf)?;
+                copy_exact(&mut entry, &mut f, &path, &mut buf, &mut room)?;
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
                 let t = TimeSpec::new(mtime as i64, 0);
                 let _ = nix::sys::stat::futimens(&f, &t, &t);
@@ -361,25 +364,70 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The free space a copy leaves on the filesystem it writes to: 2% of
+/// it, at least 16 MiB and at most 1 GiB. A testbed can make a copyup as
+/// big as it likes; it fails before the host's disk is full.
+fn margin(st: &nix::sys::statvfs::Statvfs) -> u64 {
+    // fsblkcnt_t and c_ulong are not u64 on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let total = (st.blocks() as u64).saturating_mul(st.fragment_size() as u64);
+    (total / 50).clamp(16 << 20, 1 << 30)
+}
+
+#[allow(clippy::unnecessary_cast)]
+fn available(st: &nix::sys::statvfs::Statvfs) -> u64 {
+    (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64)
+}
+
+/// The disk space check of one copy: before every CHECK_EVERY bytes it
+/// writes, the filesystem must still have that much above the margin, so
+/// that free space never falls below it.
+#[derive(Default)]
+pub struct Room {
+    unchecked: u64,
+}
+
+const CHECK_EVERY: u64 = 8 << 20;
+
+impl Room {
+    /// `n` more bytes (at most CHECK_EVERY) are about to go to `f`.
+    pub fn take(&mut self, f: &fs::File, n: u64) -> Result<()> {
+        if self.unchecked + n <= CHECK_EVERY && self.unchecked > 0 {
+            self.unchecked += n;
+            return Ok(());
+        }
+        self.unchecked = n;
+        let Ok(st) = nix::sys::statvfs::fstatvfs(f) else {
+            return Ok(());
+        };
+        let (free, keep) = (available(&st), margin(&st));
+        if free < keep + CHECK_EVERY.max(n) {
+            bail!(
+                "stopped before the disk fills: {} MiB are free where the copy writes, and \
+                 rdocker keeps {} MiB free; free some space there or copy less",
+                free >> 20,
+                keep >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Reserve a big file's blocks in one call before it is written: ext4
 /// then need not allocate them page by page (256 MiB into a testbed's
 /// overlay took 65 ms instead of 84 here, sendfile, median of 6). Only
 /// for a temporary file that a failed copy removes: the file has its full
 /// size at once, and a copy cut short (a timeout) must not leave a file
-/// that looks complete. A disk too full fails here, before any data
-/// moves; a filesystem without fallocate is simply written. Sizes beyond
-/// the free space are left to the copy itself, which fails where the disk
-/// fills, as it would without this (a sparse testbed file of 200 GiB, say,
-/// is never reserved whole).
-pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
-    if len < 1 << 20 {
+/// that looks complete. `blocks` is the source's allocation (512-byte
+/// units): a sparse source is not reserved, as its holes must stay holes.
+/// Nothing is reserved that would leave less than the margin free; the
+/// copy itself then stops where Room says.
+pub fn reserve(f: &fs::File, len: u64, blocks: u64) -> Result<()> {
+    if len < 1 << 20 || blocks.saturating_mul(512) < len {
         return Ok(());
     }
-    // fsblkcnt_t and c_ulong are not u64 on every target.
-    #[allow(clippy::unnecessary_cast)]
     match nix::sys::statvfs::fstatvfs(f) {
-        Ok(st)
-            if (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64) > len => {}
+        Ok(st) if available(&st) > len.saturating_add(margin(&st)) => {}
         _ => return Ok(()),
     }
     use nix::fcntl::{fallocate, FallocateFlags};
@@ -387,6 +435,35 @@ pub fn reserve(f: &fs::File, len: u64) -> Result<()> {
         Ok(()) | Err(Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::EINVAL) => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("cannot reserve {len} bytes"))),
     }
+}
+
+/// Write `data` at the file's position, skipping blocks of zeros: a hole
+/// sent as zeros (the archive endpoint has no sparse form) stays a hole
+/// on the host. The caller sets the length at the end.
+fn write_sparse(out: &mut fs::File, data: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    const BLOCK: usize = 4096;
+    let mut i = 0;
+    while i < data.len() {
+        let end = (i + BLOCK).min(data.len());
+        let zero = data[i..end].iter().all(|b| *b == 0);
+        // Grow the run while blocks keep the same kind.
+        let mut j = end;
+        while j < data.len() {
+            let e = (j + BLOCK).min(data.len());
+            if data[j..e].iter().all(|b| *b == 0) != zero {
+                break;
+            }
+            j = e;
+        }
+        if zero {
+            out.seek(SeekFrom::Current((j - i) as i64))?;
+        } else {
+            out.write_all(&data[i..j])?;
+        }
+        i = j;
+    }
+    Ok(())
 }
 
 /// Copy an entry's data, failing on a short archive: the tar reader just
@@ -397,6 +474,7 @@ fn copy_exact<R: Read>(
     out: &mut fs::File,
     path: &Path,
     buf: &mut Vec<u8>,
+    room: &mut Room,
 ) -> Result<()> {
     let want = entry.header().entry_size().unwrap_or(0);
     // Large writes: io::copy's 8 KiB would cost a syscall per 8 KiB. One
@@ -412,10 +490,13 @@ fn copy_exact<R: Read>(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot write {}", path.display())),
         };
-        out.write_all(&buf[..n])
+        room.take(out, n as u64)
             .with_context(|| format!("cannot write {}", path.display()))?;
+        write_sparse(out, &buf[..n]).with_context(|| format!("cannot write {}", path.display()))?;
         got += n as u64;
     }
+    out.set_len(got)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     if got != want {
         bail!(
             "the archive from the testbed ended early: {} has {got} of {want} bytes",
@@ -459,10 +540,10 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     }
     let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
     let mtime = header.mtime().unwrap_or(0);
-    let size = header.entry_size().unwrap_or(0);
+    // Not reserved: the size is the testbed's word, and holes come as
+    // zeros that write_sparse skips.
     write_host_file(dst, mode, mtime, |f| {
-        reserve(f, size).with_context(|| format!("cannot write {}", dst.display()))?;
-        copy_exact(&mut entry, f, dst, &mut Vec::new())
+        copy_exact(&mut entry, f, dst, &mut Vec::new(), &mut Room::default())
     })?;
     Ok(SingleFile::Written)
 }
@@ -524,13 +605,13 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let d = tmpdir("reserve");
         let f = fs::File::create(d.join("f")).unwrap();
-        reserve(&f, 1000).unwrap();
+        reserve(&f, 1000, 8).unwrap();
         assert_eq!(
             f.metadata().unwrap().len(),
             0,
             "small files are not reserved"
         );
-        reserve(&f, 4 << 20).unwrap();
+        reserve(&f, 4 << 20, 8 << 11).unwrap();
         let md = f.metadata().unwrap();
         assert_eq!(md.len(), 4 << 20);
         // ext4, xfs, btrfs and tmpfs all allocate; a filesystem that
@@ -538,8 +619,12 @@ mod tests {
         assert!(md.blocks() * 512 >= 4 << 20, "{} blocks", md.blocks());
         // More than any disk here: left alone, not an error.
         let g = fs::File::create(d.join("g")).unwrap();
-        reserve(&g, 1 << 60).unwrap();
+        reserve(&g, 1 << 60, 1 << 51).unwrap();
         assert_eq!(g.metadata().unwrap().len(), 0);
+        // A sparse source: nothing reserved, its holes stay holes.
+        let h = fs::File::create(d.join("h")).unwrap();
+        reserve(&h, 64 << 20, 8).unwrap();
+        assert_eq!(h.metadata().unwrap().len(), 0);
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -662,6 +747,22 @@ mod tests {
     }
 
     #[test]
+    fn zeros_from_the_testbed_stay_holes_on_the_host() {
+        let dst = tmpdir("sparse");
+        let mut data = vec![0u8; 32 << 20];
+        data[5 << 20] = 1;
+        let tar = crafted(&[("f", EntryType::Regular, "", &data)]);
+        assert!(matches!(
+            extract_file(&tar[..], &dst.join("f")).unwrap(),
+            SingleFile::Written
+        ));
+        let md = fs::metadata(dst.join("f")).unwrap();
+        assert_eq!(md.len(), 32 << 20);
+        assert_eq!(fs::read(dst.join("f")).unwrap(), data);
+        assert!(md.blocks() * 512 <= 1 << 20, "{} blocks", md.blocks());
+    }
+
+    #[test]
     fn setuid_bits_do_not_reach_the_host() {
         let dst = tmpdir("suid");
         let mut tar = Vec::new();
@@ -677,5 +778,18 @@ mod tests {
         extract_tree(&tar[..], &dst).unwrap();
         let md = fs::metadata(dst.join("suid")).unwrap();
         assert_eq!(md.permissions().mode() & 0o7777, 0o755);
+        let mut tar = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar);
+            let mut h = Header::new_gnu();
+            h.set_mode(0o666);
+            h.set_size(1);
+            h.set_entry_type(EntryType::Regular);
+            b.append_data(&mut h, "d/open", &b"x"[..]).unwrap();
+            b.finish().unwrap();
+        }
+        extract_tree(&tar[..], &dst).unwrap();
+        let md = fs::metadata(dst.join("open")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o7777, 0o664, "no write for others");
     }
 }

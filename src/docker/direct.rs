@@ -13,22 +13,22 @@
 //! --ops copyup-tree,copydown-tree` with the exec route forced): the files'
 //! creation, not the transport, is the cost for big trees.
 //!
-//! Safety: the testbed is untrusted, so every path is resolved with
-//! openat2(RESOLVE_IN_ROOT): `..` and symlinks, absolute ones included,
-//! stay inside the container's root and can never reach the host's files.
+//! Safety: the testbed is untrusted; every path below its root is opened
+//! through confined.rs, by its rule.
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat2, renameat, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::fcntl::{renameat, OFlag};
+use nix::sys::stat::{Mode, SFlag};
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::archive;
+use super::confined::{self, Entry, Made};
 
 /// The testbed's root directory, held open: it stays this container's root
 /// even if its PID 1 dies and the number is reused.
@@ -39,6 +39,8 @@ pub struct Root {
     /// process, hence the container, still runs.
     pid: i64,
     start: Option<u64>,
+    /// The agent's ctl fifo, as made (agent.rs); None: no agent.
+    agent: Option<Made>,
 }
 
 /// Field 22 of /proc/PID/stat, the start time in clock ticks after boot.
@@ -82,32 +84,6 @@ pub fn first_process(pid: i64, name: &str) -> Result<FirstProcess> {
     })
 }
 
-fn how(flags: OFlag, mode: u32) -> OpenHow {
-    OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .mode(Mode::from_bits_truncate(mode))
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
-}
-
-/// A new file, private until filled, named one step below `dir` and never
-/// reached through a symlink a testbed may have planted.
-pub fn create_new<P: ?Sized + nix::NixPath>(dir: BorrowedFd, name: &P) -> nix::Result<OwnedFd> {
-    openat2(
-        dir,
-        name,
-        OpenHow::new()
-            .flags(
-                OFlag::O_WRONLY
-                    | OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_CLOEXEC,
-            )
-            .mode(Mode::from_bits_truncate(0o600))
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
-    )
-}
-
 impl Root {
     /// The root of the container whose PID 1 is `pid`, if we may use it.
     /// `name` is the container's, which its PID 1 carries as its last
@@ -140,10 +116,11 @@ impl Root {
         }
         // And the container's own name for itself, which Docker writes.
         let f = root
-            .open_at("/etc/hostname", OFlag::O_RDONLY, 0)
-            .with_context(|| format!("no /etc/hostname through {path}"))?;
+            .lookup("/etc/hostname", true)
+            .with_context(|| format!("no /etc/hostname through {path}"))?
+            .read_regular("/etc/hostname")?;
         let mut seen = String::new();
-        File::from(f).take(256).read_to_string(&mut seen)?;
+        f.take(256).read_to_string(&mut seen)?;
         if seen.trim() != hostname {
             bail!(
                 "{path} belongs to another container (hostname {:?})",
@@ -159,18 +136,15 @@ impl Root {
     pub fn make_dir(&self, path: &str) -> Result<()> {
         let (parent, name) = super::copy::split_testbed_path(path);
         let dir = self
-            .open_at(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+            .lookup(&parent, true)
             .with_context(|| format!("cannot open {parent} in the testbed"))?;
-        nix::sys::stat::mkdirat(dir.as_fd(), name.as_str(), Mode::from_bits_truncate(0o700))
+        if dir.kind() != SFlag::S_IFDIR {
+            bail!("{parent} in the testbed is not a directory");
+        }
+        let (made, _) = confined::make_dir(dir.path_fd(), &name)
             .with_context(|| format!("cannot create {path} in the testbed"))?;
-        let made = openat2(
-            dir.as_fd(),
-            name.as_str(),
-            OpenHow::new()
-                .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
-        )?;
         // Not through mkdir's mode, which the umask trims.
+        let made = made.open_dir(path)?;
         nix::sys::stat::fchmod(&made, Mode::from_bits_truncate(0o1777))?;
         Ok(())
     }
@@ -178,26 +152,35 @@ impl Root {
     /// A small text file of the testbed's, such as /etc/passwd; None if
     /// there is none.
     pub fn read_text(&self, path: &str) -> Result<Option<String>> {
-        let f = match self.open_at(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
-            Ok(f) => f,
+        let f = match self.lookup(path, true) {
+            Ok(f) => f.read_regular(path)?,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {path}"))),
         };
-        if SFlag::from_bits_truncate(fstat(&f)?.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-            bail!("{path} in the testbed is not a regular file");
-        }
         let mut text = String::new();
-        File::from(f)
-            .take(16 << 20)
+        f.take(16 << 20)
             .read_to_string(&mut text)
             .with_context(|| format!("cannot read {path}"))?;
         Ok(Some(text))
     }
 
-    /// `PID:START`, what an exec process needs to find this root again
-    /// (see `attach`).
+    /// `PID:START[:AGENT]`, what an exec process needs to find this root
+    /// and the agent again (see `attach`).
     pub fn handle(&self) -> String {
-        format!("{}:{}", self.pid, self.start.unwrap_or(0))
+        let mut h = format!("{}:{}", self.pid, self.start.unwrap_or(0));
+        if let Some(a) = self.agent {
+            h = format!("{h}:{}", a.encode());
+        }
+        h
+    }
+
+    /// The agent's ctl as agent.rs made it.
+    pub fn agent(&self) -> Option<Made> {
+        self.agent
+    }
+
+    pub fn set_agent(&mut self, ctl: Made) {
+        self.agent = Some(ctl);
     }
 
     /// The root that `open` proved to be the testbed's, from another
@@ -205,11 +188,16 @@ impl Root {
     /// container, and the start time is read again after the open so that
     /// a number reused in between is caught.
     pub fn attach(handle: &str) -> Result<Root> {
-        let (pid, start) = handle
-            .split_once(':')
-            .and_then(|(p, s)| Some((p.parse::<i64>().ok()?, s.parse::<u64>().ok()?)))
-            .ok_or_else(|| anyhow!("bad testbed root handle {handle:?}"))?;
-        let root = Root::at(pid, Some(start))?;
+        let bad = || anyhow!("bad testbed root handle {handle:?}");
+        let mut parts = handle.split(':');
+        let pid = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad)?;
+        let start = parts.next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
+        let agent = match parts.next() {
+            Some(a) => Some(Made::decode(a).ok_or_else(bad)?),
+            None => None,
+        };
+        let mut root = Root::at(pid, Some(start))?;
+        root.agent = agent;
         root.check_alive()?;
         Ok(root)
     }
@@ -223,7 +211,12 @@ impl Root {
             Mode::empty(),
         )
         .with_context(|| format!("cannot open {path}"))?;
-        Ok(Root { fd, pid, start })
+        Ok(Root {
+            fd,
+            pid,
+            start,
+            agent: None,
+        })
     }
 
     /// Whether the testbed still runs: a copy into or out of a removed
@@ -239,9 +232,9 @@ impl Root {
         Ok(())
     }
 
-    pub fn open_at(&self, path: &str, flags: OFlag, mode: u32) -> nix::Result<OwnedFd> {
-        let p = if path.is_empty() { "/" } else { path };
-        openat2(self.fd.as_fd(), p, how(flags, mode))
+    /// `path` in the testbed, not yet opened (confined.rs).
+    pub fn lookup(&self, path: &str, follow: bool) -> nix::Result<Entry> {
+        confined::lookup(self.fd.as_fd(), path, follow)
     }
 
     /// copydown of a regular file. Ok(false): not done here (the parent
@@ -253,9 +246,13 @@ impl Root {
         if name.is_empty() {
             return Ok(false);
         }
-        let Ok(dir) = self.open_at(&parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) else {
+        let Ok(dir) = self.lookup(&parent, true) else {
             return Ok(false);
         };
+        if dir.kind() != SFlag::S_IFDIR {
+            return Ok(false);
+        }
+        let dir = dir.path_fd();
         // A missing or odd source gets the archive route's own answer.
         // O_NONBLOCK: opening a fifo must not wait for a writer.
         use std::os::unix::fs::OpenOptionsExt;
@@ -274,24 +271,24 @@ impl Root {
         let tmp = format!(".{name}.rdocker-{}", std::process::id());
         // Where the temporary file cannot be made (a name near NAME_MAX, a
         // read-only mount), the archive route tries and answers.
-        let Ok(out) = create_new(dir.as_fd(), tmp.as_str()) else {
+        let Ok(out) = confined::create_new(dir, tmp.as_str()) else {
             return Ok(false);
         };
         let mut out = File::from(out);
         let done = (|| -> Result<()> {
-            archive::reserve(&out, md.len())?;
+            archive::reserve(&out, md.len(), md.blocks())?;
             copy(&mut src, &mut out, md.len(), cancel)
                 .with_context(|| format!("cannot copy {} into the testbed", host.display()))?;
             nix::sys::stat::fchmod(&out, Mode::from_bits_truncate(md.mode() & 0o7777))?;
             let t = nix::sys::time::TimeSpec::new(md.mtime(), md.mtime_nsec());
             nix::sys::stat::futimens(&out, &t, &t)?;
-            renameat(dir.as_fd(), tmp.as_str(), dir.as_fd(), name.as_str())
+            renameat(dir, tmp.as_str(), dir, name.as_str())
                 .with_context(|| format!("cannot create {testbed} in the testbed"))?;
             Ok(())
         })();
         if done.is_err() {
             let _ = nix::unistd::unlinkat(
-                dir.as_fd(),
+                dir,
                 tmp.as_str(),
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
@@ -303,19 +300,18 @@ impl Root {
     /// the testbed's root). Ok(false): not a case for this route.
     pub fn pull_file(&self, testbed: &str, host: &Path, cancel: &AtomicBool) -> Result<bool> {
         self.check_alive()?;
-        // O_NONBLOCK: a fifo must not block the open; only regular files
-        // are read here.
-        let src = match self.open_at(testbed, OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0) {
-            Ok(fd) => fd,
-            Err(_) => return Ok(false),
+        // Nothing is opened before its type is known (confined.rs): a
+        // device node planted here is never opened by us.
+        let Ok(entry) = self.lookup(testbed, true) else {
+            return Ok(false);
         };
-        let st = fstat(&src)?;
-        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        if entry.kind() != SFlag::S_IFREG {
             return Ok(false);
         }
-        let mut src = File::from(src);
+        let st = *entry.stat();
+        let mut src = entry.read_regular(testbed)?;
         archive::write_host_file(host, st.st_mode, st.st_mtime.max(0) as u64, |out| {
-            archive::reserve(out, st.st_size as u64)?;
+            archive::reserve(out, st.st_size as u64, st.st_blocks as u64)?;
             copy(&mut src, out, st.st_size as u64, cancel)
                 .with_context(|| format!("cannot copy {testbed} out of the testbed"))
         })?;
@@ -324,9 +320,26 @@ impl Root {
 }
 
 /// Copy `len` bytes in the kernel where it can (copy_file_range, else
-/// sendfile), by read and write where it cannot; a set `cancel` (the copy timed out) stops it.
+/// sendfile), by read and write where it cannot; a set `cancel` (the copy
+/// timed out) stops it. Holes stay holes.
 pub fn copy(src: &mut File, dst: &mut File, len: u64, cancel: &AtomicBool) -> Result<()> {
     copy_hinted(src, dst, len, cancel, &mut true)
+}
+
+/// The data regions of `f` from `from` on, as SEEK_DATA and SEEK_HOLE
+/// report them: an 8 GiB file with one byte in it is one byte to copy,
+/// not 8 GiB of zeros written to the other side's disk. None: this
+/// filesystem cannot tell, so everything is data.
+fn next_data(f: &File, from: u64, len: u64) -> Option<(u64, u64)> {
+    use nix::unistd::{lseek, Whence};
+    let start = match lseek(f.as_fd(), from as i64, Whence::SeekData) {
+        Ok(n) => n as u64,
+        // No data after `from`: the rest is a hole.
+        Err(Errno::ENXIO) => return Some((len, len)),
+        Err(_) => return None,
+    };
+    let end = lseek(f.as_fd(), start as i64, Whence::SeekHole).ok()? as u64;
+    Some((start.min(len), end.min(len)))
 }
 
 /// `copy`, for many files between the same two filesystems: `range` says
@@ -340,48 +353,66 @@ pub fn copy_hinted(
     range: &mut bool,
 ) -> Result<()> {
     const STEP: usize = 8 << 20;
-    let mut left = len;
-    let kernel = range;
+    let mut room = archive::Room::default();
+    let mut pos = 0u64;
     let mut sendfile = true;
     let mut buf = Vec::new();
-    while left > 0 {
-        if cancel.load(Ordering::Relaxed) {
-            bail!("cancelled");
-        }
-        let want = STEP.min(left as usize);
-        let n = if *kernel {
-            match nix::fcntl::copy_file_range(src.as_fd(), None, dst.as_fd(), None, want) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-                    *kernel = false;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+    while pos < len {
+        let (start, end) = next_data(src, pos, len).unwrap_or((pos, len));
+        pos = start;
+        while pos < end {
+            if cancel.load(Ordering::Relaxed) {
+                bail!("cancelled");
             }
-        } else if sendfile {
-            // Across filesystems (the host's and the testbed's overlay),
-            // sendfile still keeps the data in the kernel.
-            match nix::sys::sendfile::sendfile(dst.as_fd(), src.as_fd(), None, want) {
-                Ok(n) => n,
-                Err(Errno::EINTR) => continue,
-                Err(Errno::EINVAL | Errno::ENOSYS) => {
-                    sendfile = false;
-                    continue;
+            let want = STEP.min((end - pos) as usize);
+            room.take(dst, want as u64)?;
+            let mut off = pos as i64;
+            let n = if *range {
+                let mut doff = off;
+                match nix::fcntl::copy_file_range(
+                    src.as_fd(),
+                    Some(&mut off),
+                    dst.as_fd(),
+                    Some(&mut doff),
+                    want,
+                ) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                        *range = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(e) => return Err(e.into()),
+            } else if sendfile {
+                // Across filesystems (the host's and the testbed's
+                // overlay), sendfile still keeps the data in the kernel.
+                // It writes at dst's position and reads at `off`.
+                nix::unistd::lseek(dst.as_fd(), off, nix::unistd::Whence::SeekSet)?;
+                match nix::sys::sendfile::sendfile(dst.as_fd(), src.as_fd(), Some(&mut off), want) {
+                    Ok(n) => n,
+                    Err(Errno::EINTR) => continue,
+                    Err(Errno::EINVAL | Errno::ENOSYS) => {
+                        sendfile = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                use std::os::unix::fs::FileExt;
+                buf.resize(want.min(1 << 20), 0);
+                let n = src.read_at(&mut buf, pos)?;
+                dst.write_all_at(&buf[..n], pos)?;
+                n
+            };
+            if n == 0 {
+                bail!("the file shrank while it was copied");
             }
-        } else {
-            buf.resize(want.min(1 << 20), 0);
-            let n = src.read(&mut buf)?;
-            dst.write_all(&buf[..n])?;
-            n
-        };
-        if n == 0 {
-            bail!("the file shrank while it was copied");
+            pos += n as u64;
         }
-        left -= n as u64;
     }
+    // The size, with any hole at the end.
+    dst.set_len(len)?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod client;
 pub mod container;
 pub mod context;
 pub mod copy;
+pub mod confined;
 pub mod direct;
 pub mod endpoint;
 pub mod exec;
@@ -159,10 +160,13 @@ async fn prepare(r: Recipe) -> Result<Ready> {
     let (made, user) = tokio::join!(mk, user);
     made?;
     ready.normal_user = user?;
-    if let Some(rt) = root {
+    if let Some(mut rt) = root {
         if ready.execs_as_root {
             match agent::start(&r.client, &id, &rt).await {
-                Ok(()) => debug!("commands start through the agent in the testbed"),
+                Ok(ctl) => {
+                    rt.set_agent(ctl);
+                    debug!("commands start through the agent in the testbed")
+                }
                 Err(e) => debug!("commands start through docker exec: {e:#}"),
             }
         }

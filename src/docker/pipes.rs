@@ -12,17 +12,20 @@
 //! The fifos live in /run/rdocker-exec-TOKEN (root's, mode 0700), are
 //! opened read-write here so that neither side's open waits for the other
 //! and no read sees a false end of file, and are removed when the command
-//! ends.
+//! ends. They are made and opened through confined.rs: a name the testbed
+//! swaps for a device node between the mknod and the open is never
+//! opened, and once open, swapping the name changes nothing.
 
 use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat2, FcntlArg, OFlag, OpenHow, ResolveFlag, SpliceFFlags};
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::stat::{fstat, mkdirat, mknodat, Mode, SFlag};
+use nix::sys::stat::SFlag;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
+use super::confined::{self, Made};
 use super::direct::Root;
 
 /// Where the fifos' directory is made, inside the testbed.
@@ -55,55 +58,34 @@ pub struct Ends {
     pub stderr: OwnedFd,
 }
 
-/// Open flags for a name directly beneath a directory we made: no
-/// symlinks, no `..`, nothing the testbed could swap in.
-fn beneath(flags: OFlag) -> OpenHow {
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    // openat2 refuses a mode without O_CREAT.
-    if flags.contains(OFlag::O_CREAT) {
-        how.mode(Mode::from_bits_truncate(0o600))
-    } else {
-        how
-    }
-}
-
-/// Make DIR/`name` in the testbed, root's and mode 0700, and open it.
-/// Returns DIR and the new directory.
+/// Make DIR/`name` in the testbed, root's and mode 0700, and hold it.
+/// Returns DIR and the new directory, both as O_PATH descriptors.
 pub fn private_dir(root: &Root, name: &str) -> Result<(OwnedFd, OwnedFd)> {
     root.check_alive()?;
     let run = root
-        .open_at(DIR, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)
+        .lookup(DIR, true)
         .with_context(|| format!("no {DIR} in the testbed"))?;
-    mkdirat(&run, name, Mode::from_bits_truncate(0o700))
-        .with_context(|| format!("cannot make {DIR}/{name} in the testbed"))?;
-    match openat2(&run, name, beneath(OFlag::O_PATH | OFlag::O_DIRECTORY)) {
-        Ok(d) => Ok((run, d)),
+    if run.kind() != SFlag::S_IFDIR {
+        bail!("{DIR} in the testbed is not a directory");
+    }
+    let run = run.into_path_fd();
+    match confined::make_dir(run.as_fd(), name) {
+        Ok((d, _)) => Ok((run, d.into_path_fd())),
         Err(e) => {
             let _ = unlinkat(&run, name, UnlinkatFlags::RemoveDir);
-            Err(e).with_context(|| format!("cannot open {DIR}/{name} in the testbed"))
+            Err(e).with_context(|| format!("cannot make {DIR}/{name} in the testbed"))
         }
     }
 }
 
-/// Make the fifo `name` in `dir` and open it with `flags`, checking that
-/// what was opened is that fifo.
-pub fn fifo(dir: &OwnedFd, name: &str, flags: OFlag) -> Result<OwnedFd> {
-    mknodat(
-        dir,
-        name,
-        SFlag::S_IFIFO,
-        Mode::from_bits_truncate(0o600),
-        0,
-    )
-    .with_context(|| format!("cannot make the fifo {name} in the testbed"))?;
-    let fd = openat2(dir, name, beneath(flags))
+/// Make the fifo `name` in `dir` and open it with `flags`, once it is
+/// known to be the fifo just made. Returns what was recorded of it too.
+pub fn fifo(dir: &OwnedFd, name: &str, flags: OFlag) -> Result<(OwnedFd, Made)> {
+    let (e, m) = confined::make_fifo(dir.as_fd(), name)?;
+    let fd = e
+        .open_ours(m, SFlag::S_IFIFO, 0o600, flags)
         .with_context(|| format!("cannot open the fifo {name} in the testbed"))?;
-    if SFlag::from_bits_truncate(fstat(&fd)?.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFIFO {
-        bail!("{name} in the testbed is not the fifo just made");
-    }
-    Ok(fd)
+    Ok((fd, m))
 }
 
 impl Fifos {
@@ -114,7 +96,7 @@ impl Fifos {
         let fifos = Fifos { run, dir, name };
         let mut ends = Vec::new();
         for s in STREAMS {
-            let fd = fifo(&fifos.dir, s, OFlag::O_RDWR)?;
+            let (fd, _) = fifo(&fifos.dir, s, OFlag::O_RDWR)?;
             // Bigger than the default 64 KiB: fewer wake-ups per MiB. The
             // limit (fs.pipe-max-size) may refuse; the default still works.
             let _ = nix::fcntl::fcntl(&fd, FcntlArg::F_SETPIPE_SZ(1 << 20));
@@ -141,17 +123,13 @@ impl Fifos {
 
     /// Another fifo in the directory, for agent.rs.
     pub fn extra_fifo(&self, name: &str, flags: OFlag) -> Result<OwnedFd> {
-        fifo(&self.dir, name, flags)
+        Ok(fifo(&self.dir, name, flags)?.0)
     }
 
     /// A new file in the directory with `contents`.
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
-        let fd = openat2(
-            &self.dir,
-            name,
-            beneath(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL),
-        )
-        .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))?;
+        let fd = confined::create_new(self.dir.as_fd(), name)
+            .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))?;
         write_all(fd.as_fd(), contents)
             .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))
     }
@@ -159,11 +137,7 @@ impl Fifos {
     /// Create `name` if nobody has: the one of two parties that gets true
     /// owns what the name stands for.
     pub fn claim(&self, name: &str) -> Result<bool> {
-        match openat2(
-            &self.dir,
-            name,
-            beneath(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL),
-        ) {
+        match confined::create_new(self.dir.as_fd(), name) {
             Ok(_) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("cannot create {DIR}/{}/{name}", self.name)),

@@ -8,12 +8,14 @@
 //! small tree takes a few milliseconds; a big one costs what creating its
 //! files costs, as on every route.
 //!
-//! Safety: the testbed is untrusted. Only the starting directory is found
-//! by path (openat2 RESOLVE_IN_ROOT, inside the container's root); below
-//! it every step is relative to a directory descriptor and never follows a
-//! symlink, so a link planted in the testbed, or swapped in during the
-//! copy, cannot lead to the host's files. Copied up, the tree goes through
-//! archive.rs's extraction, the same checks as the archive route's.
+//! Safety: the testbed is untrusted. Every entry is found and opened
+//! through confined.rs: only the starting directory by path (inside the
+//! container's root); below it every step is relative to a directory
+//! descriptor, never follows a symlink, and opens an object only once its
+//! type is known, so a link, device or fifo planted or swapped in during
+//! the copy can neither lead to the host's files nor be opened. Copied
+//! up, the tree goes through archive.rs's extraction, the same checks as
+//! the archive route's.
 //!
 //! Semantics are the archive route's: copydown merges into what is there,
 //! replaces any entry in the way that is not a directory for a directory,
@@ -21,9 +23,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
-use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{fchmod, futimens, mkdirat, mknodat, utimensat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -32,7 +33,6 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,40 +40,17 @@ use std::sync::{Arc, Mutex};
 
 use super::archive;
 use super::copy::{split_testbed_path, ChanReader, ChanWriter};
+use super::confined::{self, names};
 use super::direct::{self, Root};
 
 /// Deeper than any real tree; a bind mount looping into itself would
 /// otherwise be walked until descriptors run out.
 const MAX_DEPTH: usize = 512;
 
-/// One step below `dir`, never through a symlink.
-fn step(dir: BorrowedFd, name: &OsStr, flags: OFlag) -> nix::Result<OwnedFd> {
-    openat2(
-        dir,
-        name,
-        OpenHow::new()
-            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS),
-    )
-}
-
-/// The names in `dir`, sorted, without `.` and `..`.
-fn names(dir: BorrowedFd) -> Result<Vec<OsString>> {
-    let mut d = Dir::openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut out = Vec::new();
-    for e in d.iter() {
-        let n = e?.file_name().to_bytes().to_vec();
-        if n != b"." && n != b".." {
-            out.push(OsString::from(std::ffi::OsStr::from_bytes(&n)));
-        }
-    }
-    out.sort();
-    Ok(out)
+/// The directory `name` directly below `dir`, opened once it is known to
+/// be one.
+fn subdir(dir: BorrowedFd, name: &OsStr) -> Result<OwnedFd> {
+    confined::child(dir, name)?.open_dir(&name.to_string_lossy())
 }
 
 fn cancelled(cancel: &AtomicBool) -> Result<()> {
@@ -110,9 +87,12 @@ pub fn push(root: &Root, host: &Path, testbed: &str, cancel: &AtomicBool) -> Res
     if name.is_empty() || !md.is_dir() {
         return Ok(false);
     }
-    let Ok(base) = root.open_at(&parent, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) else {
+    let Ok(base) = root.lookup(&parent, true) else {
         return Ok(false);
     };
+    if base.kind() != SFlag::S_IFDIR {
+        return Ok(false);
+    }
     let shared = Shared {
         cancel,
         failed: Mutex::new(None),
@@ -143,7 +123,7 @@ pub fn push(root: &Root, host: &Path, testbed: &str, cancel: &AtomicBool) -> Res
             depth: 0,
             range: true,
         };
-        if let Err(e) = walk.dir(None, base.as_fd(), OsStr::new(&name), host, &md) {
+        if let Err(e) = walk.dir(None, base.path_fd(), OsStr::new(&name), host, &md) {
             shared.fail(e);
         }
         // Workers finish what is queued, then see the channel close.
@@ -265,11 +245,11 @@ impl<'a> Walk<'a> {
         if self.depth > MAX_DEPTH {
             bail!("{} is too deep", host.display());
         }
-        let fresh = !clear(pfd, name, true, self.depth)?;
+        let fresh = !clear(pfd, name, true, self.depth, self.shared.cancel)?;
         if fresh {
             mkdirat(pfd, name, Mode::from_bits_truncate(0o700))?;
         }
-        let here = step(pfd, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let here = subdir(pfd, name)?;
         let owned = fresh && self.shared.root_creds && gives_root(here.as_fd());
         let node = Arc::new(DirNode {
             fd: here,
@@ -329,8 +309,10 @@ fn gives_root(fd: BorrowedFd) -> bool {
         .is_ok_and(|st| st.st_uid == 0 && st.st_gid == 0 && st.st_mode & Mode::S_ISGID.bits() == 0)
 }
 
-/// Remove `name` in `dir`, a whole tree if it is a directory.
-fn remove(dir: BorrowedFd, name: &OsStr, depth: usize) -> Result<()> {
+/// Remove `name` in `dir`, a whole tree if it is a directory. A testbed
+/// can put a huge tree in the way; a cancelled copy stops removing it.
+fn remove(dir: BorrowedFd, name: &OsStr, depth: usize, cancel: &AtomicBool) -> Result<()> {
+    cancelled(cancel)?;
     match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EISDIR) => {}
@@ -339,9 +321,9 @@ fn remove(dir: BorrowedFd, name: &OsStr, depth: usize) -> Result<()> {
     if depth > MAX_DEPTH {
         bail!("the tree in the way is too deep to remove");
     }
-    let sub = step(dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let sub = subdir(dir, name)?;
     for n in names(sub.as_fd())? {
-        remove(sub.as_fd(), &n, depth + 1)?;
+        remove(sub.as_fd(), &n, depth + 1, cancel)?;
     }
     unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
     Ok(())
@@ -349,7 +331,13 @@ fn remove(dir: BorrowedFd, name: &OsStr, depth: usize) -> Result<()> {
 
 /// What is at `name` in `dir`, made ready for a new entry: removed unless
 /// `keep_dir` and it is a directory. True: a directory stays.
-fn clear(dir: BorrowedFd, name: &OsStr, keep_dir: bool, depth: usize) -> Result<bool> {
+fn clear(
+    dir: BorrowedFd,
+    name: &OsStr,
+    keep_dir: bool,
+    depth: usize,
+    cancel: &AtomicBool,
+) -> Result<bool> {
     match nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e.into()),
@@ -359,7 +347,7 @@ fn clear(dir: BorrowedFd, name: &OsStr, keep_dir: bool, depth: usize) -> Result<
             if keep_dir && is_dir {
                 return Ok(true);
             }
-            remove(dir, name, depth)?;
+            remove(dir, name, depth, cancel)?;
             Ok(false)
         }
     }
@@ -381,10 +369,10 @@ fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
         let mut src = File::open(host)?;
         // Create first and clear only what is in the way: most targets
         // are new, and O_EXCL never writes through a link.
-        let out = match direct::create_new(dir, name) {
+        let out = match confined::create_new(dir, name) {
             Err(Errno::EEXIST) => {
-                clear(dir, name, false, 0)?;
-                direct::create_new(dir, name)?
+                clear(dir, name, false, 0, shared.cancel)?;
+                confined::create_new(dir, name)?
             }
             r => r?,
         };
@@ -398,7 +386,7 @@ fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
         futimens(&out, &times(md), &times(md))?;
         return Ok(());
     }
-    if clear(dir, name, false, 0)? {
+    if clear(dir, name, false, 0, shared.cancel)? {
         unreachable!("clear keeps no directory when asked not to");
     }
     if ft.is_symlink() {
@@ -445,9 +433,14 @@ fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
 /// its own answer.
 pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Result<bool> {
     root.check_alive()?;
-    let Ok(top) = root.open_at(testbed, OFlag::O_DIRECTORY | OFlag::O_RDONLY, 0) else {
+    let Ok(top) = root.lookup(testbed, true) else {
         return Ok(false);
     };
+    if top.kind() != SFlag::S_IFDIR {
+        return Ok(false);
+    }
+    let st = *top.stat();
+    let top = top.open_dir(testbed)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let written = std::thread::scope(|s| {
         let producer = s.spawn(move || {
@@ -455,8 +448,7 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
             let r = (|| -> Result<()> {
                 let mut b = tar::Builder::new(io::BufWriter::with_capacity(256 * 1024, w));
                 b.mode(tar::HeaderMode::Complete);
-                let md = File::from(top.try_clone()?).metadata()?;
-                let mut h = header(&md);
+                let mut h = header(&st);
                 b.append_data(&mut h, "t", io::empty())?;
                 let mut up = Up {
                     cancel,
@@ -492,9 +484,32 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
     Ok(true)
 }
 
-fn header(md: &Metadata) -> tar::Header {
+/// The header `set_metadata_in_mode(.., Complete)` would make, from the
+/// stat of the entry's O_PATH descriptor (no second open or stat).
+fn header(st: &nix::sys::stat::FileStat) -> tar::Header {
     let mut h = tar::Header::new_gnu();
-    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(st.st_uid as u64);
+    h.set_gid(st.st_gid as u64);
+    h.set_mtime(st.st_mtime.max(0) as u64);
+    let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    h.set_entry_type(match kind {
+        SFlag::S_IFDIR => tar::EntryType::Directory,
+        SFlag::S_IFLNK => tar::EntryType::Symlink,
+        SFlag::S_IFIFO => tar::EntryType::Fifo,
+        SFlag::S_IFCHR => tar::EntryType::Char,
+        SFlag::S_IFBLK => tar::EntryType::Block,
+        _ => tar::EntryType::Regular,
+    });
+    h.set_size(if kind == SFlag::S_IFREG {
+        st.st_size as u64
+    } else {
+        0
+    });
+    if kind == SFlag::S_IFCHR || kind == SFlag::S_IFBLK {
+        let _ = h.set_device_major(nix::sys::stat::major(st.st_rdev) as u32);
+        let _ = h.set_device_minor(nix::sys::stat::minor(st.st_rdev) as u32);
+    }
     h
 }
 
@@ -546,48 +561,51 @@ impl Up<'_> {
         for n in names(dir)? {
             cancelled(self.cancel)?;
             let ename = name.join(&n);
-            // The entry itself, whatever it is: O_PATH opens a symlink or
-            // a fifo without following or blocking.
-            let fd = match step(dir, &n, OFlag::O_PATH) {
-                Ok(fd) => fd,
+            // The entry itself, whatever it is, held as O_PATH: a symlink
+            // or a device is never opened, and what is read below is
+            // this object, whatever the name holds by then.
+            let e = match confined::child(dir, n.as_os_str()) {
+                Ok(e) => e,
                 // Deleted since the listing: as if never there.
                 Err(Errno::ENOENT) => continue,
                 Err(e) => {
                     return Err(e).with_context(|| format!("cannot open {}", ename.display()))
                 }
             };
-            let md = File::from(fd).metadata()?;
-            let ft = md.file_type();
-            let mut h = header(&md);
-            if ft.is_dir() {
-                b.append_data(&mut h, &ename, io::empty())?;
-                let sub = step(dir, &n, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-                self.walk(b, sub.as_fd(), &ename)?;
-            } else if ft.is_symlink() {
-                let target = nix::fcntl::readlinkat(dir, n.as_os_str())?;
-                b.append_link(&mut h, &ename, target)?;
-            } else if ft.is_file() {
-                if md.nlink() > 1 {
-                    if let Some(first) = self.links.get(&(md.dev(), md.ino())) {
-                        h.set_entry_type(tar::EntryType::Link);
-                        h.set_size(0);
-                        b.append_link(&mut h, &ename, first)?;
-                        continue;
+            let st = *e.stat();
+            let mut h = header(&st);
+            let what = || ename.display().to_string();
+            match e.kind() {
+                SFlag::S_IFDIR => {
+                    b.append_data(&mut h, &ename, io::empty())?;
+                    let sub = e.open_dir(&what())?;
+                    self.walk(b, sub.as_fd(), &ename)?;
+                }
+                SFlag::S_IFLNK => {
+                    b.append_link(&mut h, &ename, e.link_target()?)?;
+                }
+                SFlag::S_IFREG => {
+                    let key = (st.st_dev as u64, st.st_ino as u64);
+                    if st.st_nlink > 1 {
+                        if let Some(first) = self.links.get(&key) {
+                            h.set_entry_type(tar::EntryType::Link);
+                            h.set_size(0);
+                            b.append_link(&mut h, &ename, first)?;
+                            continue;
+                        }
+                        self.links.insert(key, ename.clone());
                     }
-                    self.links.insert((md.dev(), md.ino()), ename.clone());
+                    let data = Exact {
+                        f: e.read_regular(&what())?,
+                        left: st.st_size as u64,
+                        cancel: self.cancel,
+                    };
+                    b.append_data(&mut h, &ename, data)?;
                 }
-                let f = File::from(step(dir, &n, OFlag::O_RDONLY | OFlag::O_NONBLOCK)?);
-                if f.metadata()?.ino() != md.ino() {
-                    bail!("{} was replaced while it was copied", ename.display());
+                SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => {
+                    b.append_data(&mut h, &ename, io::empty())?;
                 }
-                let data = Exact {
-                    f,
-                    left: md.len(),
-                    cancel: self.cancel,
-                };
-                b.append_data(&mut h, &ename, data)?;
-            } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-                b.append_data(&mut h, &ename, io::empty())?;
+                _ => {}
             }
             // Sockets have no tar form; the daemon's archives skip them too.
         }
