@@ -51,6 +51,7 @@ LABELS = {
     'rdocker': 'rdocker',
     'rdocker-api': 'rdocker --remote (Engine API only)',
     'rdocker-shared': 'rdocker --shared-dir',
+    'rdocker-base': 'rdocker --baseline build',
     'docker': 'docker',
     'docker-remote': 'docker --remote',
 }
@@ -476,6 +477,12 @@ class Bench:
             return [self.rdocker] + (['-d'] if os.environ.get('BENCH_DEBUG') else []) + [a.image]
         if name == 'rdocker-api':
             return [self.rdocker, '--remote', a.image]
+        if name == 'rdocker-base':
+            # Another build of rdocker (an earlier commit), interleaved
+            # with this one in the same run.
+            if not a.baseline:
+                raise BenchError('the rdocker-base server needs --baseline PATH')
+            return [a.baseline, a.image]
         if name == 'rdocker-shared':
             self.shared_counter += 1
             d = os.path.join(self.work, 'rdocker-shared-%d' % self.shared_counter)
@@ -1268,6 +1275,9 @@ def parse_args():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--rdocker', default='target/release/autopkgtest-virt-rdocker',
                     help='rdocker binary (default %(default)s)')
+    ap.add_argument('--baseline', default=None, metavar='PATH',
+                    help='another rdocker binary, run as the server rdocker-base '
+                         '(name it in --servers): a before/after comparison in one run')
     ap.add_argument('--no-snapshot', dest='snapshot', action='store_false',
                     help='run --rdocker in place instead of a private copy (a concurrent '
                     'cargo build could otherwise swap it mid-run)')
@@ -1331,7 +1341,7 @@ def parse_args():
     a.tree_files = d(a.tree_files, 5000, 300)
     servers = [s for s in a.servers.split(',') if s]
     for s in servers:
-        if s not in ALL_SERVERS:
+        if s not in ALL_SERVERS + ['rdocker-base']:
             ap.error('unknown server %r' % s)
     ops = DEFAULT_OPS if a.ops is None else [o for o in a.ops.split(',') if o]
     if a.rss_only:

@@ -392,8 +392,15 @@ fn an_agent_that_claims_and_never_starts_fails_within_5_s() {
          done; true",
     );
     let t = Instant::now();
-    let out = sh(&argv, "echo never");
+    // Bounded from outside: before the fix this waited for ever.
+    let out = Command::new("timeout")
+        .arg("30")
+        .args(&argv)
+        .args(["sh", "-c", "echo never"])
+        .output()
+        .unwrap();
     let took = t.elapsed();
+    assert_ne!(out.status.code(), Some(124), "the command hung: {out:?}");
     assert!(!out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("did not start it within"),
