@@ -14,6 +14,7 @@ pub mod direct;
 pub mod endpoint;
 pub mod exec;
 pub mod pipes;
+pub mod platform;
 pub mod reap;
 pub mod runopts;
 pub mod tree;
