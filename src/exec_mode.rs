@@ -2,7 +2,7 @@
 //! once per testbed command. It streams stdio through the exec API and
 //! exits with the command's status.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -387,17 +387,7 @@ fn exit_status(code: i64) -> u8 {
 /// kill it and its children in the testbed; the caller then dies of the
 /// same signal.
 async fn kill(client: &Client, container: &str, token: &str) {
-    let argv: Vec<String> = ["sh", "-c", exec::KILL_SCRIPT, "rdocker-kill", token]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut cap = exec::Captured::default();
-    let kill = exec::run(client, container, exec::As::Root, argv, None, &mut cap);
-    if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), kill)
-        .await
-        .context("timed out")
-        .and_then(|r| r)
-    {
+    if let Err(e) = exec::kill(client, container, token).await {
         eprintln!("autopkgtest-virt-rdocker: could not stop the command in the testbed: {e:#}");
     }
 }
