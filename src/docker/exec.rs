@@ -155,6 +155,9 @@ for round in 1 2 3 4 5; do
         done
     fi
     for p in $all; do [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null; done
+    # The wrapper cannot remove its file now.
+    [ -z "$(find /run/rdocker-pids -maxdepth 0 -type d -user 0 -perm 700 2>/dev/null)" ] ||
+        rm -f -- "/run/rdocker-pids/$t"
 done
 exit 0
 "#;
