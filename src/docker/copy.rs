@@ -598,7 +598,8 @@ pub async fn push_via_exec(
         tokio::task::spawn_blocking(move || write_unpack_stream(BytesWriter(tx), &src, &name, dir));
     let mut cap = Captured::quiet_stdout();
     let args = vec![parent.clone()];
-    let ran = super::exec::run_script(client, container, UNPACK_SCRIPT, args, Some(rx), &mut cap).await;
+    let ran =
+        super::exec::run_script(client, container, UNPACK_SCRIPT, args, Some(rx), &mut cap).await;
     let produced = producer.await;
     let code = match ran {
         Err(e) if e.is::<Overflow>() => {

@@ -407,7 +407,10 @@ echo not-killed
     assert_gone(&argv, "^sleep 424[24] $");
     assert_eq!(count_procs(&argv, decoy), 4, "the kill reached the decoys");
     assert_eq!(
-        sh_ok(&argv, "stat -c %U /run/rdocker-pids; ls /run/rdocker-pids | wc -l"),
+        sh_ok(
+            &argv,
+            "stat -c %U /run/rdocker-pids; ls /run/rdocker-pids | wc -l"
+        ),
         "root\n1\n",
         "the PID files are root's, and only the running command's is left"
     );
