@@ -2,7 +2,7 @@
 //! once per testbed command. It streams stdio through the exec API and
 //! exits with the command's status.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use crate::docker::agent;
 use crate::docker::client::Client;
 use crate::docker::direct::Root;
-use crate::docker::endpoint::Endpoint;
+use crate::docker::endpoint::{Endpoint, ExecArgs};
 use crate::docker::exec::{self, Sink, TestbedGone};
 use crate::docker::pipes;
 
@@ -24,7 +24,8 @@ pub const FLAG: &str = "--internal-exec";
 const TESTBED_FAILURE: u8 = 255;
 
 struct Args {
-    host: String,
+    /// The server's endpoint, exactly (Endpoint::exec_args).
+    endpoint: Endpoint,
     api_version: String,
     container: String,
     /// The testbed's root as direct.rs proved it: stdio then goes through
@@ -34,15 +35,17 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let (mut host, mut api_version, mut container, mut root) = (None, None, None, None);
+    let (mut api_version, mut container, mut root) = (None, None, None);
+    let mut endpoint = ExecArgs::default();
     let mut it = args.iter();
     for a in it.by_ref() {
         if a == "--" {
             break;
         }
-        if let Some(v) = a.strip_prefix("--host=") {
-            host = Some(v.to_string());
-        } else if let Some(v) = a.strip_prefix("--api-version=") {
+        if endpoint.take(a)? {
+            continue;
+        }
+        if let Some(v) = a.strip_prefix("--api-version=") {
             api_version = Some(v.to_string());
         } else if let Some(v) = a.strip_prefix("--container=") {
             container = Some(v.to_string());
@@ -57,7 +60,7 @@ fn parse(args: &[String]) -> Result<Args> {
         bail!("no command given after --");
     }
     Ok(Args {
-        host: host.ok_or_else(|| anyhow!("--host= missing"))?,
+        endpoint: endpoint.endpoint()?,
         api_version: api_version.ok_or_else(|| anyhow!("--api-version= missing"))?,
         container: container.ok_or_else(|| anyhow!("--container= missing"))?,
         root,
@@ -247,8 +250,7 @@ impl Sink for ReadySink<'_> {
 }
 
 async fn run(args: Args) -> Result<u8> {
-    let endpoint = Endpoint::for_exec(&args.host);
-    let client = Client::connect_with_version(&endpoint, &args.api_version)?;
+    let client = Client::connect_with_version(&args.endpoint, &args.api_version)?;
     let token = crate::docker::container::random_hex(8);
     let root = args.root.as_deref().and_then(|h| Root::attach(h).ok());
     // Where the fifos cannot be made, the exec's own streams carry stdio.
@@ -387,17 +389,7 @@ fn exit_status(code: i64) -> u8 {
 /// kill it and its children in the testbed; the caller then dies of the
 /// same signal.
 async fn kill(client: &Client, container: &str, token: &str) {
-    let argv: Vec<String> = ["sh", "-c", exec::KILL_SCRIPT, "rdocker-kill", token]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let mut cap = exec::Captured::default();
-    let kill = exec::run(client, container, exec::As::Root, argv, None, &mut cap);
-    if let Err(e) = tokio::time::timeout(std::time::Duration::from_secs(10), kill)
-        .await
-        .context("timed out")
-        .and_then(|r| r)
-    {
+    if let Err(e) = exec::kill(client, container, token).await {
         eprintln!("autopkgtest-virt-rdocker: could not stop the command in the testbed: {e:#}");
     }
 }

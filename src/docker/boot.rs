@@ -69,12 +69,11 @@ pub async fn wait(client: &Client, c: &Container) -> Result<()> {
         exec::run(client, &c.id, As::Root, argv, None, &mut out),
     )
     .await;
-    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
     let why = match ran {
         Ok(Ok(0)) => return Ok(()),
         Ok(Ok(code)) => format!(
             "the boot check exited {code}: {}",
-            [text(&out.out), text(&out.err)].join(" ").trim()
+            [out.out.to_string(), out.err.to_string()].join(" ").trim()
         ),
         Ok(Err(e)) => format!("{e:#}"),
         Err(_) => format!("still booting after {} s", limit.as_secs()),

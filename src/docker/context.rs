@@ -337,64 +337,6 @@ fn context_tls(name: &str, dir: &Path, skip_verify: bool) -> Option<Tls> {
     })
 }
 
-/// The endpoint of an exec helper, which gets the address only (in
-/// print-execute-command's argv): the TLS material for a tcp:// address is
-/// found again as the server found it. The environment and the context
-/// store are the server's, so the answer is the same: first what DOCKER_HOST
-/// or the current context give, when that is this address; then
-/// DOCKER_TLS_VERIFY/DOCKER_TLS (an address from --host); then the context
-/// with this address (one named by --context); else plain TCP.
-pub fn for_exec(host: &str, env: &Env) -> Endpoint {
-    let source = "print-execute-command".to_string();
-    let plain = Endpoint {
-        host: host.to_string(),
-        source: source.clone(),
-        tls: None,
-    };
-    if !is_tcp(host) {
-        return plain;
-    }
-    if let Ok(e) = resolve(None, None, env) {
-        if e.host == host {
-            return Endpoint { source, ..e };
-        }
-    }
-    if let Some(tls) = env_tls(env) {
-        return Endpoint {
-            tls: Some(tls),
-            ..plain
-        };
-    }
-    if let Some(e) = context_with_host(host, env) {
-        return Endpoint { source, ..e };
-    }
-    plain
-}
-
-/// The first context (by name) whose address is this one.
-fn context_with_host(host: &str, env: &Env) -> Option<Endpoint> {
-    let meta = env.config_dir().join("contexts").join("meta");
-    let mut found: Vec<(String, Endpoint)> = Vec::new();
-    for entry in std::fs::read_dir(&meta).ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path().join("meta.json")) else {
-            continue;
-        };
-        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
-            continue;
-        };
-        let Some(name) = json.get("Name").and_then(|n| n.as_str()) else {
-            continue;
-        };
-        if let Ok(e) = context(name, format!("context `{name}'"), env) {
-            if e.host == host {
-                found.push((name.to_string(), e));
-            }
-        }
-    }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
-    found.into_iter().next().map(|(_, e)| e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -663,25 +605,49 @@ mod tests {
     }
 
     #[test]
-    fn exec_helpers_find_the_same_tls() {
+    fn exec_helpers_get_the_servers_tls_exactly() {
+        use crate::docker::endpoint::ExecArgs;
         let s = store("exec");
         let cfg = s.0.to_str().unwrap();
-        add_context(&s.0, "secure", "tcp://10.0.0.3:2376", false, &["ca.pem"]);
+        add_context(
+            &s.0,
+            "secure",
+            "tcp://10.0.0.3:2376",
+            false,
+            &["ca.pem", "cert.pem", "key.pem"],
+        );
+        add_context(&s.0, "insecure", "tcp://10.0.0.3:2376", true, &[]);
         let e = env(&[("DOCKER_CONFIG", cfg)]);
-        // A context named by --context: found by its address.
-        let x = for_exec("tcp://10.0.0.3:2376", &e);
-        assert!(x.tls.unwrap().ca.unwrap().ends_with("docker/ca.pem"));
-        assert!(for_exec("tcp://10.0.0.9:2375", &e).tls.is_none());
-        assert!(for_exec("ssh://u@h", &e).tls.is_none());
-        assert!(for_exec("unix:///s", &e).tls.is_none());
-        // DOCKER_HOST with TLS variables.
-        let e = env(&[
-            ("DOCKER_CONFIG", cfg),
-            ("DOCKER_HOST", "tcp://10.0.0.7:2376"),
-            ("DOCKER_TLS_VERIFY", "1"),
-        ]);
-        let x = for_exec("tcp://10.0.0.7:2376", &e);
-        assert_eq!(x.tls.unwrap().ca, Some(s.0.join("ca.pem")));
-        assert_eq!(x.source, "print-execute-command");
+        let parse = |args: Vec<String>| {
+            let mut x = ExecArgs::default();
+            for a in &args {
+                assert!(x.take(a).unwrap(), "{a}");
+            }
+            x.endpoint().unwrap()
+        };
+        // Two contexts at one address: each gives its own settings, which
+        // looking the address up again could not tell apart.
+        for name in ["secure", "insecure"] {
+            let server = resolve(None, Some(name), &e).unwrap();
+            let helper = parse(server.exec_args());
+            assert_eq!(helper.host, server.host);
+            let (st, ht) = (server.tls.unwrap(), helper.tls.unwrap());
+            assert_eq!(
+                (ht.ca, ht.cert, ht.key, ht.verify),
+                (st.ca, st.cert, st.key, st.verify)
+            );
+        }
+        let plain = parse(
+            resolve(Some("tcp://10.0.0.9:2375"), None, &e)
+                .unwrap()
+                .exec_args(),
+        );
+        assert!(plain.tls.is_none());
+        assert_eq!(plain.source, "print-execute-command");
+        let mut x = ExecArgs::default();
+        assert!(x.take("--tls-ca=/x").unwrap());
+        assert!(x.take("--host=tcp://h:1").unwrap());
+        assert!(x.endpoint().is_err(), "a CA without --tls=");
+        assert!(ExecArgs::default().take("--tls=maybe").is_err());
     }
 }

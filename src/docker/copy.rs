@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use super::archive::{self, SingleFile};
 use super::client::{status_of, Client};
-use super::exec::As;
+use super::exec::{Bounded, Captured, Overflow};
 use crate::debug;
 
 const CHUNK: usize = 256 * 1024;
@@ -332,7 +332,7 @@ pub fn needs_exec_route(testbed: &str, tmpfs_mounts: &[String]) -> bool {
 /// keeps its stderr for the error message.
 struct TarSink {
     tx: Option<std::sync::mpsc::SyncSender<io::Result<Bytes>>>,
-    err: Vec<u8>,
+    err: Bounded,
 }
 
 impl super::exec::Sink for TarSink {
@@ -345,9 +345,7 @@ impl super::exec::Sink for TarSink {
             .map_err(|_| anyhow!("the host side of the copy stopped"))
     }
     fn stderr(&mut self, d: &[u8]) -> Result<()> {
-        if self.err.len() < 64 * 1024 {
-            self.err.extend_from_slice(d);
-        }
+        self.err.push(d);
         Ok(())
     }
 }
@@ -371,8 +369,8 @@ const NOT_FOUND: [i64; 2] = [127, 126];
 
 /// What a copy script's failure means, for the error message;
 /// `not_there` says what NOT_THERE means.
-fn script_failure(code: i64, err: &[u8], not_there: &str) -> anyhow::Error {
-    let err = String::from_utf8_lossy(err).trim().to_string();
+fn script_failure(code: i64, err: &Bounded, not_there: &str) -> anyhow::Error {
+    let err = err.to_string();
     if NOT_FOUND.contains(&code) {
         return NoTar(err).into();
     }
@@ -420,29 +418,22 @@ pub async fn pull_via_exec(
     });
     let mut sink = TarSink {
         tx: Some(tx),
-        err: Vec::new(),
+        err: Bounded::default(),
     };
     // -h: a file copyup follows symlinks, as `cat` does.
     let (script, not_there) = if dir {
         (
-            "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || exit 3; exec tar -cf - -- \"$2\"",
+            "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || exit 3; tar -cf - -- \"$2\"; exit $?",
             format!("{testbed} is not a directory in the testbed"),
         )
     } else {
         (
-            "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || exit 3; exec tar -chf - -- \"$2\"",
+            "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || exit 3; tar -chf - -- \"$2\"; exit $?",
             format!("{testbed} is not a regular file in the testbed"),
         )
     };
-    let argv = vec![
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-        "rdocker-copyup".into(),
-        parent,
-        name,
-    ];
-    let ran = super::exec::run(client, container, As::Root, argv, None, &mut sink).await;
+    let args = vec![parent, name];
+    let ran = super::exec::run_script(client, container, script, args, None, &mut sink).await;
     let tx = sink.tx.take().expect("sender");
     // An exec that failed on its own (Ok(code)) is the cause; one whose
     // output found the host side gone (Err) is not, if the host side failed.
@@ -471,7 +462,8 @@ pub async fn pull_via_exec(
     })
 }
 
-/// Unpacks what push_via_exec sends: a line with the length of a first
+/// Unpacks what push_via_exec sends (no `exec`: the process with
+/// run_script's tag must stay, for the kill): a line with the length of a first
 /// archive, that archive, then the rest. With a first part, it is kept in
 /// a file unlinked as soon as it is open, so that two tars unpack at once,
 /// one from the file and one from the stream.
@@ -491,7 +483,8 @@ if [ "$n" -gt 0 ]; then
     [ $a = 0 ] || exit $a
     exit $b
 fi
-exec tar --no-same-owner -xpf -
+tar --no-same-owner -xpf -
+exit $?
 "#;
 
 /// A tree with at least this many files in its first part goes to two
@@ -603,17 +596,22 @@ pub async fn push_via_exec(
     let src = host.to_path_buf();
     let producer =
         tokio::task::spawn_blocking(move || write_unpack_stream(BytesWriter(tx), &src, &name, dir));
-    let mut cap = super::exec::Captured::default();
-    let argv = vec![
-        "sh".into(),
-        "-c".into(),
-        UNPACK_SCRIPT.into(),
-        "rdocker-copydown".into(),
-        parent.clone(),
-    ];
-    let ran = super::exec::run(client, container, As::Root, argv, Some(rx), &mut cap).await;
+    let mut cap = Captured::quiet_stdout();
+    let args = vec![parent.clone()];
+    let ran =
+        super::exec::run_script(client, container, UNPACK_SCRIPT, args, Some(rx), &mut cap).await;
     let produced = producer.await;
-    let code = ran?;
+    let code = match ran {
+        Err(e) if e.is::<Overflow>() => {
+            return Err(anyhow!(
+                "cannot copy into {testbed} in the testbed: tar in the testbed {e} (it began \
+                 {}); the testbed's tar is not a working GNU tar (a test may have replaced \
+                 it): reinstall it (apt-get install --reinstall tar) or leave it alone",
+                cap.out.excerpt(40)
+            ))
+        }
+        r => r?,
+    };
     if code == 0 {
         return produced_ok(produced);
     }

@@ -48,10 +48,22 @@ impl Endpoint {
         super::context::podman(env, nix::unistd::getuid().as_raw(), |p| p.exists())
     }
 
-    /// The endpoint of print-execute-command's helper, which is given the
-    /// address alone.
-    pub fn for_exec(host: &str) -> Endpoint {
-        super::context::for_exec(host, &super::context::Env::process())
+    /// print-execute-command's arguments that give its helper exactly this
+    /// endpoint: the address, and the TLS settings the server resolved
+    /// (file names, not contents), so that the helper never looks them up
+    /// again in an environment or context store that may have changed.
+    pub fn exec_args(&self) -> Vec<String> {
+        let mut a = vec![format!("--host={}", self.host)];
+        if let Some(t) = &self.tls {
+            let mode = if t.verify { "verify" } else { "no-verify" };
+            a.push(format!("--tls={mode}"));
+            for (k, p) in [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)] {
+                if let Some(p) = p {
+                    a.push(format!("--tls-{k}={}", p.display()));
+                }
+            }
+        }
+        a
     }
 
     /// The socket path for unix:// endpoints.
@@ -85,6 +97,64 @@ impl Endpoint {
             None if self.unix_path().is_some() => "a unix socket".into(),
             None => "plain TCP, unencrypted".into(),
         }
+    }
+}
+
+/// The endpoint from print-execute-command's arguments (`exec_args`).
+#[derive(Default)]
+pub struct ExecArgs {
+    host: Option<String>,
+    verify: Option<bool>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl ExecArgs {
+    /// Take `a` if it is one of `exec_args`'s; Ok(false): not one.
+    pub fn take(&mut self, a: &str) -> anyhow::Result<bool> {
+        let Some((k, v)) = a.split_once('=') else {
+            return Ok(false);
+        };
+        match k {
+            "--host" => self.host = Some(v.to_string()),
+            "--tls" => {
+                self.verify = Some(match v {
+                    "verify" => true,
+                    "no-verify" => false,
+                    _ => anyhow::bail!("--tls={v}: not verify or no-verify"),
+                })
+            }
+            "--tls-ca" => self.ca = Some(v.into()),
+            "--tls-cert" => self.cert = Some(v.into()),
+            "--tls-key" => self.key = Some(v.into()),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    pub fn endpoint(self) -> anyhow::Result<Endpoint> {
+        let host = self
+            .host
+            .ok_or_else(|| anyhow::anyhow!("--host= missing"))?;
+        let files = self.ca.is_some() || self.cert.is_some() || self.key.is_some();
+        if files && self.verify.is_none() {
+            anyhow::bail!("--tls-ca=, --tls-cert= or --tls-key= without --tls=");
+        }
+        let tls = self.verify.map(|verify| Tls {
+            ca: self.ca,
+            cert: self.cert,
+            key: self.key,
+            verify,
+            hint: "the server named these files in print-execute-command's argv, as it \
+                   resolved them: they must stay readable while the session runs"
+                .into(),
+        });
+        Ok(Endpoint {
+            host,
+            source: "print-execute-command".into(),
+            tls,
+        })
     }
 }
 

@@ -16,30 +16,53 @@ use super::client::{status_of, Client};
 /// means a testbed failure to autopkgtest), and kills background processes
 /// still holding our stdout or stderr (the exec's pipes, or pipes.rs's
 /// fifos), which would otherwise keep the caller waiting for EOF for ever.
-/// $0 is a token that lets `KILL_SCRIPT` find this process.
-pub const WRAPPER: &str = r#"unset PS1 2>/dev/null
+/// $0 is the token "rdocker-exec-TOKEN". As root, the wrapper records its
+/// PID and start time in /run/rdocker-pids/TOKEN, where a normal user
+/// cannot write, for `KILL_SCRIPT`: anyone can imitate a command line.
+/// Nothing the testbed names is globbed or split (set -f, quoted, find's
+/// tests as positional parameters).
+pub const WRAPPER: &str = r#"rdocker_pidf=""
+rdocker_start() { read -r s </proc/$$/stat && set -- ${s##*) } && echo "${20}"; }
+if mkdir -m 700 /run/rdocker-pids 2>/dev/null ||
+    { [ -d /run/rdocker-pids ] && [ ! -L /run/rdocker-pids ] && [ -O /run/rdocker-pids ]; }; then
+    f="/run/rdocker-pids/${0#rdocker-exec-}"
+    (set -C; echo "$$ $(rdocker_start)" >"$f") 2>/dev/null && rdocker_pidf=$f
+fi
+unset PS1 2>/dev/null
 set -a
 [ -r /etc/environment ] && . /etc/environment 2>/dev/null || true
 [ -r /etc/default/locale ] && . /etc/default/locale 2>/dev/null || true
 [ -r /etc/profile ] && . /etc/profile 2>/dev/null || true
 set +a
 "$@" 6>&-; rc=$?; [ $rc != 255 ] || rc=253
+set -f
+unset IFS
+[ -z "$rdocker_pidf" ] || rm -f -- "$rdocker_pidf"
 # PID 1, its sleep and this shell (and on agent.rs's route the agent and
 # this shell's parent) are all there is when nothing was left in the
 # background: then there is nothing to look for (no forks).
-set -- /proc/[0-9]*
+set +f; set -- /proc/[0-9]*; set -f
 [ $# -gt ${rdocker_procs:-3} ] || exit $rc
-pat=""
+# $1 as a pattern for find's -lname that matches it alone.
+rdocker_glob() {
+    case $1 in
+        *\[*|*\]*|*\**|*\?*|*\\*) printf '%s\n' "$1" | sed 's/[][*?\\]/\\&/g';;
+        *) printf '%s\n' "$1";;
+    esac
+}
+set --
 for fd in 1 2; do
-    l=$(readlink /proc/$$/fd/$fd 2>/dev/null) || continue
-    case "$l" in
-        pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";;
-        /run/rdocker-exec-*) pat="$pat -o -lname $l";;
+    l=$(readlink "/proc/$$/fd/$fd" 2>/dev/null) || continue
+    case $l in
+        pipe:\[*\]) n=${l#pipe:[}; n=${n%]}
+            case $n in ''|*[!0-9]*) ;; *) set -- "$@" -o -lname "pipe:?$n?";; esac;;
+        "/run/$0/"*) set -- "$@" -o -lname "$(rdocker_glob "$l")";;
     esac
 done
-if [ -n "$pat" ]; then
+if [ $# -gt 0 ]; then
+    set +f; fds=$(echo /proc/[0-9]*/fd); set -f
     kill=""
-    for f in $(find /proc/[0-9]*/fd -maxdepth 1 \( -false $pat \) 2>/dev/null); do
+    for f in $(find $fds -maxdepth 1 \( -false "$@" \) 2>/dev/null); do
         p=${f#/proc/}; p=${p%%/*}
         [ "$p" != $$ ] && [ "$p" != "$PPID" ] && kill="$kill $p"
     done
@@ -50,40 +73,141 @@ exit $rc
 
 /// Kills the wrapper whose token is "rdocker-exec-$1", all its descendants,
 /// and whatever holds its stdout or stderr: what a timed-out test leaves.
-/// The pattern is written `rdocker[-]exec-` so that grep's own command
-/// line, also under /proc, does not match it.
-pub const KILL_SCRIPT: &str = r#"for round in 1 2 3; do
-    w=$(grep -lzx -e "rdocker[-]exec-$1" /proc/[0-9]*/cmdline 2>/dev/null) || exit 0
-    w=${w#/proc/}; w=${w%%/*}
-    pat=""
-    for fd in 1 2; do
-        l=$(readlink /proc/$w/fd/$fd 2>/dev/null) || continue
-        case "$l" in
-            pipe:\[*\]) n=${l#pipe:[}; pat="$pat -o -lname pipe:?${n%]}?";;
-            /run/rdocker-exec-*) pat="$pat -o -lname $l";;
+/// The wrapper is the PID it recorded as root, if that process (same
+/// start time) still carries the token; else a process with the token
+/// whose parent is outside the container, as a docker exec's is: a normal
+/// user's decoys with the same command line have neither. The pattern is
+/// written `rdocker[-]exec-` so that grep's own command line does not
+/// match it.
+pub const KILL_SCRIPT: &str = r#"set -f
+unset IFS
+t=$1
+case $t in ''|*[!0-9a-f]*) echo "rdocker-kill: bad token $t" >&2; exit 2;; esac
+tok=rdocker-exec-$t
+# The fields of /proc/$1/stat after the command name: the state is $1.
+fields() { read -r s <"/proc/$1/stat" && printf '%s\n' "${s##*) }"; } 2>/dev/null
+wrapper() {
+    if [ -n "$(find /run/rdocker-pids -maxdepth 0 -type d -user 0 -perm 700 2>/dev/null)" ] &&
+        read -r p start <"/run/rdocker-pids/$t" 2>/dev/null; then
+        case $p in
+            ''|*[!0-9]*) ;;
+            *) set -- $(fields "$p")
+                if [ "${20}" = "$start" ] &&
+                    grep -qzx -e "rdocker[-]exec-$t" "/proc/$p/cmdline" 2>/dev/null; then
+                    echo "$p"
+                    return
+                fi;;
         esac
+    fi
+    set +f; set -- /proc/[0-9]*/cmdline; set -f
+    for c in $(grep -lzx -e "rdocker[-]exec-$t" "$@" 2>/dev/null); do
+        p=${c#/proc/}; p=${p%/cmdline}
+        set -- $(fields "$p")
+        [ "$2" = 0 ] && echo "$p"
     done
-    all="$w"; new="$w"
+}
+# $1 and all its descendants.
+tree() {
+    all=$1; new=$1
     while [ -n "$new" ]; do
         next=""
-        for s in /proc/[0-9]*/stat; do
-            read -r line < "$s" 2>/dev/null || continue
-            set -- ${line##*) }
+        set +f; stats=$(echo /proc/[0-9]*/stat); set -f
+        for s in $stats; do
+            c=${s#/proc/}; c=${c%/stat}
+            set -- $(fields "$c")
             for p in $new; do
-                if [ "$2" = "$p" ]; then c=${s#/proc/}; next="$next ${c%/stat}"; fi
+                if [ "$2" = "$p" ]; then next="$next $c"; fi
             done
         done
         all="$all$next"; new=$next
     done
-    if [ -n "$pat" ]; then
-        for f in $(find /proc/[0-9]*/fd -maxdepth 1 \( -false $pat \) 2>/dev/null); do
+    echo "$all"
+}
+glob() {
+    case $1 in
+        *\[*|*\]*|*\**|*\?*|*\\*) printf '%s\n' "$1" | sed 's/[][*?\\]/\\&/g';;
+        *) printf '%s\n' "$1";;
+    esac
+}
+found=""
+for round in 1 2 3 4 5; do
+    w=$(wrapper)
+    if [ -z "$w" ]; then
+        # Not started yet (the agent takes a moment), or gone.
+        [ -z "$found" ] && [ $round -lt 3 ] && { sleep 0.2; continue; }
+        exit 0
+    fi
+    found=1
+    set --
+    for fd in 1 2; do
+        l=$(readlink "/proc/$w/fd/$fd" 2>/dev/null) || continue
+        case $l in
+            pipe:\[*\]) n=${l#pipe:[}; n=${n%]}
+                case $n in ''|*[!0-9]*) ;; *) set -- "$@" -o -lname "pipe:?$n?";; esac;;
+            "/run/$tok/"*) set -- "$@" -o -lname "$(glob "$l")";;
+        esac
+    done
+    all=$(for p in $w; do tree "$p"; done)
+    if [ $# -gt 0 ]; then
+        set +f; fds=$(echo /proc/[0-9]*/fd); set -f
+        for f in $(find $fds -maxdepth 1 \( -false "$@" \) 2>/dev/null); do
             p=${f#/proc/}; all="$all ${p%%/*}"
         done
     fi
     for p in $all; do [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null; done
+    # The wrapper cannot remove its file now.
+    [ -z "$(find /run/rdocker-pids -maxdepth 0 -type d -user 0 -perm 700 2>/dev/null)" ] ||
+        rm -f -- "/run/rdocker-pids/$t"
 done
 exit 0
 "#;
+
+/// Stop the command tagged "rdocker-exec-`token`" in `container`, with
+/// what it started (KILL_SCRIPT).
+pub async fn kill(client: &Client, container: &str, token: &str) -> Result<()> {
+    let argv: Vec<String> = ["sh", "-c", KILL_SCRIPT, "rdocker-kill", token]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut cap = Captured::default();
+    let killed = run(client, container, As::Root, argv, None, &mut cap);
+    match tokio::time::timeout(Duration::from_secs(10), killed).await {
+        Err(_) => bail!("the kill in the testbed took more than 10 s"),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(code)) => bail!("the kill in the testbed exited {code}: {}", cap.err),
+    }
+}
+
+/// Run rdocker's own `script` (sh, with `args` as $1...) as root, tagged
+/// so that it is killed, with what it started, when rdocker gives up on
+/// it (output refused, stream lost): the daemon leaves such an exec
+/// running. The script must not `exec` its last command away from the
+/// tag (end it with `exit $?`: dash execs a last simple command).
+pub async fn run_script(
+    client: &Client,
+    container: &str,
+    script: &str,
+    args: Vec<String>,
+    stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
+    sink: &mut dyn Sink,
+) -> Result<i64> {
+    let token = super::container::random_hex(8);
+    let mut argv = vec![
+        "sh".to_string(),
+        "-c".into(),
+        script.into(),
+        format!("rdocker-exec-{token}"),
+    ];
+    argv.extend(args);
+    let ran = run(client, container, As::Root, argv, stdin, sink).await;
+    if ran.is_err() {
+        if let Err(e) = kill(client, container, &token).await {
+            crate::debug!("could not stop rdocker's command in the testbed: {e:#}");
+        }
+    }
+    ran
+}
 
 /// Where a command's stdio goes.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -139,20 +263,97 @@ pub trait Sink: Send {
     fn stderr(&mut self, data: &[u8]) -> Result<()>;
 }
 
-/// Captured output, for rdocker's own small commands.
+/// How much of each stream rdocker keeps of what it captures from the
+/// testbed: the rest is counted, not kept, so that a test writing without
+/// end cannot make rdocker's memory grow.
+pub const CAPTURE_LIMIT: usize = 64 * 1024;
+
+/// The first CAPTURE_LIMIT bytes of a stream, and how many more came.
+#[derive(Default)]
+pub struct Bounded {
+    kept: Vec<u8>,
+    more: u64,
+}
+
+impl Bounded {
+    pub fn push(&mut self, d: &[u8]) {
+        let take = CAPTURE_LIMIT.saturating_sub(self.kept.len()).min(d.len());
+        self.kept.extend_from_slice(&d[..take]);
+        self.more += (d.len() - take) as u64;
+    }
+
+    /// The first `n` bytes, quoted, for an error message that must stay
+    /// short.
+    pub fn excerpt(&self, n: usize) -> String {
+        let head = String::from_utf8_lossy(&self.kept[..n.min(self.kept.len())]).into_owned();
+        format!("{head:?}")
+    }
+
+    /// How many bytes came beyond what was kept.
+    pub fn more(&self) -> u64 {
+        self.more
+    }
+}
+
+/// The text, trimmed, saying how much was left out.
+impl std::fmt::Display for Bounded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(String::from_utf8_lossy(&self.kept).trim())?;
+        if self.more > 0 {
+            write!(f, " ... {} more bytes", self.more)?;
+        }
+        Ok(())
+    }
+}
+
+/// Captured output, for rdocker's own small commands: bounded.
 #[derive(Default)]
 pub struct Captured {
-    pub out: Vec<u8>,
-    pub err: Vec<u8>,
+    pub out: Bounded,
+    pub err: Bounded,
+    /// The command should print nothing on stdout: more than
+    /// CAPTURE_LIMIT there stops it (see `Overflow`).
+    quiet_stdout: bool,
 }
+
+impl Captured {
+    /// For a command whose stdout should stay empty (tar -x): one that
+    /// writes more than CAPTURE_LIMIT there is stopped, not waited for.
+    pub fn quiet_stdout() -> Captured {
+        Captured {
+            quiet_stdout: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// A command wrote more than CAPTURE_LIMIT where it should write nothing,
+/// and was stopped.
+#[derive(Debug)]
+pub struct Overflow;
+
+impl std::fmt::Display for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote more than {} KiB to its standard output, where it should write nothing, \
+             and was stopped",
+            CAPTURE_LIMIT / 1024
+        )
+    }
+}
+impl std::error::Error for Overflow {}
 
 impl Sink for Captured {
     fn stdout(&mut self, d: &[u8]) -> Result<()> {
-        self.out.extend_from_slice(d);
+        self.out.push(d);
+        if self.quiet_stdout && self.out.more() > 0 {
+            return Err(Overflow.into());
+        }
         Ok(())
     }
     fn stderr(&mut self, d: &[u8]) -> Result<()> {
-        self.err.extend_from_slice(d);
+        self.err.push(d);
         Ok(())
     }
 }
@@ -242,7 +443,21 @@ pub async fn run(
         }
         Ok::<_, anyhow::Error>(())
     };
-    let (_, copied) = tokio::join!(pump, copy_out);
+    // The input waits for the output to end, as before; but a sink that
+    // refuses more output ends the exec at once: a command that does not
+    // read its input would otherwise keep the pump waiting for ever. The
+    // daemon kills an exec whose attach connection is closed.
+    tokio::pin!(pump);
+    tokio::pin!(copy_out);
+    let copied = tokio::select! {
+        r = &mut copy_out => {
+            if r.is_ok() {
+                (&mut pump).await;
+            }
+            r
+        }
+        () = &mut pump => copy_out.await,
+    };
     let copied_err = copied.err();
 
     // The output ends when the command's descriptors close; its status can

@@ -621,10 +621,12 @@ impl Testbed for DockerTestbed {
         let mut argv = vec![
             self.exe.to_string_lossy().into_owned(),
             crate::exec_mode::FLAG.into(),
-            format!("--host={}", self.client.endpoint.host),
+        ];
+        argv.extend(self.client.endpoint.exec_args());
+        argv.extend([
             format!("--api-version={}", self.client.api_version()),
             format!("--container={}", c.id),
-        ];
+        ]);
         if let (Some(root), true) = (&self.direct, self.execs_as_root) {
             argv.push(format!("--root={}", root.handle()));
         }

@@ -998,3 +998,64 @@ fn podman_and_docker_flags() {
     let err = s.quit();
     assert!(!err.contains("podman"), "{err}");
 }
+
+/// The exec helper speaks TLS exactly as the server resolved it (here
+/// from a context named by --context), whatever its own environment says:
+/// print-execute-command's argv carries the mode and the files. Without
+/// them the same argv cannot reach the daemon.
+#[test]
+fn exec_helpers_use_the_servers_tls_not_their_environment() {
+    let docker_cli = need("docker", "docker.io (the docker CLI)");
+    let dir = TempDir::new("exec-tls");
+    let (_tls, port, client) = tls(dir.path());
+    let config = dir.path().join("docker-config");
+    let cfg = config.to_str().unwrap();
+    let c = client.display();
+    run(Command::new(&docker_cli)
+        .env("DOCKER_CONFIG", cfg)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT")
+        .args(["context", "create", "rd-exec-tls", "--docker"])
+        .arg(format!(
+            "host=tcp://127.0.0.1:{port},ca={c}/ca.pem,cert={c}/cert.pem,key={c}/key.pem"
+        )));
+    let env = [
+        ("DOCKER_CONFIG", cfg),
+        ("DOCKER_HOST", ""),
+        ("DOCKER_CONTEXT", ""),
+    ];
+    let mut s = Server::start_env(&["--context", "rd-exec-tls", &image()], &env);
+    s.open();
+    let argv = s.exec_argv();
+    let ctx_dir = format!("{cfg}/contexts/tls/");
+    for flag in ["--tls-ca=", "--tls-cert=", "--tls-key="] {
+        assert!(
+            argv.iter()
+                .any(|a| a.starts_with(flag) && a[flag.len()..].starts_with(&ctx_dir)),
+            "no {flag} in the context's store: {argv:?}"
+        );
+    }
+    assert!(argv.iter().any(|a| a == "--tls=verify"), "{argv:?}");
+    // An environment that names no context, another config and another
+    // daemon: the helper must not look there.
+    let elsewhere = [
+        ("DOCKER_CONFIG", "/nonexistent"),
+        ("DOCKER_HOST", "unix:///nonexistent.sock"),
+        ("DOCKER_CONTEXT", ""),
+        ("DOCKER_TLS_VERIFY", ""),
+    ];
+    assert_eq!(exec_ok(&argv, &elsewhere, "echo over tls"), "over tls\n");
+    let bare: Vec<String> = argv
+        .iter()
+        .filter(|a| !a.starts_with("--tls"))
+        .cloned()
+        .collect();
+    let o = exec(&bare, &elsewhere, "echo over tls", b"");
+    assert_eq!(
+        o.status.code(),
+        Some(255),
+        "plain TCP to a TLS daemon worked: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    s.quit();
+}

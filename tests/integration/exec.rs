@@ -307,3 +307,141 @@ fn commands_start_through_the_agent_and_outlive_it() {
     assert_eq!(sh_ok(&argv, signals), status);
     s.quit();
 }
+
+/// Finds the wrapper among this shell's ancestors: W is its PID, tok its
+/// token (its $0), which any user can read there.
+const FIND_WRAPPER: &str = r#"p=$$
+while :; do
+    tok=$(tr '\0' '\n' </proc/$p/cmdline | grep -xE 'rdocker-exec-[0-9a-f]+' || true)
+    [ -n "$tok" ] && break
+    p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2)
+    [ "$p" -gt 1 ] || { echo "no wrapper above $$" >&2; exit 9; }
+done
+W=$p
+"#;
+
+/// Send `sig` to an exec argv's process once `ready` (a file in the
+/// testbed) exists and `running` processes match; returns what it printed
+/// on stdout.
+fn signal_when_ready(argv: &[String], child: &mut std::process::Child, ready: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sh(argv, &format!("test -e {ready}")).status.code() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "the command never got ready; it exited {:?}",
+            child.try_wait()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    let st = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "exec mode took {:?} to die",
+        t.elapsed()
+    );
+    assert!(!st.success(), "{st:?}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+fn assert_gone(argv: &[String], pattern: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count_procs(argv, pattern) != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{pattern}: survived the kill in the testbed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A normal user's processes carrying the wrapper's token in their argv,
+/// outside its process tree and listed before it in /proc, cannot turn
+/// the kill on a timed-out command away from it, nor onto themselves:
+/// the kill finds the wrapper by the PID it recorded as root.
+#[test]
+fn decoys_cannot_divert_the_kill() {
+    let mut s = Server::start(&[&user_image()]);
+    s.open();
+    let argv = s.exec_argv();
+    let decoys = r#"
+first() { [ "$(LC_ALL=C expr "x$1/" \< "x$W/")" = 1 ]; }
+n=0; i=0
+while [ $n -lt 4 ]; do
+    i=$((i+1))
+    if [ $i -lt 20000 ]; then
+        q=$(sh -c 'echo $$')
+        first $((q+2)) || continue
+    fi
+    ( setsid bash -c 'exec -a "$0" sleep 4343' "$tok" </dev/null >/dev/null 2>&1 & echo $! >/tmp/decoy )
+    d=$(cat /tmp/decoy)
+    if [ $i -ge 20000 ] || first "$d"; then n=$((n+1)); else kill "$d"; fi
+done
+echo "wrapper $W, decoys sort first: $i" >&2
+sleep 4242 & touch /tmp/ready; sleep 4244
+echo not-killed
+"#;
+    let script = format!("{FIND_WRAPPER}{decoys}");
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["su", "tester", "-s", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let decoy = "^rdocker-exec-[0-9a-f]+ 4343 $";
+    let out = signal_when_ready(&argv, &mut child, "/tmp/ready");
+    assert!(!out.contains("not-killed"), "{out}");
+    assert_gone(&argv, "^sleep 424[24] $");
+    assert_eq!(count_procs(&argv, decoy), 4, "the kill reached the decoys");
+    assert_eq!(
+        sh_ok(
+            &argv,
+            "stat -c %U /run/rdocker-pids; ls /run/rdocker-pids | wc -l"
+        ),
+        "root\n1\n",
+        "the PID files are root's, and only the running command's is left"
+    );
+    s.quit();
+}
+
+/// The kill's and the wrapper's find tests are built from what the
+/// wrapper's stdout links to: a fifo renamed to a name with a space and a
+/// `*` (a root test can) is matched as it is, never globbed or split, so
+/// that a background process holding it is still killed.
+#[test]
+fn odd_stdout_names_do_not_break_the_kill() {
+    let (s, argv) = open();
+    let rename = r#"
+d=/run/$tok
+[ -p "$d/out" ] || { echo "no fifo at $d/out" >&2; exit 9; }
+mv "$d/out" "$d/o *"
+( sleep 4545 & )
+touch /tmp/ready; sleep 4546
+echo not-killed
+"#;
+    let script = format!("{FIND_WRAPPER}{rename}");
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = signal_when_ready(&argv, &mut child, "/tmp/ready");
+    assert!(!out.contains("not-killed"), "{out}");
+    assert_gone(&argv, "^sleep 454[56] $");
+    s.quit();
+}

@@ -416,3 +416,58 @@ fn planted_symlinks_stay_inside_the_testbed() {
         s.quit();
     }
 }
+
+/// A test may replace tar: on the Engine API route (--remote) trees go
+/// through the testbed's tar, and `yes` in its place writes for ever.
+/// rdocker keeps a bounded part of what it captures, so its memory stays
+/// flat; the copies fail saying why, and the session goes on.
+#[test]
+fn a_tar_that_writes_for_ever_cannot_exhaust_memory() {
+    let mut s = Server::start_env(
+        &["--remote", &image()],
+        &[("AUTOPKGTEST_VIRT_COPY_TIMEOUT", "60")],
+    );
+    let d = s.open();
+    let argv = s.exec_argv();
+    let host = TempDir::new("yes-tar");
+    let src = host.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f"), "data\n").unwrap();
+    sh_ok(
+        &argv,
+        "printf '#!/bin/sh\\nexec yes\\n' > /usr/bin/tar.yes && chmod 755 /usr/bin/tar.yes && \
+         mv /usr/bin/tar.yes /usr/bin/tar",
+    );
+    let before = rss_kib(s.pid());
+    for line in [
+        format!("copydown {}/ {d}/t/", src.display()),
+        format!("copyup /etc/ {}/", host.path().join("back").display()),
+    ] {
+        let t = Instant::now();
+        let (reply, peak) = s.cmd_peak_rss(&line);
+        eprintln!(
+            "{line}: {reply} after {:?}, RSS {before} KiB before, peak {peak} KiB",
+            t.elapsed()
+        );
+        assert_eq!(reply, "copy-failed", "`{line}'; stderr: {}", s.stderr());
+        assert!(peak < 32 * 1024, "`{line}': the server reached {peak} KiB");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "`{line}' took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        s.stderr_says("tar in the testbed wrote more than 64 KiB"),
+        "{}",
+        s.stderr()
+    );
+    // The session goes on, and the runaway tars are gone.
+    assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count_procs(&argv, "^yes $") != 0 {
+        assert!(Instant::now() < deadline, "a `yes' outlived its copy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.quit();
+}

@@ -277,6 +277,39 @@ impl Server {
         }
     }
 
+    /// The next reply line if one comes within `wait`: Err(()) when none
+    /// did yet, Ok(None) on EOF.
+    pub fn poll_line(&mut self, wait: Duration) -> Result<Option<String>, ()> {
+        match self.lines.recv_timeout(wait) {
+            Ok(l) => Ok(Some(l)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => Err(()),
+        }
+    }
+
+    /// Send a command and wait for its reply, reading the server's
+    /// resident memory (KiB) every 50 ms meanwhile; returns the reply and
+    /// the highest reading.
+    pub fn cmd_peak_rss(&mut self, line: &str) -> (String, u64) {
+        self.send(line);
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let mut peak = rss_kib(self.pid());
+        loop {
+            match self.poll_line(Duration::from_millis(50)) {
+                Ok(Some(l)) => return (l, peak.max(rss_kib(self.pid()))),
+                Ok(None) => panic!("server quit after `{line}'; stderr: {}", self.stderr()),
+                Err(()) => {
+                    peak = peak.max(rss_kib(self.pid()));
+                    assert!(
+                        Instant::now() < deadline,
+                        "no reply to `{line}' (peak RSS {peak} KiB); stderr: {}",
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin already closed");
         writeln!(stdin, "{line}").expect("cannot write to the server");
@@ -399,6 +432,18 @@ impl Drop for Server {
             let _ = std::panic::catch_unwind(|| remove_container(&id));
         }
     }
+}
+
+/// A process's resident memory in KiB (VmRSS), 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Percent-decoding as Python's urllib.parse.unquote.
