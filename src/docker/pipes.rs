@@ -237,31 +237,51 @@ fn write_all(fd: BorrowedFd, mut buf: &[u8]) -> nix::Result<()> {
     Ok(())
 }
 
-/// Move one chunk that is waiting in `from` to `to`. false: `from` is
-/// finished (it is never, while we hold its write side, except on error).
-fn move_chunk(from: BorrowedFd, to: BorrowedFd, route: &mut Route, buf: &mut Vec<u8>) -> bool {
-    const CHUNK: usize = 1 << 20;
+/// Move one chunk (at most `max` bytes) that is waiting in `from` to
+/// `to`. 0: `from` is finished (it is never, while we hold its write
+/// side, except on error).
+fn move_chunk(
+    from: BorrowedFd,
+    to: BorrowedFd,
+    route: &mut Route,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> usize {
+    let chunk = max.min(1 << 20);
     loop {
         if *route == Route::Splice {
-            match nix::fcntl::splice(from, None, to, None, CHUNK, SpliceFFlags::SPLICE_F_MOVE) {
-                Ok(n) => return n > 0,
+            match nix::fcntl::splice(from, None, to, None, chunk, SpliceFFlags::SPLICE_F_MOVE) {
+                Ok(n) => return n,
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EPIPE) => *route = Route::Discard,
                 // Not spliceable, or a non-blocking target: the plain way.
                 Err(_) => *route = Route::Copy,
             }
         }
-        buf.resize(CHUNK, 0);
+        buf.resize(chunk, 0);
         let n = match nix::unistd::read(from, buf) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            Err(_) => return false,
+            Err(_) => return 0,
         };
         if *route == Route::Copy && write_all(to, &buf[..n]).is_err() {
             *route = Route::Discard;
         }
-        return n > 0;
+        return n;
     }
+}
+
+/// The bytes waiting in the pipe `fd`.
+fn pending(fd: BorrowedFd) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer we pass.
+    let r = unsafe { nix::libc::ioctl(fd.as_raw_fd(), nix::libc::FIONREAD, &mut n) };
+    if r < 0 {
+        // Unknown: at most what a full pipe holds.
+        return 1 << 20;
+    }
+    n.max(0) as usize
 }
 
 /// Our stdout or stderr (`fd`) from its fifo, until `stop` closes and the
@@ -282,15 +302,19 @@ fn pump_out(fifo: OwnedFd, fd: i32, stop: OwnedFd) {
         }
         let data = p[0].any().unwrap_or(false);
         let stopping = p[1].any().unwrap_or(false);
-        if data && !move_chunk(fifo.as_fd(), to, &mut route, &mut buf) {
+        if data && move_chunk(fifo.as_fd(), to, &mut route, &mut buf, usize::MAX) == 0 {
             return;
         }
         if stopping {
             // The wrapper has exited, after its command: what that wrote
-            // is all in the fifo now.
-            while readable(fifo.as_fd(), PollTimeout::ZERO) {
-                if !move_chunk(fifo.as_fd(), to, &mut route, &mut buf) {
-                    return;
+            // is all in the fifo now. Only that: a writer the wrapper
+            // could not kill (the testbed moved the fifo's name) must not
+            // keep this process draining for ever.
+            let mut left = pending(fifo.as_fd());
+            while left > 0 && readable(fifo.as_fd(), PollTimeout::ZERO) {
+                match move_chunk(fifo.as_fd(), to, &mut route, &mut buf, left) {
+                    0 => return,
+                    n => left = left.saturating_sub(n),
                 }
             }
             return;
