@@ -127,3 +127,55 @@ fn caller_killed_with_sigkill() {
     caller.wait().unwrap();
     assert_no_containers(pid);
 }
+
+/// quit, EOF and SIGTERM right after a revert, while the old testbed is
+/// being removed and the next spare made: all of it is gone by the time
+/// rdocker exits, and it exits promptly.
+#[test]
+fn ending_right_after_revert_is_prompt_and_leaves_nothing() {
+    let init = systemd_image();
+    let mut init_args = vec!["--init", init.as_str()];
+    init_args.extend(SYSTEMD_RUN_OPTIONS);
+    let plain = image();
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("quit", vec![plain.as_str()]),
+        ("eof", vec![plain.as_str()]),
+        ("sigterm", vec![plain.as_str()]),
+        ("quit", init_args),
+    ];
+    for (how, args) in cases {
+        let mut s = Server::start(&args);
+        s.open();
+        owned(s.pid(), 2);
+        s.ok("revert");
+        let t = Instant::now();
+        match how {
+            "quit" => s.send("quit"),
+            "eof" => s.close_stdin(),
+            _ => s.signal(Signal::SIGTERM),
+        }
+        let st = s.wait(PROMPT);
+        let took = t.elapsed();
+        let expected = match how {
+            "quit" => st.code() == Some(0),
+            "eof" => st.code() == Some(12),
+            _ => st.signal() == Some(Signal::SIGTERM as i32),
+        };
+        assert!(
+            expected,
+            "{how} {args:?}: exit {st:?}; stderr: {}",
+            s.stderr()
+        );
+        // Checked at once: a removal still under way counts as left behind.
+        let left = containers_of(s.pid());
+        assert!(
+            left.is_empty(),
+            "{how} {args:?} left {left:?}; stderr: {}",
+            s.stderr()
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "{how} {args:?} took {took:?} to exit"
+        );
+    }
+}

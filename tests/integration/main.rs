@@ -15,3 +15,4 @@ mod options;
 mod protocol;
 mod pull;
 mod reap;
+mod revert;

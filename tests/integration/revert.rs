@@ -1,0 +1,160 @@
+//! Revert when the old testbed could reach the next one (a shared
+//! network namespace, a writable mount, a booted init): the old one is
+//! dead before revert answers. Otherwise it ends in the background.
+
+use crate::util::*;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// What revert may cost when its spare is ready.
+const REVERT_LIMIT: Duration = Duration::from_secs(1);
+
+/// Wait until the server has said `needle` `n` times on stderr.
+fn said_times(s: &Server, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.stderr().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the server never said {needle:?} {n} times; stderr: {}",
+            s.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn timed_revert(s: &mut Server) -> Duration {
+    let t = Instant::now();
+    s.ok("revert");
+    t.elapsed()
+}
+
+#[test]
+fn init_with_host_network_frees_the_old_testbeds_ports() {
+    let image = systemd_image();
+    let mut args = vec!["-d", "--init", image.as_str()];
+    args.extend(SYSTEMD_RUN_OPTIONS);
+    args.extend(["--network", "host"]);
+    let mut s = Server::start(&args);
+    s.open();
+    let argv = s.exec_argv();
+    // A free port, then a service of the testbed's systemd listening on it.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sh_ok(
+        &argv,
+        &format!(
+            "systemd-run --unit=rdocker-listen python3 -m http.server --bind 127.0.0.1 {port}"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the testbed's service never listened on port {port} of the host"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The spare has booted: revert only swaps.
+    said_times(&s, "booted in", 2);
+    let took = timed_revert(&mut s);
+    let freed = TcpListener::bind(("127.0.0.1", port));
+    assert!(
+        freed.is_ok(),
+        "port {port} still taken when revert answered ({:?}); stderr: {}",
+        freed.err(),
+        s.stderr()
+    );
+    assert!(
+        s.stderr_says("before handing out the next testbed")
+            && s.stderr_says("--network host")
+            && s.stderr_says("--init"),
+        "{}",
+        s.stderr()
+    );
+    assert!(took <= REVERT_LIMIT, "revert took {took:?}");
+    drop(freed);
+    // The new testbed is booted and does not run the old one's service.
+    let argv = s.exec_argv();
+    assert_eq!(sh_ok(&argv, "cat /proc/1/comm"), "systemd\n");
+    assert_ne!(
+        sh_ok(&argv, "systemctl is-active rdocker-listen || true"),
+        "active\n"
+    );
+    s.quit();
+}
+
+#[test]
+fn a_bind_mount_is_left_alone_once_revert_answers() {
+    let host = TempDir::new("revert-bind");
+    // The testbed's normal user and root alike may write there.
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let bind = format!("{}:/shared", host.path().display());
+    let mut s = Server::start(&["-d", &image(), "-v", &bind]);
+    s.open();
+    let argv = s.exec_argv();
+    sh_ok(
+        &argv,
+        "nohup sh -c 'while :; do date +%s%N >>/shared/ticks; sleep 0.01; done' \
+         >/dev/null 2>&1 &",
+    );
+    let ticks = host.path().join("ticks");
+    let size = || std::fs::metadata(&ticks).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = size();
+    while size() <= first + 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the testbed's loop never wrote to {}",
+            ticks.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    owned(s.pid(), 2);
+    let took = timed_revert(&mut s);
+    let a = size();
+    std::thread::sleep(Duration::from_millis(200));
+    let b = size();
+    assert_eq!(
+        a,
+        b,
+        "the old testbed still wrote to the bind mount after revert answered; stderr: {}",
+        s.stderr()
+    );
+    assert!(
+        s.stderr_says("before handing out the next testbed") && s.stderr_says(&bind),
+        "{}",
+        s.stderr()
+    );
+    assert!(took <= REVERT_LIMIT, "revert took {took:?}");
+    s.quit();
+}
+
+#[test]
+fn nothing_shared_keeps_the_background_path() {
+    let mut s = Server::start(&["-d", &image()]);
+    s.open();
+    owned(s.pid(), 2);
+    let took = timed_revert(&mut s);
+    assert!(s.stderr_says("ends in the background"), "{}", s.stderr());
+    assert!(
+        !s.stderr().contains("before handing out the next testbed"),
+        "{}",
+        s.stderr()
+    );
+    assert!(took <= REVERT_LIMIT, "revert took {took:?}");
+    // A read-only mount is nothing the old testbed can write to.
+    let mut s2 = Server::start(&["-d", &image(), "-v", "/etc/hostname:/ro-probe:ro"]);
+    s2.open();
+    owned(s2.pid(), 2);
+    s2.ok("revert");
+    assert!(s2.stderr_says("ends in the background"), "{}", s2.stderr());
+    s2.quit();
+    s.quit();
+}
