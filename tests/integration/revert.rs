@@ -43,17 +43,27 @@ fn init_with_host_network_frees_the_old_testbeds_ports() {
         .local_addr()
         .unwrap()
         .port();
+    // The image has perl-base, but no python3 http.server.
     sh_ok(
         &argv,
         &format!(
-            "systemd-run --unit=rdocker-listen python3 -m http.server --bind 127.0.0.1 {port}"
+            "systemd-run --unit=rdocker-listen perl -MIO::Socket::INET -e \
+             'my $s = IO::Socket::INET->new(LocalAddr => \"127.0.0.1\", LocalPort => {port}, \
+             Listen => 5) or die $!; sleep'"
         ),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "the testbed's service never listened on port {port} of the host"
+            "the testbed's service never listened on port {port} of the host: {}",
+            String::from_utf8_lossy(
+                &sh(
+                    &argv,
+                    "systemctl status rdocker-listen; journalctl -u rdocker-listen"
+                )
+                .stdout
+            )
         );
         std::thread::sleep(Duration::from_millis(50));
     }
