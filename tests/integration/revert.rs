@@ -98,35 +98,53 @@ fn init_with_host_network_frees_the_old_testbeds_ports() {
 
 #[test]
 fn a_bind_mount_is_left_alone_once_revert_answers() {
+    // A booted init, which does not end on SIGTERM, and a testbed that does.
+    let init = systemd_image();
+    let mut init_args = vec!["--init", init.as_str()];
+    init_args.extend(SYSTEMD_RUN_OPTIONS);
+    let plain = image();
+    for args in [init_args, vec![plain.as_str()]] {
+        bind_mount_case(&args);
+    }
+}
+
+fn bind_mount_case(args: &[&str]) {
     let host = TempDir::new("revert-bind");
-    // The testbed's normal user and root alike may write there.
     std::fs::set_permissions(
         host.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
     let bind = format!("{}:/shared", host.path().display());
-    let mut s = Server::start(&["-d", &image(), "-v", &bind]);
+    let mut all = vec!["-d"];
+    all.extend(args);
+    all.extend(["-v", &bind]);
+    let mut s = Server::start(&all);
     s.open();
     let argv = s.exec_argv();
     sh_ok(
         &argv,
-        "nohup sh -c 'while :; do date +%s%N >>/shared/ticks; sleep 0.01; done' \
-         >/dev/null 2>&1 &",
+        "setsid -f sh -c 'while :; do date +%s%N >>/shared/ticks; sleep 0.01; done' \
+         </dev/null >/dev/null 2>&1",
     );
     let ticks = host.path().join("ticks");
     let size = || std::fs::metadata(&ticks).map(|m| m.len()).unwrap_or(0);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let first = size();
     while size() <= first + 100 {
         assert!(
             Instant::now() < deadline,
-            "the testbed's loop never wrote to {}",
-            ticks.display()
+            "{all:?}: the testbed's loop never wrote to {} (size {})",
+            ticks.display(),
+            size()
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The spare is ready: revert only swaps.
     owned(s.pid(), 2);
+    if args.contains(&"--init") {
+        said_times(&s, "booted in", 2);
+    }
     let took = timed_revert(&mut s);
     let a = size();
     std::thread::sleep(Duration::from_millis(200));
@@ -134,7 +152,8 @@ fn a_bind_mount_is_left_alone_once_revert_answers() {
     assert_eq!(
         a,
         b,
-        "the old testbed still wrote to the bind mount after revert answered; stderr: {}",
+        "{all:?}: the old testbed still wrote to the bind mount after revert answered; \
+         stderr: {}",
         s.stderr()
     );
     assert!(
@@ -142,7 +161,7 @@ fn a_bind_mount_is_left_alone_once_revert_answers() {
         "{}",
         s.stderr()
     );
-    assert!(took <= REVERT_LIMIT, "revert took {took:?}");
+    assert!(took <= REVERT_LIMIT, "{all:?}: revert took {took:?}");
     s.quit();
 }
 
