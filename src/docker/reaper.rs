@@ -21,7 +21,7 @@ pub struct Job {
 }
 
 enum Msg {
-    Remove(Job),
+    Remove(Box<Job>),
     /// Answer once nothing is being removed.
     Drain(std_mpsc::Sender<()>),
 }
@@ -69,7 +69,7 @@ pub fn remove(job: Job) {
     };
     let name = job.name.clone();
     lock(&r.pending).push(name.clone());
-    if r.tx.send(Msg::Remove(job)).is_err() {
+    if r.tx.send(Msg::Remove(Box::new(job))).is_err() {
         lock(&r.pending).retain(|n| *n != name);
         left_behind(&name);
     }
@@ -114,7 +114,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pending: Arc<Mutex<Vec<String>>>) {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Remove(job)) => {
-                        running.spawn(remove_now(job, pending.clone()));
+                        running.spawn(remove_now(*job, pending.clone()));
                     }
                     Some(Msg::Drain(done)) => drains.push(done),
                     None => break,
