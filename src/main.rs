@@ -75,20 +75,40 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         CopyMode::Shared { dir, why } => debug!("shared directory {}: {why}", dir.display()),
     }
 
+    // Declared before the runtime, so dropped after it, on every path
+    // (panics too): containers dropped as the runtime ends are removed.
+    let _drain = DrainReaper;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async {
+    let exit = rt.block_on(async {
         // Before anything exists that a signal could leak.
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
         let client = docker::client::Client::connect(&endpoint).await?;
         debug!("API version {}", client.api_version());
         let tb =
             docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull, cli.init)?;
-        Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
-    })
+        anyhow::Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
+    });
+    // Drops the tasks still alive, and with them their containers; a
+    // blocking copy stuck on a fifo is not waited for.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    docker::reaper::drain(REAPER_LIMIT);
+    Ok(exit?.now())
+}
+
+/// How long exiting waits for the removal of dropped containers: a little
+/// over what one removal waits for a restarting daemon.
+const REAPER_LIMIT: Duration = Duration::from_secs(35);
+
+struct DrainReaper;
+
+impl Drop for DrainReaper {
+    fn drop(&mut self) {
+        docker::reaper::drain(REAPER_LIMIT);
+    }
 }
 
 /// The daemon: Podman's rules with --podman, the docker CLI's otherwise.

@@ -253,7 +253,23 @@ enum End {
     Signal(nix::sys::signal::Signal),
 }
 
-pub async fn serve<T: Testbed>(mut server: Server<T>, mut sigs: Terminations) -> ExitCode {
+/// How the process is to end, once the runtime is down and dropped
+/// containers are removed (main.rs).
+pub enum Exit {
+    Code(ExitCode),
+    Signal(nix::sys::signal::Signal),
+}
+
+impl Exit {
+    pub fn now(self) -> ExitCode {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(sig) => signals::die_of(sig),
+        }
+    }
+}
+
+pub async fn serve<T: Testbed>(mut server: Server<T>, mut sigs: Terminations) -> Exit {
     let mut input = read_input();
     let mut pending: VecDeque<Input> = VecDeque::new();
     let mut input_done = false;
@@ -337,12 +353,12 @@ pub async fn serve<T: Testbed>(mut server: Server<T>, mut sigs: Terminations) ->
     match end {
         End::Quit => {
             say("ok");
-            ExitCode::SUCCESS
+            Exit::Code(ExitCode::SUCCESS)
         }
         End::Bomb(m) => {
             eprintln!("{PROG}: failure: {m}");
-            ExitCode::from(EXIT_FAILURE)
+            Exit::Code(ExitCode::from(EXIT_FAILURE))
         }
-        End::Signal(sig) => signals::die_of(sig),
+        End::Signal(sig) => Exit::Signal(sig),
     }
 }

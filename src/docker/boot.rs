@@ -78,7 +78,15 @@ pub async fn wait(client: &Client, c: &Container) -> Result<()> {
         Ok(Err(e)) => format!("{e:#}"),
         Err(_) => format!("still booting after {} s", limit.as_secs()),
     };
-    if let Some(status) = exited(client, &c.id).await {
+    // The daemon can report the init's exit a moment after the check's
+    // exec died of it (exit 137, under load).
+    let mut status = exited(client, &c.id).await;
+    let settle = tokio::time::Instant::now() + Duration::from_secs(2);
+    while status.is_none() && tokio::time::Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        status = exited(client, &c.id).await;
+    }
+    if let Some(status) = status {
         let printed = last_output(client, &c.id).await;
         bail!(
             "the testbed's init ({INIT}, --init) exited with status {status} before it had \

@@ -29,6 +29,9 @@ pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
 /// How long removal waits for an unreachable daemon to come back.
 const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long revert waits for a SIGKILLed testbed to stop.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// PID 1 with --init, as the reference runs it.
 pub const INIT: &str = "/sbin/init";
 
@@ -171,7 +174,8 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// A running testbed container. Dropping it removes the container.
+/// A running testbed container. Remove it with `remove`; dropping it
+/// leaves the removal to the reaper (reaper.rs).
 pub struct Container {
     pub id: String,
     pub name: String,
@@ -294,15 +298,16 @@ impl Container {
     }
 
     /// End the testbed without a grace period; the container stays until
-    /// `remove`. With `wait`, return once all its processes are dead (a
-    /// SIGKILL, which the daemon waits out, with the unmount of the root:
-    /// a second after a build). Without, ask PID 1 to exit (SIGTERM, which
-    /// it traps and the daemon does not wait for): the kernel then kills
-    /// every other process of the container's pid namespace.
+    /// `remove`. With `wait`, SIGKILL, and return once the daemon reports
+    /// it not running: every process dead (its pid namespace went with
+    /// PID 1), their ports and files closed. Without, ask PID 1 to exit
+    /// (SIGTERM, which it traps and the daemon does not wait for): the
+    /// kernel then kills every other process of the container's pid
+    /// namespace.
     pub async fn kill(&self, wait: bool) -> Result<()> {
         if self.init && !wait {
-            // An init does not end on SIGTERM (systemd re-executes itself),
-            // and SIGKILL is waited out: the removal that follows kills it.
+            // An init does not end on SIGTERM (systemd re-executes itself):
+            // the removal that follows kills it.
             return Ok(());
         }
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::new()
@@ -314,12 +319,63 @@ impl Container {
             .kill_container(&self.id, Some(opts))
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             // Gone, or not running: nothing runs in it either way.
-            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
-            Err(e) => Err(anyhow::Error::new(e)
-                .context(format!("cannot kill testbed container {}", self.name))),
+            Err(e) if matches!(status_of(&e), Some(404 | 409)) => return Ok(()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot kill testbed container {}", self.name)))
+            }
         }
+        if wait {
+            self.wait_stopped().await?;
+        }
+        Ok(())
+    }
+
+    /// Until the daemon reports the container not running. Docker's kill
+    /// with SIGKILL already waits for that; Podman's does not.
+    async fn wait_stopped(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + KILL_WAIT;
+        loop {
+            match self.client.docker.inspect_container(&self.id, None).await {
+                Ok(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => return Ok(()),
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "cannot ask the daemon whether testbed container {} has stopped",
+                        self.name
+                    )))
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "testbed container {} still runs {} s after SIGKILL, so the next testbed, \
+                     which it could interfere with, is not handed out; see `docker inspect {}` \
+                     and the daemon's log (a process stuck in the kernel?)",
+                    self.name,
+                    KILL_WAIT.as_secs(),
+                    self.name
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Remove a container known by id, and never hand it to the reaper
+    /// again: for the reaper itself.
+    pub async fn remove_once(client: Client, id: String, name: String) -> Result<()> {
+        let mut c = Container {
+            id,
+            name,
+            client,
+            removed: false,
+            init: false,
+        };
+        let r = c.remove().await;
+        c.removed = true;
+        r
     }
 
     /// Kill and remove at once: nothing in a testbed is worth a grace period.
@@ -382,33 +438,12 @@ impl Drop for Container {
         if self.removed {
             return;
         }
-        // Async code cannot run in drop; a fresh runtime on a plain thread
-        // can, whatever the state of the caller's runtime.
-        let endpoint = self.client.endpoint.clone();
-        let version = self.client.api_version();
-        let id = self.id.clone();
-        let name = self.name.clone();
-        let joined = std::thread::spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let client = Client::connect_with_version(&endpoint, &version)?;
-                let mut c = Container {
-                    id,
-                    name,
-                    client,
-                    removed: false,
-                    init: false,
-                };
-                let r = c.remove().await;
-                c.removed = true;
-                r
-            })
-        })
-        .join();
-        if let Ok(Err(e)) = joined {
-            eprintln!("autopkgtest-virt-rdocker: {e:#}");
-        }
+        // Off this thread: it may be an async worker.
+        super::reaper::remove(super::reaper::Job {
+            endpoint: self.client.endpoint.clone(),
+            version: self.client.api_version(),
+            id: self.id.clone(),
+            name: self.name.clone(),
+        });
     }
 }

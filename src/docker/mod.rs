@@ -16,6 +16,7 @@ pub mod exec;
 pub mod pipes;
 pub mod platform;
 pub mod reap;
+pub mod reaper;
 pub mod runopts;
 pub mod tree;
 
@@ -101,31 +102,47 @@ impl Ready {
 
 /// Create and start a container and make it a testbed: the scratch
 /// directory, the normal user, the direct root and the agent. A failure
-/// removes the container (Container's drop).
+/// removes the container.
 async fn prepare(r: Recipe) -> Result<Ready> {
-    let c = Container::create(&r.client, &r.image, &r.run, r.binds.clone(), r.init).await?;
+    let mut c = Container::create(&r.client, &r.image, &r.run, r.binds.clone(), r.init).await?;
     debug!(
         "started container {} ({})",
         c.name,
         &c.id[..12.min(c.id.len())]
     );
+    match set_up(&r, &c).await {
+        Ok((direct, execs_as_root, normal_user)) => Ok(Ready {
+            container: c,
+            direct,
+            execs_as_root,
+            normal_user,
+        }),
+        Err(e) => {
+            if let Err(re) = c.remove().await {
+                eprintln!("{}: {re:#}", crate::PROG);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Everything `prepare` does once the container runs: its direct root,
+/// whether execs run as root, and the normal user if looked up.
+type SetUp = (Option<Arc<direct::Root>>, bool, Option<Option<String>>);
+
+async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
     if r.init {
         let t = std::time::Instant::now();
-        boot::wait(&r.client, &c).await?;
+        boot::wait(&r.client, c).await?;
         debug!("{} booted in {:.2?}", c.name, t.elapsed());
     }
     let id = c.id.clone();
-    let mut ready = Ready {
-        container: c,
-        direct: None,
-        execs_as_root: false,
-        normal_user: None,
-    };
+    let mut execs_as_root = false;
     let mut root = None;
     if r.local {
-        match open_root(&r.client, &id, &ready.container.name).await {
+        match open_root(&r.client, &id, &c.name).await {
             Ok((rt, as_root)) => {
-                ready.execs_as_root = as_root;
+                execs_as_root = as_root;
                 debug!("files and directories are copied through the testbed's root directly");
                 root = Some(rt);
             }
@@ -160,9 +177,10 @@ async fn prepare(r: Recipe) -> Result<Ready> {
     };
     let (made, user) = tokio::join!(mk, user);
     made?;
-    ready.normal_user = user?;
+    let normal_user = user?;
+    let mut direct = None;
     if let Some(mut rt) = root {
-        if ready.execs_as_root {
+        if execs_as_root {
             match agent::start(&r.client, &id, &rt).await {
                 Ok(ctl) => {
                     rt.set_agent(ctl);
@@ -171,9 +189,9 @@ async fn prepare(r: Recipe) -> Result<Ready> {
                 Err(e) => debug!("commands start through docker exec: {e:#}"),
             }
         }
-        ready.direct = Some(Arc::new(rt));
+        direct = Some(Arc::new(rt));
     }
-    Ok(ready)
+    Ok((direct, execs_as_root, normal_user))
 }
 
 impl DockerTestbed {
@@ -386,6 +404,31 @@ impl DockerTestbed {
         Ok(())
     }
 
+    /// What a testbed shares with the next one, through which what still
+    /// runs in it (a service, a background loop) could reach the next:
+    /// then revert kills it before handing the next one out.
+    fn shared_with_next(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if self.init {
+            why.push("a booted system's services (--init)".to_string());
+        }
+        match self.run.network.as_deref() {
+            Some(n @ "host") => why.push(format!("the network namespace (--network {n})")),
+            Some(n) if n.starts_with("container:") || n.starts_with("ns:") => {
+                why.push(format!("the network namespace (--network {n})"))
+            }
+            _ => {}
+        }
+        // Read-only too: a socket or fifo in it still carries messages.
+        if !self.run.binds.is_empty() {
+            why.push(format!("mounts (-v {})", self.run.binds.join(", -v ")));
+        }
+        if let Some(dir) = self.shared_dir() {
+            why.push(format!("the shared directory {}", dir.display()));
+        }
+        why
+    }
+
     fn clean_shared_dir(&self) -> Result<()> {
         if let Some(dir) = self.shared_dir() {
             let d = dir.join("downtmp");
@@ -508,30 +551,46 @@ impl Testbed for DockerTestbed {
         // The spare made while this testbed ran takes its place, and the
         // old one is ended at once and removed in the background: revert
         // costs neither a create and start, nor the daemon unmounting and
-        // deleting what the tests installed. Without a spare, the new testbed is
-        // made meanwhile. They share no name, and a shared directory is
-        // emptied after the kill, before the new testbed is handed out.
+        // deleting what the tests installed. Without a spare, the new
+        // testbed is made meanwhile. They share no name, and a shared
+        // directory is emptied after the kill, before the new testbed is
+        // handed out.
         let old = self.container.take();
         self.direct = None;
         let spare = self.take_spare().await;
         let recipe = self.recipe()?;
         let downtmp = recipe.downtmp.clone();
+        let shared = self.shared_with_next();
         let next = async {
             match spare {
                 Some(r) => Ok(r),
                 None => prepare(recipe).await,
             }
         };
-        // Only a shared directory, which the old testbed could still write
-        // to, needs its processes dead before revert answers.
-        let wait = self.shared_dir().is_some();
-        let kill = async {
-            match &old {
-                Some(c) => c.kill(wait).await,
-                None => Ok(()),
+        let (killed, next) = match (&old, shared.is_empty()) {
+            (None, _) => (Ok(()), next.await),
+            (Some(c), true) => {
+                debug!(
+                    "revert: {} ends in the background, as it shares no network, mount or \
+                     init with the next testbed",
+                    c.name
+                );
+                tokio::join!(c.kill(false), next)
+            }
+            (Some(c), false) => {
+                // What still runs in it could reach the next testbed: it
+                // dies first (a fresh container is made only after, too).
+                debug!(
+                    "revert: killing {} before handing out the next testbed, as they share {}",
+                    c.name,
+                    shared.join(", ")
+                );
+                let t = std::time::Instant::now();
+                let killed = c.kill(true).await;
+                debug!("{} dead after {:.2?}", c.name, t.elapsed());
+                (killed, next.await)
             }
         };
-        let (killed, next) = tokio::join!(kill, next);
         if let Some(old) = old {
             // Retired even if the kill failed: stop() then removes it.
             let retired = self.retire(old).await;

@@ -16,3 +16,4 @@ mod options;
 mod protocol;
 mod pull;
 mod reap;
+mod revert;
