@@ -280,6 +280,17 @@ impl DockerTestbed {
     /// Make the next testbed in the background. Only after a testbed is
     /// up: the two would compete for the daemon.
     fn make_spare(&mut self) -> Result<()> {
+        // A booted spare runs its services while the test runs: on a
+        // shared network they would take the test's ports (an sshd in the
+        // image, say) or fail for want of them. The next testbed then
+        // boots only once this one is dead: revert costs a boot.
+        if self.init && self.shares_network() {
+            debug!(
+                "no spare testbed: under --init it would boot beside this one, on the same \
+                 network"
+            );
+            return Ok(());
+        }
         let mut r = self.recipe()?;
         r.find_user = false;
         self.spare = Some(tokio::spawn(prepare(r)));
@@ -407,6 +418,12 @@ impl DockerTestbed {
     /// What a testbed shares with the next one, through which what still
     /// runs in it (a service, a background loop) could reach the next:
     /// then revert kills it before handing the next one out.
+    fn shares_network(&self) -> bool {
+        self.run.network.as_deref().is_some_and(|n| {
+            n == "host" || n.starts_with("container:") || n.starts_with("ns:")
+        })
+    }
+
     fn shared_with_next(&self) -> Vec<String> {
         let mut why = Vec::new();
         if self.init {

@@ -6,7 +6,8 @@ use crate::util::*;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-/// What revert may cost when its spare is ready.
+/// What revert may cost, with its spare ready, or booting the next
+/// testbed once the old one is dead.
 const REVERT_LIMIT: Duration = Duration::from_secs(1);
 
 /// Wait until the server has said `needle` `n` times on stderr.
@@ -69,8 +70,10 @@ fn init_with_host_network_frees_the_old_testbeds_ports() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The spare has booted: revert only swaps.
-    said_times(&s, "booted in", 2);
+    // No spare: booted beside this testbed on the host's network, its
+    // services would have met the test's.
+    assert!(s.stderr_says("no spare testbed: under --init"), "{}", s.stderr());
+    owned(s.pid(), 1);
     let took = timed_revert(&mut s);
     let freed = TcpListener::bind(("127.0.0.1", port));
     assert!(
@@ -86,7 +89,8 @@ fn init_with_host_network_frees_the_old_testbeds_ports() {
         "{}",
         s.stderr()
     );
-    assert!(took <= REVERT_LIMIT, "revert took {took:?}");
+    // A boot, not a swap: measured 0.8-2.1 s here, by load.
+    assert!(took <= Duration::from_secs(5), "revert took {took:?}");
     drop(freed);
     // The new testbed is booted and does not run the old one's service.
     let argv = s.exec_argv();
