@@ -101,6 +101,32 @@ pub async fn wait(client: &Client, c: &Container) -> Result<()> {
     ))
 }
 
+/// Whether the testbed's first process has died since it started (an
+/// exec format error for want of an emulator, an image without /bin/sh, an
+/// entrypoint that exits): then the error that says so, with its status
+/// and last output. `open` must never answer ok for such a testbed.
+pub async fn died(client: &Client, c: &Container, platform: Option<&str>) -> Option<anyhow::Error> {
+    let status = exited(client, &c.id).await?;
+    let printed = last_output(client, &c.id).await;
+    let hint = match platform {
+        Some(p) => format!(
+            "; with --platform {p}, the host must be able to run {p} binaries (an exec format \
+             error means it cannot: install qemu-user-static and binfmt-support on the \
+             daemon's host, or `docker run --privileged --rm tonistiigi/binfmt --install all` \
+             there)"
+        ),
+        None => "; the image needs a /bin/sh that this host runs (an exec format error: the \
+                 image is for another architecture; name it with --platform, and install \
+                 qemu-user-static and binfmt-support)"
+            .to_string(),
+    };
+    Some(anyhow!(
+        "the testbed container {} stopped right after it started: its first process exited \
+         with status {status}{printed}{hint}",
+        c.name
+    ))
+}
+
 /// The exit status of a container that is no longer running.
 async fn exited(client: &Client, id: &str) -> Option<i64> {
     let state = client
@@ -127,7 +153,8 @@ async fn last_output(client: &Client, id: &str) -> String {
                 .lines()
                 .map(str::trim)
                 .filter(|l| !l.is_empty())
-                .map(String::from),
+                // The image's words: bounded, whatever it printed.
+                .map(|l| l.chars().take(500).collect::<String>()),
         );
     }
     if lines.is_empty() {

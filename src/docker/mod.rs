@@ -110,7 +110,17 @@ async fn prepare(r: Recipe) -> Result<Ready> {
         c.name,
         &c.id[..12.min(c.id.len())]
     );
-    match set_up(&r, &c).await {
+    // A first process that died makes every step fail; its own story is
+    // the error then. And a testbed is never handed out dead.
+    let platform = r.run.platform.as_deref();
+    let set = match set_up(&r, &c).await {
+        Ok(s) => match boot::died(&r.client, &c, platform).await {
+            Some(e) => Err(e),
+            None => Ok(s),
+        },
+        Err(e) => Err(boot::died(&r.client, &c, platform).await.unwrap_or(e)),
+    };
+    match set {
         Ok((direct, execs_as_root, normal_user)) => Ok(Ready {
             container: c,
             direct,
@@ -354,6 +364,9 @@ impl DockerTestbed {
             self.pulled = true;
         }
         let recipe = self.recipe()?;
+        if let Some(p) = &recipe.run.platform {
+            check_platform(p, !matches!(self.copy_mode, CopyMode::Api { local: false, .. }))?;
+        }
         let downtmp = recipe.downtmp.clone();
         self.install(prepare(recipe).await?);
         Ok(downtmp)
@@ -457,6 +470,24 @@ impl DockerTestbed {
         }
         Ok(())
     }
+}
+
+/// Whether the host can run `--platform`, before anything starts. Beside
+/// a local daemon its kernel is ours, and /proc says; a remote daemon's
+/// cannot be read from here, and a testbed that cannot run is reported
+/// when its first process dies.
+fn check_platform(p: &str, local: bool) -> Result<()> {
+    if !local {
+        debug!("--platform {p}: the daemon is remote, so its binfmt handlers are not checked here");
+        return Ok(());
+    }
+    let runs = platform::check_local(
+        p,
+        Path::new("/proc/sys/fs/binfmt_misc"),
+        std::env::consts::ARCH,
+    )?;
+    debug!("--platform {p}: this host runs it {runs}");
+    Ok(())
 }
 
 /// The container's root, through its PID 1 as this machine sees it, and

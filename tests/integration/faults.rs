@@ -471,3 +471,42 @@ fn a_tar_that_writes_for_ever_cannot_exhaust_memory() {
     }
     s.quit();
 }
+
+/// An image whose /bin/sh cannot run here (as a foreign image without its
+/// binfmt handler): the daemon starts the container, and its first process
+/// dies of an exec format error. `open` must fail, saying so, and leave
+/// nothing behind; before, it answered ok and every command then failed.
+#[test]
+fn open_fails_when_the_first_process_dies() {
+    let broken = "rdocker-test/broken-sh:1";
+    let have = std::process::Command::new("docker")
+        .args(["image", "inspect", broken])
+        .output()
+        .expect("the docker CLI makes the broken image");
+    if !have.status.success() {
+        let name = format!("rdocker-it-broken-{}", std::process::id());
+        let run = std::process::Command::new("docker")
+            .args(["run", "--name", &name, &image(), "sh", "-c"])
+            .arg("rm /bin/sh && printf '\\177ELF\\2\\1\\1garbage' > /bin/sh && chmod 755 /bin/sh")
+            .status()
+            .unwrap();
+        assert!(run.success());
+        let commit = std::process::Command::new("docker")
+            .args(["commit", &name, broken])
+            .status()
+            .unwrap();
+        let _ = std::process::Command::new("docker").args(["rm", &name]).status();
+        assert!(commit.success());
+    }
+    let mut s = Server::start(&[broken]);
+    s.send("open");
+    let st = s.wait(Duration::from_secs(60));
+    assert_ne!(st.code(), Some(0), "{}", s.stderr());
+    assert!(
+        s.stderr_says("stopped right after it started")
+            && s.stderr_says("exited with status"),
+        "{}",
+        s.stderr()
+    );
+    assert_no_containers(s.pid());
+}
