@@ -1,6 +1,7 @@
 #!/bin/bash
 # The whole test suite, from a fresh Debian machine: provisions what it
 # needs (packages, a running dockerd, the test images), then runs
+#   0. clippy, rustfmt and the import-circle check,
 #   1. unit and integration tests (cargo test; the real daemon, no mocks),
 #   2. the Debian package build, lintian, install, and the man page check,
 #   3. a real autopkgtest run of the project's test package through rdocker,
@@ -48,6 +49,12 @@ command -v cargo >/dev/null || {
 step "provision"
 ci/provision.sh
 done_step "provisioned"
+
+step "lint: clippy, rustfmt, no import circle in src/"
+cargo clippy --locked --all-targets -- -D warnings
+cargo fmt --check
+python3 ci/check-imports.py
+done_step "lint clean"
 
 step "cargo test (unit and integration, against the real daemon)"
 cargo test --locked

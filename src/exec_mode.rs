@@ -9,12 +9,11 @@ use std::process::ExitCode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::docker::agent;
-use crate::docker::client::Client;
-use crate::docker::direct::Root;
-use crate::docker::endpoint::{Endpoint, ExecArgs};
-use crate::docker::exec::{self, Sink, TestbedGone};
-use crate::docker::pipes;
+use crate::docker::api::exec::{self, Sink, TestbedGone};
+use crate::docker::daemon::client::Client;
+use crate::docker::daemon::endpoint::{Endpoint, ExecArgs};
+use crate::docker::host::root::Root;
+use crate::docker::host::{agent, pipes};
 
 /// The hidden first argument that selects this mode.
 pub const FLAG: &str = "--internal-exec";
@@ -213,7 +212,7 @@ async fn through_agent(
     token: &str,
     command: &[String],
 ) -> Option<(Result<i64>, bool)> {
-    let argv = exec::wrapped(token, command, exec::Stdio::Agent);
+    let argv = exec::wrapped(token, command, &agent::prelude());
     // Any failure before the agent has the token leaves the command ours.
     let st = agent::submit(root, fifos, token, &argv).ok()??;
     match agent::wait(st, fifos, root, || pumps.ready()).await {
@@ -251,7 +250,7 @@ impl Sink for ReadySink<'_> {
 
 async fn run(args: Args) -> Result<u8> {
     let client = Client::connect_with_version(&args.endpoint, &args.api_version)?;
-    let token = crate::docker::container::random_hex(8);
+    let token = crate::docker::names::random_hex(8);
     let root = args.root.as_deref().and_then(|h| Root::attach(h).ok());
     // Where the fifos cannot be made, the exec's own streams carry stdio.
     let mut fifo_route = fifos(root.as_ref(), &token);
@@ -267,7 +266,7 @@ async fn run(args: Args) -> Result<u8> {
                 if let Some(done) = through_agent(root, fifos, pumps, &token, &args.command).await {
                     return done;
                 }
-                let argv = exec::wrapped(&token, &args.command, exec::Stdio::Fifos);
+                let argv = exec::wrapped(&token, &args.command, pipes::PRELUDE);
                 let mut s = ReadySink {
                     inner: &mut sink,
                     pumps,
@@ -285,7 +284,7 @@ async fn run(args: Args) -> Result<u8> {
                 (r, s.seen)
             }
             _ => {
-                let argv = exec::wrapped(&token, &args.command, exec::Stdio::Exec);
+                let argv = exec::wrapped(&token, &args.command, "");
                 let stdin = stdin_pump();
                 let r = exec::run(
                     &client,

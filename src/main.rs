@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use docker::endpoint::{self, CopyMode, Endpoint, Evidence};
+use docker::daemon::endpoint::Endpoint;
+use docker::daemon::locality::{self, CopyMode, Evidence};
 
 pub const PROG: &str = "autopkgtest-virt-rdocker";
 
@@ -52,10 +53,11 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         return reap(&cli);
     }
     let image = cli.image.clone().context("no IMAGE given")?;
-    let run_opts = docker::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
+    let run_opts =
+        docker::life::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
     let copy_timeout = copy_timeout()?;
     let endpoint = endpoint(&cli)?;
-    let copy_mode = endpoint::choose_copy_mode(
+    let copy_mode = locality::choose_copy_mode(
         &endpoint,
         &Evidence::gather(),
         cli.remote,
@@ -86,7 +88,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let exit = rt.block_on(async {
         // Before anything exists that a signal could leak.
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
-        let client = docker::client::Client::connect(&endpoint).await?;
+        let client = docker::daemon::client::Client::connect(&endpoint).await?;
         debug!("API version {}", client.api_version());
         let tb =
             docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull, cli.init)?;
@@ -95,7 +97,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     // Drops the tasks still alive, and with them their containers; a
     // blocking copy stuck on a fifo is not waited for.
     rt.shutdown_timeout(Duration::from_millis(500));
-    docker::reaper::drain(REAPER_LIMIT);
+    docker::life::reaper::drain(REAPER_LIMIT);
     Ok(exit?.now())
 }
 
@@ -107,13 +109,13 @@ struct DrainReaper;
 
 impl Drop for DrainReaper {
     fn drop(&mut self) {
-        docker::reaper::drain(REAPER_LIMIT);
+        docker::life::reaper::drain(REAPER_LIMIT);
     }
 }
 
 /// The daemon: Podman's rules with --podman, the docker CLI's otherwise.
 fn endpoint(cli: &cli::Cli) -> Result<Endpoint> {
-    let env = docker::context::Env::process();
+    let env = docker::daemon::context::Env::process();
     if cli.podman {
         Endpoint::podman(&env)
     } else {
@@ -128,8 +130,8 @@ fn reap(cli: &cli::Cli) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let client = docker::client::Client::connect(&endpoint).await?;
-        docker::reap::reap(&client).await
+        let client = docker::daemon::client::Client::connect(&endpoint).await?;
+        docker::life::reap::reap(&client).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

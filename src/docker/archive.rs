@@ -829,6 +829,10 @@ mod tests {
         }
         extract_tree(&tar[..], &dst).unwrap();
         let md = fs::metadata(dst.join("open")).unwrap();
-        assert_eq!(md.permissions().mode() & 0o7777, 0o664, "no write for others");
+        assert_eq!(
+            md.permissions().mode() & 0o7777,
+            0o664,
+            "no write for others"
+        );
     }
 }

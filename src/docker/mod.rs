@@ -1,24 +1,12 @@
 //! Docker as the testbed: one container per open/revert, reached only
 //! through the Engine API.
 
-pub mod agent;
+pub mod api;
 pub mod archive;
-pub mod auth;
-pub mod boot;
-pub mod client;
-pub mod container;
-pub mod context;
-pub mod copy;
-pub mod confined;
-pub mod direct;
-pub mod endpoint;
-pub mod exec;
-pub mod pipes;
-pub mod platform;
-pub mod reap;
-pub mod reaper;
-pub mod runopts;
-pub mod tree;
+pub mod daemon;
+pub mod host;
+pub mod life;
+pub mod names;
 
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
@@ -26,10 +14,14 @@ use std::sync::Arc;
 
 use crate::debug;
 use crate::testbed::Testbed;
-use client::Client;
-use container::Container;
-use endpoint::CopyMode;
-use runopts::RunOptions;
+use api::copy;
+use daemon::client::Client;
+use daemon::context;
+use daemon::locality::CopyMode;
+use host::{agent, root as direct, tree};
+use life::container::{self, Container};
+use life::runopts::RunOptions;
+use life::{boot, platform};
 
 pub struct DockerTestbed {
     client: Client,
@@ -150,7 +142,7 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
     let mut execs_as_root = false;
     let mut root = None;
     if r.local {
-        match open_root(&r.client, &id, &c.name).await {
+        match direct::find(&r.client, &id, &c.name).await {
             Ok((rt, as_root)) => {
                 execs_as_root = as_root;
                 debug!("files and directories are copied through the testbed's root directly");
@@ -171,7 +163,7 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
                 Err(e) => debug!("{e:#}; through the API instead"),
             }
         }
-        make_dir(&r.client, &id, &r.downtmp).await
+        copy::make_scratch_dir(&r.client, &id, &r.downtmp).await
     };
     let user = async {
         if !r.find_user {
@@ -183,7 +175,9 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
                 Err(e) => debug!("{e:#}; through the API instead"),
             }
         }
-        find_normal_user(&r.client, &id).await.map(Some)
+        copy::read_small_file(&r.client, &id, "/etc/passwd")
+            .await
+            .map(|t| Some(t.as_deref().and_then(first_normal_user)))
     };
     let (made, user) = tokio::join!(mk, user);
     made?;
@@ -271,7 +265,7 @@ impl DockerTestbed {
         let downtmp = match (self.shared_dir(), &self.downtmp) {
             (Some(dir), _) => dir.join("downtmp").to_string_lossy().into_owned(),
             (None, Some(d)) => d.clone(),
-            (None, None) => format!("/tmp/autopkgtest.{}", container::random_hex(3)),
+            (None, None) => format!("/tmp/autopkgtest.{}", names::random_hex(3)),
         };
         self.downtmp = Some(downtmp.clone());
         Ok(Recipe {
@@ -365,7 +359,10 @@ impl DockerTestbed {
         }
         let recipe = self.recipe()?;
         if let Some(p) = &recipe.run.platform {
-            check_platform(p, !matches!(self.copy_mode, CopyMode::Api { local: false, .. }))?;
+            platform::check(
+                p,
+                !matches!(self.copy_mode, CopyMode::Api { local: false, .. }),
+            )?;
         }
         let downtmp = recipe.downtmp.clone();
         self.install(prepare(recipe).await?);
@@ -432,9 +429,10 @@ impl DockerTestbed {
     /// runs in it (a service, a background loop) could reach the next:
     /// then revert kills it before handing the next one out.
     fn shares_network(&self) -> bool {
-        self.run.network.as_deref().is_some_and(|n| {
-            n == "host" || n.starts_with("container:") || n.starts_with("ns:")
-        })
+        self.run
+            .network
+            .as_deref()
+            .is_some_and(|n| n == "host" || n.starts_with("container:") || n.starts_with("ns:"))
     }
 
     fn shared_with_next(&self) -> Vec<String> {
@@ -472,99 +470,8 @@ impl DockerTestbed {
     }
 }
 
-/// Whether the host can run `--platform`, before anything starts. Beside
-/// a local daemon its kernel is ours, and /proc says; a remote daemon's
-/// cannot be read from here, and a testbed that cannot run is reported
-/// when its first process dies.
-fn check_platform(p: &str, local: bool) -> Result<()> {
-    if !local {
-        debug!("--platform {p}: the daemon is remote, so its binfmt handlers are not checked here");
-        return Ok(());
-    }
-    let runs = platform::check_local(
-        p,
-        Path::new("/proc/sys/fs/binfmt_misc"),
-        std::env::consts::ARCH,
-    )?;
-    debug!("--platform {p}: this host runs it {runs}");
-    Ok(())
-}
-
-/// The container's root, through its PID 1 as this machine sees it, and
-/// whether execs run as root there.
-async fn open_root(client: &Client, id: &str, name: &str) -> Result<(direct::Root, bool)> {
-    let c = client
-        .docker
-        .inspect_container(id, None)
-        .await
-        .context("cannot inspect the testbed")?;
-    let user = c
-        .config
-        .as_ref()
-        .and_then(|c| c.user.clone())
-        .unwrap_or_default();
-    let as_root = matches!(user.split(':').next(), Some("" | "root" | "0"));
-    let hostname = c.config.and_then(|c| c.hostname).unwrap_or_default();
-    let pid = c
-        .state
-        .and_then(|s| s.pid)
-        .filter(|p| *p > 0)
-        .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
-    // Bounded: a process that never takes the name is not the testbed.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while direct::first_process(pid, name)? == direct::FirstProcess::Starting
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    Ok((direct::Root::open(pid, name, &hostname)?, as_root))
-}
-
-/// Create the scratch directory, mode 1777 like the reference's, with one
-/// archive upload instead of a `mkdir` exec.
-async fn make_dir(client: &Client, container: &str, path: &str) -> Result<()> {
-    let (parent, name) = copy::split_testbed_path(path);
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(0o1777);
-    h.set_size(0);
-    h.set_mtime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    );
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
-    let body = b.into_inner()?;
-    let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
-        .path(&parent)
-        .build();
-    client
-        .docker
-        .upload_to_container(container, Some(opts), bollard::body_full(body.into()))
-        .await
-        .with_context(|| format!("cannot create the scratch directory {path} in the testbed"))
-}
-
 /// The first user in Debian Policy's dynamically allocated range
-/// (1000-59999), read from the image's /etc/passwd.
-async fn find_normal_user(client: &Client, container: &str) -> Result<Option<String>> {
-    let dir = std::env::temp_dir().join(format!("rdocker-passwd-{}", container::random_hex(6)));
-    std::fs::create_dir(&dir)?;
-    let file = dir.join("passwd");
-    let got = copy::pull(client, container, "/etc/passwd", &file, false).await;
-    let text = got.and_then(|_| Ok(std::fs::read_to_string(&file)?));
-    let _ = std::fs::remove_dir_all(&dir);
-    match text {
-        Ok(t) => Ok(first_normal_user(&t)),
-        Err(e) => {
-            debug!("no /etc/passwd in the testbed: {e:#}");
-            Ok(None)
-        }
-    }
-}
-
+/// (1000-59999) of an /etc/passwd.
 pub fn first_normal_user(passwd: &str) -> Option<String> {
     passwd
         .lines()

@@ -495,7 +495,9 @@ fn open_fails_when_the_first_process_dies() {
             .args(["commit", &name, broken])
             .status()
             .unwrap();
-        let _ = std::process::Command::new("docker").args(["rm", &name]).status();
+        let _ = std::process::Command::new("docker")
+            .args(["rm", &name])
+            .status();
         assert!(commit.success());
     }
     let mut s = Server::start(&[broken]);
@@ -503,8 +505,7 @@ fn open_fails_when_the_first_process_dies() {
     let st = s.wait(Duration::from_secs(60));
     assert_ne!(st.code(), Some(0), "{}", s.stderr());
     assert!(
-        s.stderr_says("stopped right after it started")
-            && s.stderr_says("exited with status"),
+        s.stderr_says("stopped right after it started") && s.stderr_says("exited with status"),
         "{}",
         s.stderr()
     );

@@ -82,7 +82,10 @@ impl Drop for LoopDev {
 
 fn echo_ok(argv: &[String], n: usize) {
     for i in 0..n {
-        assert_eq!(sh_ok(argv, &format!("echo alive-{i}")), format!("alive-{i}\n"));
+        assert_eq!(
+            sh_ok(argv, &format!("echo alive-{i}")),
+            format!("alive-{i}\n")
+        );
     }
 }
 
@@ -239,7 +242,11 @@ fn copies_under_swaps_on(route: &[&str]) {
         {
             "ok" => {
                 ok += 1;
-                assert_eq!(fs::read_to_string(&target).unwrap(), "genuine\n", "{route:?}");
+                assert_eq!(
+                    fs::read_to_string(&target).unwrap(),
+                    "genuine\n",
+                    "{route:?}"
+                );
             }
             "copy-failed" => {
                 refused += 1;
@@ -253,7 +260,10 @@ fn copies_under_swaps_on(route: &[&str]) {
         if let Ok(md) = fs::symlink_metadata(tree.join("victim")) {
             // Stored as what it was: a link, a fifo, or the file itself.
             if md.is_file() {
-                assert_eq!(fs::read_to_string(tree.join("victim")).unwrap(), "genuine\n");
+                assert_eq!(
+                    fs::read_to_string(tree.join("victim")).unwrap(),
+                    "genuine\n"
+                );
             }
             use std::os::unix::fs::FileTypeExt;
             let ft = md.file_type();
@@ -266,7 +276,10 @@ fn copies_under_swaps_on(route: &[&str]) {
         assert!(r == "ok" || r == "copy-failed", "{route:?}: {r}");
     }
     eprintln!("{route:?}: {ok} copies of the swapped file, {refused} refused");
-    assert!(disk.untouched(), "{route:?}: rdocker wrote to a host block device");
+    assert!(
+        disk.untouched(),
+        "{route:?}: rdocker wrote to a host block device"
+    );
     assert_eq!(
         kmsg_lines(|m| m.contains("down-marker")),
         0,
@@ -300,7 +313,10 @@ fn sparse_files_keep_their_holes_both_ways() {
     );
     let host = TempDir::new("sparse");
     let t = Instant::now();
-    s.ok(&format!("copyup {d}/sparse {}/sparse", host.path().display()));
+    s.ok(&format!(
+        "copyup {d}/sparse {}/sparse",
+        host.path().display()
+    ));
     let took = t.elapsed();
     let md = fs::metadata(host.path().join("sparse")).unwrap();
     assert_eq!(md.len(), 8 << 30);
@@ -317,7 +333,10 @@ fn sparse_files_keep_their_holes_both_ways() {
         .read_exact_at(&mut buf, 4294967296)
         .unwrap();
     assert_eq!(&buf, b"data");
-    eprintln!("8 GiB sparse copyup: {took:?}, {} blocks on the host", md.blocks());
+    eprintln!(
+        "8 GiB sparse copyup: {took:?}, {} blocks on the host",
+        md.blocks()
+    );
     // A tree too: its file goes through tar on the host side.
     s.ok(&format!("copyup {d}/t/ {}/t/", host.path().display()));
     let md = fs::metadata(host.path().join("t/s")).unwrap();
@@ -329,8 +348,10 @@ fn sparse_files_keep_their_holes_both_ways() {
     let rargv = r.exec_argv();
     sh_ok(
         &rargv,
-        &format!("mkdir {rd}/t && truncate -s 8G {rd}/t/s && printf data | dd of={rd}/t/s bs=1 \
-                  seek=4294967296 conv=notrunc 2>/dev/null"),
+        &format!(
+            "mkdir {rd}/t && truncate -s 8G {rd}/t/s && printf data | dd of={rd}/t/s bs=1 \
+                  seek=4294967296 conv=notrunc 2>/dev/null"
+        ),
     );
     let t = Instant::now();
     r.ok(&format!("copyup {rd}/t/ {}/rt/", host.path().display()));
@@ -344,7 +365,10 @@ fn sparse_files_keep_their_holes_both_ways() {
         "copydown {}/sparse {d}/back",
         host.path().display()
     ));
-    let out = sh_ok(&argv, &format!("stat -c '%s %b' {d}/back; tail -c +4294967297 {d}/back | head -c 4"));
+    let out = sh_ok(
+        &argv,
+        &format!("stat -c '%s %b' {d}/back; tail -c +4294967297 {d}/back | head -c 4"),
+    );
     let mut words = out.split_whitespace();
     assert_eq!(words.next(), Some("8589934592"));
     let blocks: u64 = words.next().unwrap().parse().unwrap();
@@ -357,7 +381,14 @@ fn sparse_files_keep_their_holes_both_ways() {
 fn copyup_stops_before_the_host_disk_fills() {
     let host = TempDir::new("small-disk");
     let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "rdocker-test", host.path().to_str().unwrap()])
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64m",
+            "rdocker-test",
+            host.path().to_str().unwrap(),
+        ])
         .status()
         .unwrap();
     assert!(st.success(), "cannot mount a small tmpfs for the test");
@@ -375,9 +406,15 @@ fn copyup_stops_before_the_host_disk_fills() {
         let mut s = Server::start(&args);
         let d = s.open();
         let argv = s.exec_argv();
-        sh_ok(&argv, &format!("head -c 100M /dev/urandom > {d}/big; mkdir {d}/t; cp {d}/big {d}/t/"));
+        sh_ok(
+            &argv,
+            &format!("head -c 100M /dev/urandom > {d}/big; mkdir {d}/t; cp {d}/big {d}/t/"),
+        );
         for (from, to) in [
-            (format!("{d}/big"), host.path().join("big").display().to_string()),
+            (
+                format!("{d}/big"),
+                host.path().join("big").display().to_string(),
+            ),
             (format!("{d}/t/"), format!("{}/t/", host.path().display())),
         ] {
             assert_eq!(
@@ -402,7 +439,11 @@ fn an_agent_that_claims_and_never_starts_fails_within_5_s() {
     let mut s = Server::start(&["-d", &image()]);
     s.open();
     let argv = s.exec_argv();
-    assert!(s.stderr_says("commands start through the agent"), "{}", s.stderr());
+    assert!(
+        s.stderr_says("commands start through the agent"),
+        "{}",
+        s.stderr()
+    );
     // Take the agent's place on its own fifo: claim every command, start
     // none.
     // No pkill in the image: the agent is the process whose last
@@ -456,9 +497,17 @@ fn a_writer_that_outlives_the_wrapper_cannot_hold_the_command() {
         .unwrap();
     let took = t.elapsed();
     assert_ne!(out.status.code(), Some(124), "the command never ended");
-    assert_eq!(out.status.code(), Some(0), "{:?}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    eprintln!("ended after {took:?} with {} bytes of output", out.stdout.len());
+    eprintln!(
+        "ended after {took:?} with {} bytes of output",
+        out.stdout.len()
+    );
     sh_ok(&argv, "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = yes ] && kill ${p#/proc/}; done; true");
     assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
     s.quit();

@@ -72,7 +72,11 @@ fn init_with_host_network_frees_the_old_testbeds_ports() {
     }
     // No spare: booted beside this testbed on the host's network, its
     // services would have met the test's.
-    assert!(s.stderr_says("no spare testbed: under --init"), "{}", s.stderr());
+    assert!(
+        s.stderr_says("no spare testbed: under --init"),
+        "{}",
+        s.stderr()
+    );
     owned(s.pid(), 1);
     let took = timed_revert(&mut s);
     let freed = TcpListener::bind(("127.0.0.1", port));

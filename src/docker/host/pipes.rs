@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
 use super::confined::{self, Made};
-use super::direct::Root;
+use super::root::Root;
 
 /// Where the fifos' directory is made, inside the testbed.
 pub const DIR: &str = "/run";
@@ -49,6 +49,9 @@ pub struct Fifos {
     run: OwnedFd,
     dir: OwnedFd,
     name: String,
+    /// What else was made in the directory (agent.rs's files), removed
+    /// with it.
+    extra: std::sync::Mutex<Vec<String>>,
 }
 
 /// The host's ends of the three fifos.
@@ -93,7 +96,12 @@ impl Fifos {
     pub fn make(root: &Root, token: &str) -> Result<(Fifos, Ends)> {
         let name = format!("rdocker-exec-{token}");
         let (run, dir) = private_dir(root, &name)?;
-        let fifos = Fifos { run, dir, name };
+        let fifos = Fifos {
+            run,
+            dir,
+            name,
+            extra: Default::default(),
+        };
         let mut ends = Vec::new();
         for s in STREAMS {
             let (fd, _) = fifo(&fifos.dir, s, OFlag::O_RDWR)?;
@@ -123,11 +131,20 @@ impl Fifos {
 
     /// Another fifo in the directory, for agent.rs.
     pub fn extra_fifo(&self, name: &str, flags: OFlag) -> Result<OwnedFd> {
+        self.made(name);
         Ok(fifo(&self.dir, name, flags)?.0)
+    }
+
+    fn made(&self, name: &str) {
+        self.extra
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(name.to_string());
     }
 
     /// A new file in the directory with `contents`.
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
+        self.made(name);
         let fd = confined::create_new(self.dir.as_fd(), name)
             .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))?;
         write_all(fd.as_fd(), contents)
@@ -137,6 +154,7 @@ impl Fifos {
     /// Create `name` if nobody has: the one of two parties that gets true
     /// owns what the name stands for.
     pub fn claim(&self, name: &str) -> Result<bool> {
+        self.made(name);
         match confined::create_new(self.dir.as_fd(), name) {
             Ok(_) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
@@ -147,8 +165,13 @@ impl Fifos {
 
 impl Drop for Fifos {
     fn drop(&mut self) {
-        for s in STREAMS.iter().chain(super::agent::FILES) {
-            let _ = unlinkat(&self.dir, *s, UnlinkatFlags::NoRemoveDir);
+        let extra = self.extra.get_mut().unwrap_or_else(|e| e.into_inner());
+        for s in STREAMS
+            .iter()
+            .copied()
+            .chain(extra.iter().map(String::as_str))
+        {
+            let _ = unlinkat(&self.dir, s, UnlinkatFlags::NoRemoveDir);
         }
         let _ = unlinkat(&self.run, self.name.as_str(), UnlinkatFlags::RemoveDir);
     }

@@ -8,6 +8,8 @@
 //! anything starts, the error can name the platform and the fix.
 
 use anyhow::{bail, Result};
+
+use crate::debug;
 use std::path::Path;
 
 /// An architecture a testbed can have, as ELF headers say it.
@@ -24,14 +26,62 @@ struct Machine {
 }
 
 const MACHINES: &[Machine] = &[
-    Machine { docker: "amd64", qemu: "x86_64", wide: true, little: true, e_machine: 62 },
-    Machine { docker: "386", qemu: "i386", wide: false, little: true, e_machine: 3 },
-    Machine { docker: "arm64", qemu: "aarch64", wide: true, little: true, e_machine: 183 },
-    Machine { docker: "arm", qemu: "arm", wide: false, little: true, e_machine: 40 },
-    Machine { docker: "ppc64le", qemu: "ppc64le", wide: true, little: true, e_machine: 21 },
-    Machine { docker: "s390x", qemu: "s390x", wide: true, little: false, e_machine: 22 },
-    Machine { docker: "riscv64", qemu: "riscv64", wide: true, little: true, e_machine: 243 },
-    Machine { docker: "mips64le", qemu: "mips64el", wide: true, little: true, e_machine: 8 },
+    Machine {
+        docker: "amd64",
+        qemu: "x86_64",
+        wide: true,
+        little: true,
+        e_machine: 62,
+    },
+    Machine {
+        docker: "386",
+        qemu: "i386",
+        wide: false,
+        little: true,
+        e_machine: 3,
+    },
+    Machine {
+        docker: "arm64",
+        qemu: "aarch64",
+        wide: true,
+        little: true,
+        e_machine: 183,
+    },
+    Machine {
+        docker: "arm",
+        qemu: "arm",
+        wide: false,
+        little: true,
+        e_machine: 40,
+    },
+    Machine {
+        docker: "ppc64le",
+        qemu: "ppc64le",
+        wide: true,
+        little: true,
+        e_machine: 21,
+    },
+    Machine {
+        docker: "s390x",
+        qemu: "s390x",
+        wide: true,
+        little: false,
+        e_machine: 22,
+    },
+    Machine {
+        docker: "riscv64",
+        qemu: "riscv64",
+        wide: true,
+        little: true,
+        e_machine: 243,
+    },
+    Machine {
+        docker: "mips64le",
+        qemu: "mips64el",
+        wide: true,
+        little: true,
+        e_machine: 8,
+    },
 ];
 
 /// How the host runs a platform.
@@ -39,7 +89,10 @@ const MACHINES: &[Machine] = &[
 pub enum Runs {
     Native,
     /// Through the handler of this name, with this interpreter.
-    Emulated { handler: String, interpreter: String },
+    Emulated {
+        handler: String,
+        interpreter: String,
+    },
 }
 
 impl std::fmt::Display for Runs {
@@ -242,6 +295,24 @@ pub fn check_local(platform: &str, binfmt: &Path, host_arch: &str) -> Result<Run
     )
 }
 
+/// Whether the host can run `--platform`, before anything starts. Beside
+/// a local daemon its kernel is ours, and /proc says; a remote daemon's
+/// cannot be read from here, and a testbed that cannot run is reported
+/// when its first process dies.
+pub fn check(p: &str, local: bool) -> Result<()> {
+    if !local {
+        debug!("--platform {p}: the daemon is remote, so its binfmt handlers are not checked here");
+        return Ok(());
+    }
+    let runs = check_local(
+        p,
+        Path::new("/proc/sys/fs/binfmt_misc"),
+        std::env::consts::ARCH,
+    )?;
+    debug!("--platform {p}: this host runs it {runs}");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,9 +343,18 @@ mod tests {
     #[test]
     fn native_platforms_need_no_handler() {
         let d = fake(&[], "");
-        assert_eq!(check_local("linux/amd64", &d, "x86_64").unwrap(), Runs::Native);
-        assert_eq!(check_local("linux/386", &d, "x86_64").unwrap(), Runs::Native);
-        assert_eq!(check_local("linux/arm64", &d, "aarch64").unwrap(), Runs::Native);
+        assert_eq!(
+            check_local("linux/amd64", &d, "x86_64").unwrap(),
+            Runs::Native
+        );
+        assert_eq!(
+            check_local("linux/386", &d, "x86_64").unwrap(),
+            Runs::Native
+        );
+        assert_eq!(
+            check_local("linux/arm64", &d, "aarch64").unwrap(),
+            Runs::Native
+        );
     }
 
     #[test]
@@ -287,24 +367,45 @@ mod tests {
         // The same handler does not run armhf or riscv64.
         let e = check_local("linux/arm/v7", &d, "x86_64").unwrap_err();
         let e = format!("{e:#}");
-        assert!(e.contains("linux/arm/v7") && e.contains("qemu-user-static"), "{e}");
+        assert!(
+            e.contains("linux/arm/v7") && e.contains("qemu-user-static"),
+            "{e}"
+        );
         assert!(check_local("linux/riscv64", &d, "x86_64").is_err());
     }
 
     #[test]
     fn missing_disabled_or_unfixed_handlers_are_named() {
         let d = fake(&[("qemu-aarch64", AARCH64)], "");
-        let e = format!("{:#}", check_local("linux/arm64", &d, "x86_64").unwrap_err());
-        assert!(e.contains("not mounted") && e.contains("mount -t binfmt_misc"), "{e}");
+        let e = format!(
+            "{:#}",
+            check_local("linux/arm64", &d, "x86_64").unwrap_err()
+        );
+        assert!(
+            e.contains("not mounted") && e.contains("mount -t binfmt_misc"),
+            "{e}"
+        );
         let off = AARCH64.replacen("enabled", "disabled", 1);
         let d = fake(&[("qemu-aarch64", &off)], "enabled");
-        let e = format!("{:#}", check_local("linux/arm64", &d, "x86_64").unwrap_err());
-        assert!(e.contains("no enabled binfmt_misc handler") && e.contains("aarch64"), "{e}");
+        let e = format!(
+            "{:#}",
+            check_local("linux/arm64", &d, "x86_64").unwrap_err()
+        );
+        assert!(
+            e.contains("no enabled binfmt_misc handler") && e.contains("aarch64"),
+            "{e}"
+        );
         let nof = AARCH64.replace("flags: POCF", "flags: OC");
         let d = fake(&[("qemu-aarch64", &nof)], "enabled");
-        let e = format!("{:#}", check_local("linux/arm64", &d, "x86_64").unwrap_err());
+        let e = format!(
+            "{:#}",
+            check_local("linux/arm64", &d, "x86_64").unwrap_err()
+        );
         assert!(e.contains("no F"), "{e}");
-        let e = format!("{:#}", check_local("linux/sparc", &d, "x86_64").unwrap_err());
+        let e = format!(
+            "{:#}",
+            check_local("linux/sparc", &d, "x86_64").unwrap_err()
+        );
         assert!(e.contains("unknown platform"), "{e}");
     }
 }

@@ -9,20 +9,13 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use std::collections::HashMap;
 
-use super::client::{status_of, Client};
+use super::labels::{
+    hostname, Owner, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_HOST, LABEL_OWNER_PID,
+    LABEL_OWNER_PIDNS, LABEL_OWNER_START,
+};
 use super::runopts::RunOptions;
-
-/// Labels that mark a container as rdocker's and name its owner process,
-/// so that orphans can be found (and reaped) by label.
-pub const LABEL_MANAGED: &str = "org.debian.autopkgtest.rdocker";
-pub const LABEL_OWNER_PID: &str = "org.debian.autopkgtest.rdocker.owner-pid";
-pub const LABEL_OWNER_HOST: &str = "org.debian.autopkgtest.rdocker.owner-host";
-/// The owner's start time, so that a reused pid is not taken for it.
-pub const LABEL_OWNER_START: &str = "org.debian.autopkgtest.rdocker.owner-start";
-/// The owner's pid namespace and boot: a pid means something only in the
-/// namespace, and the boot, it was taken in.
-pub const LABEL_OWNER_PIDNS: &str = "org.debian.autopkgtest.rdocker.owner-pidns";
-pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
+use crate::docker::daemon::client::{status_of, Client};
+use crate::docker::names::random_hex;
 
 /// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
 /// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
@@ -36,30 +29,6 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 pub const INIT: &str = "/sbin/init";
 
 const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
-
-pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
-}
-
-/// Some random hex for names, without another crate.
-pub fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        buf = t.to_le_bytes()[..bytes.min(16)].to_vec();
-    }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Whether the daemon has `image`.
 pub async fn image_exists(client: &Client, image: &str) -> Result<bool> {
@@ -84,9 +53,10 @@ pub async fn pull(
 ) -> Result<()> {
     // A credential helper is a process of its own: off the runtime.
     let (dir, img) = (config_dir.to_path_buf(), image.to_string());
-    let credentials = tokio::task::spawn_blocking(move || super::auth::for_image(&dir, &img))
-        .await
-        .context("the credential lookup panicked")??;
+    let credentials =
+        tokio::task::spawn_blocking(move || crate::docker::daemon::auth::for_image(&dir, &img))
+            .await
+            .context("the credential lookup panicked")??;
     let logged_in = credentials.is_some();
     let mut opts = CreateImageOptionsBuilder::new().from_image(image);
     if let Some(p) = platform {
@@ -96,8 +66,8 @@ pub async fn pull(
     let mut stream = client.docker.create_image(Some(opts), None, credentials);
     while let Some(item) = stream.next().await {
         item.with_context(|| {
-            let registry = super::auth::registry_of(image);
-            let cmd = super::auth::login_command(&registry);
+            let registry = crate::docker::daemon::auth::registry_of(image);
+            let cmd = crate::docker::daemon::auth::login_command(&registry);
             let config = config_dir.join("config.json");
             let login = if logged_in {
                 format!(
@@ -147,7 +117,7 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
     )
     .await
     .context("cannot list this process's containers")?;
-    let me = super::reap::Owner::current();
+    let me = Owner::current();
     for c in list {
         let (Some(id), labels) = (c.id, c.labels.unwrap_or_default()) else {
             continue;
@@ -202,7 +172,7 @@ impl Container {
             (LABEL_OWNER_PID.to_string(), pid.to_string()),
             (LABEL_OWNER_HOST.to_string(), hostname()),
         ]);
-        let me = super::reap::Owner::current();
+        let me = Owner::current();
         for (k, v) in [
             (LABEL_OWNER_START, me.start.map(|s| s.to_string())),
             (LABEL_OWNER_PIDNS, me.pidns),
@@ -439,11 +409,16 @@ impl Drop for Container {
             return;
         }
         // Off this thread: it may be an async worker.
+        let (endpoint, version) = (self.client.endpoint.clone(), self.client.api_version());
+        let (id, name) = (self.id.clone(), self.name.clone());
         super::reaper::remove(super::reaper::Job {
-            endpoint: self.client.endpoint.clone(),
-            version: self.client.api_version(),
-            id: self.id.clone(),
             name: self.name.clone(),
+            work: Box::new(move || {
+                Box::pin(async move {
+                    let client = Client::connect_with_version(&endpoint, &version)?;
+                    Container::remove_once(client, id, name).await
+                })
+            }),
         });
     }
 }

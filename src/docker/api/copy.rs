@@ -13,10 +13,11 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
-use super::archive::{self, SingleFile};
-use super::client::{status_of, Client};
 use super::exec::{Bounded, Captured, Overflow};
 use crate::debug;
+use crate::docker::archive::{self, SingleFile};
+use crate::docker::daemon::client::{status_of, Client};
+use crate::docker::names::{random_hex, split_testbed_path};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -93,21 +94,63 @@ impl Read for ChanReader {
     }
 }
 
-/// Split a testbed path into the directory to extract in and the name of
-/// the entry; "/" itself has no name.
-pub fn split_testbed_path(path: &str) -> (String, String) {
-    let trimmed = path.trim_end_matches('/');
-    let abs = if trimmed.starts_with('/') {
-        trimmed.to_string()
-    } else {
-        format!("/{trimmed}")
-    };
-    if abs == "/" {
-        return ("/".into(), String::new());
+/// Create the scratch directory, mode 1777 like the reference's, with one
+/// archive upload instead of a `mkdir` exec.
+pub async fn make_scratch_dir(client: &Client, container: &str, path: &str) -> Result<()> {
+    let (parent, name) = split_testbed_path(path);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o1777);
+    h.set_size(0);
+    h.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    );
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut h, format!("{name}/"), std::io::empty())?;
+    let body = b.into_inner()?;
+    let opts = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+        .path(&parent)
+        .build();
+    client
+        .docker
+        .upload_to_container(container, Some(opts), bollard::body_full(body.into()))
+        .await
+        .with_context(|| format!("cannot create the scratch directory {path} in the testbed"))
+}
+
+/// A small text file of the testbed's, such as /etc/passwd, through the
+/// archive endpoint; None if it is not there. Bounded: its size is the
+/// testbed's to choose.
+pub async fn read_small_file(
+    client: &Client,
+    container: &str,
+    path: &str,
+) -> Result<Option<String>> {
+    const LIMIT: u64 = 16 << 20;
+    let dir = std::env::temp_dir().join(format!("rdocker-read-{}", random_hex(6)));
+    std::fs::create_dir(&dir)?;
+    let file = dir.join("f");
+    let got = pull(client, container, path, &file, false).await;
+    let text = got.and_then(|_| {
+        let f = std::fs::File::open(&file)?;
+        if f.metadata()?.len() > LIMIT {
+            bail!("{path} in the testbed is over {} MiB", LIMIT >> 20);
+        }
+        let mut t = String::new();
+        f.take(LIMIT).read_to_string(&mut t)?;
+        Ok(t)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    match text {
+        Ok(t) => Ok(Some(t)),
+        Err(e) => {
+            debug!("no {path} in the testbed: {e:#}");
+            Ok(None)
+        }
     }
-    let (parent, name) = abs.rsplit_once('/').unwrap_or(("", &abs));
-    let parent = if parent.is_empty() { "/" } else { parent };
-    (parent.to_string(), name.to_string())
 }
 
 fn check_push_source(host: &Path, dir: bool) -> Result<()> {
@@ -687,15 +730,6 @@ mod tests {
             last.iter().any(|&b| b) && last.iter().any(|&b| !b),
             "{last:?}"
         );
-    }
-
-    #[test]
-    fn testbed_paths_split() {
-        assert_eq!(split_testbed_path("/a/b/c"), ("/a/b".into(), "c".into()));
-        assert_eq!(split_testbed_path("/a/b/"), ("/a".into(), "b".into()));
-        assert_eq!(split_testbed_path("/top"), ("/".into(), "top".into()));
-        assert_eq!(split_testbed_path("/"), ("/".into(), "".into()));
-        assert_eq!(split_testbed_path("rel/x"), ("/rel".into(), "x".into()));
     }
 
     #[test]

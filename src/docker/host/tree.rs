@@ -38,10 +38,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::archive;
-use super::copy::{split_testbed_path, ChanReader, ChanWriter};
 use super::confined::{self, names};
-use super::direct::{self, Root};
+use super::root::{self, Root};
+use crate::docker::api::copy::{ChanReader, ChanWriter};
+use crate::docker::archive;
+use crate::docker::names::split_testbed_path;
 
 /// Deeper than any real tree; a bind mount looping into itself would
 /// otherwise be walked until descriptors run out.
@@ -377,7 +378,7 @@ fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
             r => r?,
         };
         let mut out = File::from(out);
-        direct::copy_hinted(&mut src, &mut out, md.len(), shared.cancel, range)?;
+        root::copy_hinted(&mut src, &mut out, md.len(), shared.cancel, range)?;
         if job.owned {
             fchmod(out.as_fd(), Mode::from_bits_truncate(md.mode() & 0o7777))?;
         } else {

@@ -218,10 +218,9 @@ impl Entry {
     /// A regular file, opened for reading.
     pub fn read_regular(&self, what: &str) -> Result<File> {
         self.expect(SFlag::S_IFREG, what)?;
-        Ok(File::from(
-            self.reopen(OFlag::O_RDONLY)
-                .with_context(|| format!("cannot open {what} in the testbed"))?,
-        ))
+        Ok(File::from(self.reopen(OFlag::O_RDONLY).with_context(
+            || format!("cannot open {what} in the testbed"),
+        )?))
     }
 
     /// A directory, opened for listing and for fchown, fchmod, futimens.
@@ -301,7 +300,10 @@ mod tests {
         let e = lookup(root.as_fd(), "/f", true).unwrap();
         assert_eq!(e.kind(), SFlag::S_IFIFO);
         let err = e.read_regular("/f").unwrap_err();
-        assert!(format!("{err:#}").contains("is a fifo, not a regular file"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("is a fifo, not a regular file"),
+            "{err:#}"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -313,7 +315,10 @@ mod tests {
         std::os::unix::fs::symlink("../../../../etc/hostname", d.join("up")).unwrap();
         let root = dirfd(&d);
         // Absolute and climbing links resolve inside the root: no such file.
-        assert_eq!(lookup(root.as_fd(), "/abs", true).err(), Some(Errno::ENOENT));
+        assert_eq!(
+            lookup(root.as_fd(), "/abs", true).err(),
+            Some(Errno::ENOENT)
+        );
         assert_eq!(lookup(root.as_fd(), "/up", true).err(), Some(Errno::ENOENT));
         let e = lookup(root.as_fd(), "/a", true).unwrap();
         // The name now holds something else; the entry is still the file.
@@ -321,7 +326,10 @@ mod tests {
         nix::unistd::mkfifo(&d.join("a"), Mode::from_bits_truncate(0o600)).unwrap();
         let mut s = String::new();
         use std::io::Read;
-        e.read_regular("/a").unwrap().read_to_string(&mut s).unwrap();
+        e.read_regular("/a")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "inside");
         // Not following: the link itself, and its target read from it.
         let l = lookup(root.as_fd(), "/abs", false).unwrap();

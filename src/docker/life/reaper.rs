@@ -10,15 +10,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use super::endpoint::Endpoint;
 use crate::PROG;
 
+/// A removal: the container's name, for messages, and the work, which
+/// container.rs writes (so that this module needs nothing of it).
 pub struct Job {
-    pub endpoint: Endpoint,
-    pub version: String,
-    pub id: String,
     pub name: String,
+    pub work: Box<dyn FnOnce() -> Removal + Send>,
 }
+
+pub type Removal = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
 
 enum Msg {
     Remove(Box<Job>),
@@ -132,11 +133,7 @@ fn run(mut rx: mpsc::UnboundedReceiver<Msg>, pending: Arc<Mutex<Vec<String>>>) {
 
 async fn remove_now(job: Job, pending: Arc<Mutex<Vec<String>>>) {
     crate::debug!("removing dropped container {}", job.name);
-    let removed = async {
-        let client = super::client::Client::connect_with_version(&job.endpoint, &job.version)?;
-        super::container::Container::remove_once(client, job.id, job.name.clone()).await
-    }
-    .await;
+    let removed = (job.work)().await;
     if let Err(e) = removed {
         eprintln!("{PROG}: {e:#}");
     }

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-use super::client::{status_of, Client};
+use crate::docker::daemon::client::{status_of, Client};
 
 /// Runs "$@" with the reference's clean environment, maps 255 to 253 (255
 /// means a testbed failure to autopkgtest), and kills background processes
@@ -192,7 +192,7 @@ pub async fn run_script(
     stdin: Option<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
     sink: &mut dyn Sink,
 ) -> Result<i64> {
-    let token = super::container::random_hex(8);
+    let token = crate::docker::names::random_hex(8);
     let mut argv = vec![
         "sh".to_string(),
         "-c".into(),
@@ -209,24 +209,11 @@ pub async fn run_script(
     ran
 }
 
-/// Where a command's stdio goes.
-#[derive(Clone, Copy, PartialEq, Debug)]
-pub enum Stdio {
-    /// The exec's own attached streams.
-    Exec,
-    /// pipes.rs's fifos, under a docker exec.
-    Fifos,
-    /// pipes.rs's fifos, under agent.rs's agent.
-    Agent,
-}
-
 /// The argv that runs `cmd` under the wrapper, tagged with `token`.
-pub fn wrapped(token: &str, cmd: &[String], stdio: Stdio) -> Vec<String> {
-    let script = match stdio {
-        Stdio::Exec => WRAPPER.to_string(),
-        Stdio::Fifos => format!("{}{WRAPPER}", super::pipes::PRELUDE),
-        Stdio::Agent => format!("rdocker_procs=5\n{}{WRAPPER}", super::pipes::PRELUDE),
-    };
+/// `prelude` runs first: a route's own set-up of the command's stdio (the
+/// host routes' fifos), "" for the exec's own streams.
+pub fn wrapped(token: &str, cmd: &[String], prelude: &str) -> Vec<String> {
+    let script = format!("{prelude}{WRAPPER}");
     let mut argv = vec![
         "env".to_string(),
         "-i".into(),

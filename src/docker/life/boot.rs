@@ -11,9 +11,9 @@ use anyhow::{anyhow, bail, Result};
 use futures_util::StreamExt;
 use std::time::Duration;
 
-use super::client::Client;
 use super::container::{Container, INIT};
-use super::exec::{self, As, Captured};
+use crate::docker::api::exec::{self, As, Captured};
+use crate::docker::daemon::client::Client;
 
 /// How long the init may take to reach its runlevel, as the reference's.
 const BOOT_SECONDS: u64 = 120;

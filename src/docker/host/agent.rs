@@ -40,17 +40,21 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::client::Client;
 use super::confined::{self, Made};
-use super::direct::Root;
 use super::pipes::{self, Fifos};
+use super::root::Root;
+use crate::docker::daemon::client::Client;
 
 /// The agent's directory in pipes::DIR, and its request fifo.
 pub const AGENT_DIR: &str = "rdocker-agent";
 const CTL: &str = "/run/rdocker-agent/ctl";
 
-/// Files the agent route adds to a command's fifo directory.
-pub const FILES: &[&str] = &["cmd", "st", "claim"];
+/// What the wrapper runs first on this route: the fifos, as on the
+/// docker exec route, and two more processes to expect when nothing was
+/// left in the background (the agent and the wrapper's parent).
+pub fn prelude() -> String {
+    format!("rdocker_procs=5\n{}", pipes::PRELUDE)
+}
 
 /// The agent. It gives up at once where `setsid -f` is missing (busybox),
 /// before it opens ctl: rdocker then finds no reader there and uses

@@ -6,34 +6,11 @@ use anyhow::{Context, Result};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use std::collections::HashMap;
 
-use super::client::{status_of, Client};
-use super::container::{
-    hostname, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_HOST, LABEL_OWNER_PID,
+use super::labels::{
+    start_time, Owner, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_HOST, LABEL_OWNER_PID,
     LABEL_OWNER_PIDNS, LABEL_OWNER_START,
 };
-
-/// Where the process that owns a container lives.
-pub struct Owner {
-    pub host: String,
-    pub start: Option<u64>,
-    pub pidns: Option<String>,
-    pub boot: Option<String>,
-}
-
-impl Owner {
-    pub fn current() -> Owner {
-        Owner {
-            host: hostname(),
-            start: start_time(std::process::id()),
-            pidns: std::fs::read_link("/proc/self/ns/pid")
-                .ok()
-                .map(|p| p.to_string_lossy().into_owned()),
-            boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-                .ok()
-                .map(|b| b.trim().to_string()),
-        }
-    }
-}
+use crate::docker::daemon::client::{status_of, Client};
 
 /// What to do with one labelled container.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,20 +22,6 @@ pub enum Verdict {
     /// Owned by another machine (or its labels are unreadable): we cannot
     /// tell whether the owner lives, so it stays.
     Foreign(String),
-}
-
-/// The start time of a process, in clock ticks since boot (field 22 of
-/// /proc/PID/stat): a pid with another start time is another process.
-pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-fn parse_start_time(stat: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses; fields resume after
-    // the last ')'. starttime is the 20th field after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Decide for one container from its labels. `alive(pid)` gives the start
@@ -209,13 +172,5 @@ mod tests {
         l.insert(LABEL_OWNER_PIDNS.into(), "pid:[1]".into());
         l.insert(LABEL_OWNER_BOOT.into(), "b0".into());
         assert!(matches!(judge(&l, &me, alive), Verdict::Orphan(_)));
-    }
-
-    #[test]
-    fn start_time_survives_odd_command_names() {
-        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 123456 0 0";
-        assert_eq!(parse_start_time(stat), Some(123456));
-        assert!(start_time(std::process::id()).is_some());
-        assert_eq!(parse_start_time("garbage"), None);
     }
 }

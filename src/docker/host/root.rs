@@ -27,8 +27,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::archive;
 use super::confined::{self, Entry, Made};
+use crate::docker::archive;
+use crate::docker::daemon::client::Client;
+use crate::docker::names::split_testbed_path;
 
 /// The testbed's root directory, held open: it stays this container's root
 /// even if its PID 1 dies and the number is reused.
@@ -84,6 +86,36 @@ pub fn first_process(pid: i64, name: &str) -> Result<FirstProcess> {
     })
 }
 
+/// The testbed's root, from what the daemon says of its container: its
+/// PID 1 as this machine sees it, and whether execs run as root there.
+pub async fn find(client: &Client, id: &str, name: &str) -> Result<(Root, bool)> {
+    let c = client
+        .docker
+        .inspect_container(id, None)
+        .await
+        .context("cannot inspect the testbed")?;
+    let user = c
+        .config
+        .as_ref()
+        .and_then(|c| c.user.clone())
+        .unwrap_or_default();
+    let as_root = matches!(user.split(':').next(), Some("" | "root" | "0"));
+    let hostname = c.config.and_then(|c| c.hostname).unwrap_or_default();
+    let pid = c
+        .state
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("the daemon gives no pid for the testbed"))?;
+    // Bounded: a process that never takes the name is not the testbed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while first_process(pid, name)? == FirstProcess::Starting
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    Ok((Root::open(pid, name, &hostname)?, as_root))
+}
+
 impl Root {
     /// The root of the container whose PID 1 is `pid`, if we may use it.
     /// `name` is the container's, which its PID 1 carries as its last
@@ -134,7 +166,7 @@ impl Root {
     /// like the reference's: no archive upload (the daemon re-executes
     /// itself for each, about 0.1 s).
     pub fn make_dir(&self, path: &str) -> Result<()> {
-        let (parent, name) = super::copy::split_testbed_path(path);
+        let (parent, name) = split_testbed_path(path);
         let dir = self
             .lookup(&parent, true)
             .with_context(|| format!("cannot open {parent} in the testbed"))?;
@@ -190,8 +222,14 @@ impl Root {
     pub fn attach(handle: &str) -> Result<Root> {
         let bad = || anyhow!("bad testbed root handle {handle:?}");
         let mut parts = handle.split(':');
-        let pid = parts.next().and_then(|p| p.parse::<i64>().ok()).ok_or_else(bad)?;
-        let start = parts.next().and_then(|s| s.parse::<u64>().ok()).ok_or_else(bad)?;
+        let pid = parts
+            .next()
+            .and_then(|p| p.parse::<i64>().ok())
+            .ok_or_else(bad)?;
+        let start = parts
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(bad)?;
         let agent = match parts.next() {
             Some(a) => Some(Made::decode(a).ok_or_else(bad)?),
             None => None,
@@ -242,7 +280,7 @@ impl Root {
     /// answer.
     pub fn push_file(&self, host: &Path, testbed: &str, cancel: &AtomicBool) -> Result<bool> {
         self.check_alive()?;
-        let (parent, name) = super::copy::split_testbed_path(testbed);
+        let (parent, name) = split_testbed_path(testbed);
         if name.is_empty() {
             return Ok(false);
         }
@@ -287,11 +325,8 @@ impl Root {
             Ok(())
         })();
         if done.is_err() {
-            let _ = nix::unistd::unlinkat(
-                dir,
-                tmp.as_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let _ =
+                nix::unistd::unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
         }
         done.map(|_| true)
     }

@@ -17,6 +17,25 @@ use std::path::{Path, PathBuf};
 
 use super::endpoint::{Endpoint, Tls, DEFAULT_HOST};
 
+/// The constructors live here, beside the rules they follow, so that
+/// endpoint.rs needs nothing of this module.
+impl Endpoint {
+    /// As the docker CLI: --host, --context, DOCKER_HOST, DOCKER_CONTEXT,
+    /// config.json's currentContext, the default socket (see context.rs).
+    pub fn resolve(
+        flag_host: Option<&str>,
+        flag_context: Option<&str>,
+        env: &Env,
+    ) -> anyhow::Result<Endpoint> {
+        resolve(flag_host, flag_context, env)
+    }
+
+    /// Podman's API (--podman), as context.rs's `podman` finds it.
+    pub fn podman(env: &Env) -> anyhow::Result<Endpoint> {
+        podman(env, nix::unistd::getuid().as_raw(), |p| p.exists())
+    }
+}
+
 /// The variables that decide the endpoint. Gathered once, so that the rules
 /// below are testable without touching the process environment.
 #[derive(Debug, Clone, Default)]
@@ -606,7 +625,7 @@ mod tests {
 
     #[test]
     fn exec_helpers_get_the_servers_tls_exactly() {
-        use crate::docker::endpoint::ExecArgs;
+        use crate::docker::daemon::endpoint::ExecArgs;
         let s = store("exec");
         let cfg = s.0.to_str().unwrap();
         add_context(
