@@ -27,7 +27,7 @@ struct Args {
     endpoint: Endpoint,
     api_version: String,
     container: String,
-    /// The testbed's root as direct.rs proved it: stdio then goes through
+    /// The testbed's root as root.rs proved it: stdio then goes through
     /// fifos (pipes.rs).
     root: Option<String>,
     command: Vec<String>,

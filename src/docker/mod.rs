@@ -38,7 +38,7 @@ pub struct DockerTestbed {
     downtmp: Option<String>,
     normal_user: Option<String>,
     exe: PathBuf,
-    /// The open testbed's root, for single-file copies (direct.rs).
+    /// The open testbed's root, for single-file copies (root.rs).
     direct: Option<Arc<direct::Root>>,
     /// Whether execs run as root in the testbed, who can open the fifos
     /// that pipes.rs makes.
@@ -64,7 +64,7 @@ struct Recipe {
     make_downtmp: bool,
     downtmp: String,
     find_user: bool,
-    /// The daemon is local: try its root (direct.rs) and the agent.
+    /// The daemon is local: try its root (root.rs) and the agent.
     local: bool,
     init: bool,
 }

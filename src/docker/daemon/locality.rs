@@ -77,7 +77,7 @@ pub enum CopyMode {
     /// Through the Engine API's archive endpoints ("docker cp"). `local`:
     /// the daemon is on a unix socket and --remote was not given, so it may
     /// share our view of processes; single files then go straight through
-    /// the testbed's root if direct.rs can prove it sees the right one
+    /// the testbed's root if root.rs can prove it sees the right one
     /// (which it cannot from a CI job container, say).
     Api { why: String, local: bool },
     /// Through a directory bind-mounted at the same path in the testbed.

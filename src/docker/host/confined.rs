@@ -1,5 +1,5 @@
 //! The one module that opens paths under a testbed's root. Everything
-//! else (direct.rs, tree.rs, pipes.rs, agent.rs) gets descriptors from it.
+//! else (root.rs, tree.rs, pipes.rs, agent.rs) gets descriptors from it.
 //!
 //! Why: rdocker is root on the host and the testbed is not trusted. A
 //! root test can put a device node, a fifo or a symlink at any name

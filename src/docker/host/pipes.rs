@@ -1,5 +1,5 @@
 //! Exec stdio through fifos made in the testbed, for an rdocker that sees
-//! the testbed's root (direct.rs proves that when the testbed opens).
+//! the testbed's root (root.rs proves that when the testbed opens).
 //!
 //! Why: the daemon's attach stream is the bottleneck of exec output and
 //! input. It carries about 280 MiB/s here, the docker CLI's speed, and raw

@@ -1,4 +1,4 @@
-//! Directory copies straight through the testbed's root (see direct.rs),
+//! Directory copies straight through the testbed's root (see root.rs),
 //! beside a local daemon.
 //!
 //! Why: each archive-API copy of a directory costs the daemon about 90 ms

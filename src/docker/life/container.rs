@@ -202,7 +202,7 @@ impl Container {
         };
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
-            // The name as PID 1's last argument: how direct.rs knows this
+            // The name as PID 1's last argument: how root.rs knows this
             // container's PID 1 from another pid namespace's process. An
             // init ignores it (systemd in a container reads its arguments
             // as a kernel command line, and skips words it does not know).
