@@ -110,6 +110,8 @@ async fn prepare(r: Recipe) -> Result<Ready> {
             Some(e) => Err(e),
             None => Ok(s),
         },
+        // boot.rs names an init that died, with what it lacks.
+        Err(e) if r.init => Err(e),
         Err(e) => Err(boot::died(&r.client, &c, platform).await.unwrap_or(e)),
     };
     match set {
