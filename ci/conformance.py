@@ -11,7 +11,7 @@ usage: conformance.py AUTOPKGTEST_SOURCE_DIR IMAGE {rdocker|docker} [TEST_NAME..
 With CONFORMANCE_EXPECTED_FAILURES=FILE (one test name per line, `#`
 comments), the run succeeds when every failure is listed there: those are
 tests that fail with either server because this machine cannot reach some
-resource (README.md says which and why).
+resource (the file and docs/design.md#conformance say which and why).
 """
 import os
 import sys

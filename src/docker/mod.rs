@@ -588,7 +588,7 @@ impl Testbed for DockerTestbed {
             // --remote does: the daemon's own unpacking (a re-executed
             // dockerd, in Go) took 432 ms for 5000 files of 1 KiB where
             // GNU tar over one exec took 180 ms (bench/bench.py, copydown
-            // tree, --remote; README). Single files stay on the archive
+            // tree, --remote; docs/performance.md). Single files stay on the archive
             // endpoint, which moves big data faster than an exec's stream
             // (256 MiB: 377 ms against 452 ms through exec stdin).
             debug!("copydown to {testbed} through tar in the testbed");
@@ -619,7 +619,7 @@ impl Testbed for DockerTestbed {
         if tmpfs || dir {
             // As for copydown: one exec of tar, and the same host-side
             // extraction as the archive's (178 ms for the tree above in
-            // the README's run; 235 ms through the archive endpoint in an
+            // docs/performance.md's run; 235 ms through the archive endpoint in an
             // earlier run of the tree rows).
             debug!("copyup from {testbed} through tar in the testbed");
             match copy::pull_via_exec(&self.client, &id, testbed, host, dir).await {
