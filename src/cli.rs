@@ -43,6 +43,11 @@ pub struct Cli {
     #[arg(long)]
     pub init: bool,
 
+    /// Do not boot the image's init even when its org.debian.autopkgtest.init label
+    /// asks for one (images from autopkgtest-build-docker 5.40 and later)
+    #[arg(long, conflicts_with = "init")]
+    pub no_init: bool,
+
     /// Assume the daemon cannot see this machine's filesystem or processes: move files
     /// and command streams, and start commands, only through the Engine API, never
     /// through a shared directory or the testbed's root

@@ -90,8 +90,14 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
         let client = docker::daemon::client::Client::connect(&endpoint).await?;
         debug!("API version {}", client.api_version());
-        let tb =
-            docker::DockerTestbed::new(client, image, run_opts, copy_mode, cli.pull, cli.init)?;
+        let tb = docker::DockerTestbed::new(
+            client,
+            image,
+            run_opts,
+            copy_mode,
+            cli.pull,
+            docker::Init::from_flags(cli.init, cli.no_init),
+        )?;
         anyhow::Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
     });
     // Drops the tasks still alive, and with them their containers; a

@@ -23,12 +23,36 @@ use life::container::{self, Container};
 use life::runopts::RunOptions;
 use life::{boot, platform};
 
+/// Whether the testbed boots the image's init.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// --init.
+    On,
+    /// --no-init.
+    Off,
+    /// As the image's org.debian.autopkgtest.init label says.
+    Label,
+}
+
+impl Init {
+    pub fn from_flags(init: bool, no_init: bool) -> Init {
+        match (init, no_init) {
+            (true, _) => Init::On,
+            (_, true) => Init::Off,
+            _ => Init::Label,
+        }
+    }
+}
+
 pub struct DockerTestbed {
     client: Client,
     image: String,
     run: RunOptions,
     copy_mode: CopyMode,
     pull: bool,
+    /// What the command line said of the init; `init` is what was decided
+    /// once the image's labels were read.
+    init_choice: Init,
     /// The image is on the daemon: pulled, or found there, once.
     pulled: bool,
     /// `--init`: PID 1 is the image's init system.
@@ -215,7 +239,7 @@ impl DockerTestbed {
         run: RunOptions,
         copy_mode: CopyMode,
         pull: bool,
-        init: bool,
+        init: Init,
     ) -> Result<DockerTestbed> {
         let exe = std::env::current_exe()
             .context("cannot find rdocker's own executable for print-execute-command")?;
@@ -226,7 +250,8 @@ impl DockerTestbed {
             copy_mode,
             pull,
             pulled: false,
-            init,
+            init: init == Init::On,
+            init_choice: init,
             container: None,
             downtmp: None,
             normal_user: None,
@@ -326,6 +351,42 @@ impl DockerTestbed {
         }
     }
 
+    /// Boot the image's init if its autopkgtest-build-docker label says it
+    /// has one, unless --init or --no-init said otherwise.
+    async fn decide_init(&mut self) -> Result<()> {
+        let labels = container::image_labels(&self.client, &self.image).await?;
+        for (k, v) in &labels {
+            if k.starts_with(container::LABEL_AUTOPKGTEST) {
+                debug!("image {} is labelled {k}={v}", self.image);
+            }
+        }
+        let label = labels.get(container::LABEL_INIT);
+        let wants = label.is_some_and(|v| container::label_wants_init(v));
+        match self.init_choice {
+            Init::On => debug!("booting the image's init: --init"),
+            Init::Off if wants => debug!(
+                "not booting the image's init, although its label {}={} asks for it: --no-init",
+                container::LABEL_INIT,
+                label.map_or("", |v| v.as_str())
+            ),
+            Init::Off => {}
+            Init::Label if wants => {
+                self.init = true;
+                debug!(
+                    "booting the image's init, as its label {}={} says it has one (as --init; \
+                     --no-init turns that off)",
+                    container::LABEL_INIT,
+                    label.map_or("", |v| v.as_str())
+                );
+            }
+            Init::Label => debug!(
+                "not booting an init: the image has no {} label naming one (--init boots it)",
+                container::LABEL_INIT
+            ),
+        }
+        Ok(())
+    }
+
     /// Make `ready` the open testbed.
     fn install(&mut self, ready: Ready) {
         if let Some(u) = ready.normal_user {
@@ -358,6 +419,7 @@ impl DockerTestbed {
                     })?;
             }
             self.pulled = true;
+            self.decide_init().await?;
         }
         let recipe = self.recipe()?;
         if let Some(p) = &recipe.run.platform {

@@ -132,3 +132,95 @@ fn autopkgtest_runs_isolation_container_tests_with_init() {
         "{log}"
     );
 }
+
+/// The systemd image labelled as autopkgtest-build-docker (5.40 and later)
+/// labels it, with `org.debian.autopkgtest.init=VALUE` (made once, by the
+/// docker CLI: a commit of a created, never started, container).
+fn labelled_image(value: &str) -> String {
+    let tag = format!("rdocker-test/labelled-init-{value}:bookworm");
+    let have = Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .expect("the docker CLI labels the test image");
+    if have.status.success() {
+        return tag;
+    }
+    let name = format!("rdocker-it-label-{value}-{}", std::process::id());
+    let created = Command::new("docker")
+        .args(["create", "--name", &name, &systemd_image()])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let mut commit = Command::new("docker");
+    commit.arg("commit");
+    for (k, v) in [
+        ("init", value),
+        ("dpkg_architecture", "amd64"),
+        ("release", "bookworm"),
+        ("vendor", "debian"),
+    ] {
+        commit.args(["--change", &format!("LABEL org.debian.autopkgtest.{k}={v}")]);
+    }
+    let ok = commit.args([&name, &tag]).status().unwrap();
+    let _ = Command::new("docker").args(["rm", &name]).output();
+    assert!(ok.success());
+    tag
+}
+
+fn pid1(s: &mut Server) -> (Vec<String>, String) {
+    s.open();
+    let caps = s.capabilities();
+    let argv = s.exec_argv();
+    let comm = sh_ok(&argv, "cat /proc/1/comm");
+    (caps, comm)
+}
+
+#[test]
+fn an_image_labelled_with_an_init_boots_it_unless_no_init() {
+    let image = labelled_image("systemd");
+    let mut args = vec!["-d", image.as_str()];
+    args.extend(SYSTEMD_RUN_OPTIONS);
+    let mut s = Server::start(&args);
+    let (caps, comm) = pid1(&mut s);
+    assert_eq!(comm, "systemd\n");
+    assert!(
+        caps.contains(&"isolation-container".to_string()),
+        "{caps:?}"
+    );
+    assert!(
+        s.stderr_says("as its label org.debian.autopkgtest.init=systemd says"),
+        "{}",
+        s.stderr()
+    );
+    assert!(
+        s.stderr_says("org.debian.autopkgtest.release=bookworm"),
+        "{}",
+        s.stderr()
+    );
+    assert_booted(&s.exec_argv());
+    s.quit();
+
+    let mut args = vec!["-d", "--no-init", image.as_str()];
+    args.extend(SYSTEMD_RUN_OPTIONS);
+    let mut s = Server::start(&args);
+    let (caps, comm) = pid1(&mut s);
+    assert_ne!(comm, "systemd\n");
+    assert!(
+        !caps.contains(&"isolation-container".to_string()),
+        "{caps:?}"
+    );
+    assert!(s.stderr_says("--no-init"), "{}", s.stderr());
+    s.quit();
+
+    // A label that names no init.
+    let none = labelled_image("none");
+    let mut s = Server::start(&["-d", &none]);
+    let (caps, comm) = pid1(&mut s);
+    assert_ne!(comm, "systemd\n");
+    assert!(
+        !caps.contains(&"isolation-container".to_string()),
+        "{caps:?}"
+    );
+    assert!(s.stderr_says("not booting an init"), "{}", s.stderr());
+    s.quit();
+}

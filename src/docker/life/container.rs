@@ -30,6 +30,33 @@ pub const INIT: &str = "/sbin/init";
 
 const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
 
+/// The prefix of the labels autopkgtest-build-docker (5.40 and later)
+/// puts on its images: .init, .dpkg_architecture, .release, .vendor.
+pub const LABEL_AUTOPKGTEST: &str = "org.debian.autopkgtest.";
+/// The image's init system, if it has one.
+pub const LABEL_INIT: &str = "org.debian.autopkgtest.init";
+
+/// Whether a value of LABEL_INIT names an init to boot: anything but an
+/// empty value or a "no".
+pub fn label_wants_init(v: &str) -> bool {
+    // autopkgtest-build-docker writes the init's name; "none" or nothing
+    // for an image without one.
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "" | "none" | "no" | "false" | "0"
+    )
+}
+
+/// The labels of `image` as the daemon has it.
+pub async fn image_labels(client: &Client, image: &str) -> Result<HashMap<String, String>> {
+    let i = client
+        .docker
+        .inspect_image(image)
+        .await
+        .with_context(|| format!("cannot inspect image {image} on the daemon"))?;
+    Ok(i.config.and_then(|c| c.labels).unwrap_or_default())
+}
+
 /// Whether the daemon has `image`.
 pub async fn image_exists(client: &Client, image: &str) -> Result<bool> {
     match client.docker.inspect_image(image).await {
@@ -420,5 +447,20 @@ impl Drop for Container {
                 })
             }),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_labels_that_name_an_init() {
+        for v in ["systemd", "sysvinit", "openrc", "yes"] {
+            assert!(label_wants_init(v), "{v}");
+        }
+        for v in ["", "none", "None", " no ", "false", "0"] {
+            assert!(!label_wants_init(v), "{v:?}");
+        }
     }
 }
