@@ -22,6 +22,7 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::stat::SFlag;
 use nix::unistd::{unlinkat, UnlinkatFlags};
+use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
@@ -49,9 +50,6 @@ pub struct Fifos {
     run: OwnedFd,
     dir: OwnedFd,
     name: String,
-    /// What else was made in the directory (agent.rs's files), removed
-    /// with it.
-    extra: std::sync::Mutex<Vec<String>>,
 }
 
 /// The host's ends of the three fifos.
@@ -96,12 +94,7 @@ impl Fifos {
     pub fn make(root: &Root, token: &str) -> Result<(Fifos, Ends)> {
         let name = format!("rdocker-exec-{token}");
         let (run, dir) = private_dir(root, &name)?;
-        let fifos = Fifos {
-            run,
-            dir,
-            name,
-            extra: Default::default(),
-        };
+        let fifos = Fifos { run, dir, name };
         let mut ends = Vec::new();
         for s in STREAMS {
             let (fd, _) = fifo(&fifos.dir, s, OFlag::O_RDWR)?;
@@ -131,20 +124,11 @@ impl Fifos {
 
     /// Another fifo in the directory, for agent.rs.
     pub fn extra_fifo(&self, name: &str, flags: OFlag) -> Result<OwnedFd> {
-        self.made(name);
         Ok(fifo(&self.dir, name, flags)?.0)
-    }
-
-    fn made(&self, name: &str) {
-        self.extra
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(name.to_string());
     }
 
     /// A new file in the directory with `contents`.
     pub fn write_file(&self, name: &str, contents: &[u8]) -> Result<()> {
-        self.made(name);
         let fd = confined::create_new(self.dir.as_fd(), name)
             .with_context(|| format!("cannot write {DIR}/{}/{name} in the testbed", self.name))?;
         write_all(fd.as_fd(), contents)
@@ -154,7 +138,6 @@ impl Fifos {
     /// Create `name` if nobody has: the one of two parties that gets true
     /// owns what the name stands for.
     pub fn claim(&self, name: &str) -> Result<bool> {
-        self.made(name);
         match confined::create_new(self.dir.as_fd(), name) {
             Ok(_) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
@@ -165,13 +148,15 @@ impl Fifos {
 
 impl Drop for Fifos {
     fn drop(&mut self) {
-        let extra = self.extra.get_mut().unwrap_or_else(|e| e.into_inner());
-        for s in STREAMS
+        // Whatever is in it: the fifos, and what the agent route put there
+        // (agent.rs's cmd and st, the agent's claim).
+        let names = confined::names(self.dir.as_fd()).unwrap_or_default();
+        for n in names
             .iter()
-            .copied()
-            .chain(extra.iter().map(String::as_str))
+            .map(|n| n.as_os_str())
+            .chain(STREAMS.iter().map(OsStr::new))
         {
-            let _ = unlinkat(&self.dir, s, UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(&self.dir, n, UnlinkatFlags::NoRemoveDir);
         }
         let _ = unlinkat(&self.run, self.name.as_str(), UnlinkatFlags::RemoveDir);
     }
