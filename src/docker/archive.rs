@@ -237,11 +237,148 @@ fn set_times(path: &Path, mtime: u64) {
     );
 }
 
+/// The most a tar stream may put in one metadata entry (a pax header, a
+/// GNU long name or link). The tar reader holds such an entry in memory
+/// whole, and the stream is the testbed's when its tar sends it: a header
+/// claiming 4 GiB of "long name" would take 4 GiB of ours.
+const META_LIMIT: u64 = 1 << 20;
+
+/// Follows a tar stream's headers as it passes through, and fails it at
+/// a metadata entry bigger than META_LIMIT, before the tar reader reads
+/// that entry into memory.
+struct MetaGuard<R> {
+    inner: R,
+    /// The header block being read, and how much of it has passed.
+    head: [u8; 512],
+    got: usize,
+    /// Bytes of the current entry's data (padded) still to pass.
+    left: u64,
+    /// A GNU sparse extension block comes next (each says whether
+    /// another follows it).
+    ext: bool,
+    /// A pax header's data, kept (it is small) for its `size` record,
+    /// which overrides the next header's size field.
+    pax: Option<Vec<u8>>,
+    next_size: Option<u64>,
+}
+
+fn octal_or_binary(f: &[u8]) -> Option<u64> {
+    if f.first().is_some_and(|b| b & 0x80 != 0) {
+        // GNU base-256: big-endian after the marker bit.
+        return Some(f[1..].iter().fold(0u64, |n, b| {
+            n.saturating_mul(256).saturating_add(u64::from(*b))
+        }));
+    }
+    let t = std::str::from_utf8(f).ok()?;
+    let t = t.trim_matches(|c: char| c == '\0' || c == ' ');
+    if t.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(t, 8).ok()
+}
+
+/// The `size` record of pax extended header data.
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
+        if len <= sp || len > rest.len() {
+            return None;
+        }
+        let rec = &rest[sp + 1..len];
+        if let Some(v) = rec.strip_prefix(b"size=") {
+            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            return std::str::from_utf8(v).ok()?.parse().ok();
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+impl<R> MetaGuard<R> {
+    fn new(inner: R) -> Self {
+        MetaGuard {
+            inner,
+            head: [0; 512],
+            got: 0,
+            left: 0,
+            ext: false,
+            pax: None,
+            next_size: None,
+        }
+    }
+
+    /// A whole header (or extension) block has passed: what follows it.
+    fn block(&mut self) -> io::Result<()> {
+        let h = &self.head;
+        if self.ext {
+            self.ext = h[504] != 0;
+            return Ok(());
+        }
+        if h.iter().all(|b| *b == 0) {
+            return Ok(());
+        }
+        let kind = h[156];
+        let field = octal_or_binary(&h[124..136])
+            .ok_or_else(|| io::Error::other("the archive from the testbed has a bad header"))?;
+        let meta = matches!(kind, b'x' | b'g' | b'L' | b'K');
+        let size = if meta {
+            field
+        } else {
+            self.next_size.take().unwrap_or(field)
+        };
+        if meta && size > META_LIMIT {
+            return Err(io::Error::other(format!(
+                "the archive from the testbed has a metadata entry of {size} bytes (at most \
+                 {META_LIMIT}): not a tar a working GNU tar makes; the testbed's tar may have \
+                 been replaced"
+            )));
+        }
+        if kind == b'x' {
+            self.pax = Some(Vec::new());
+        }
+        if kind == b'S' {
+            self.ext = h[482] != 0;
+        }
+        self.left = size.div_ceil(512).saturating_mul(512);
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for MetaGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left > 0 {
+            let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+            let n = self.inner.read(&mut buf[..want])?;
+            self.left -= n as u64;
+            if let Some(p) = &mut self.pax {
+                p.extend_from_slice(&buf[..n]);
+                if self.left == 0 {
+                    self.next_size = pax_size(p);
+                    self.pax = None;
+                }
+            }
+            return Ok(n);
+        }
+        // A header block: pass it on as it comes, and read it once whole.
+        let want = (512 - self.got).min(buf.len());
+        let n = self.inner.read(&mut buf[..want])?;
+        self.head[self.got..self.got + n].copy_from_slice(&buf[..n]);
+        self.got += n;
+        if self.got == 512 {
+            self.got = 0;
+            self.block()?;
+        }
+        Ok(n)
+    }
+}
+
 /// Unpack a directory archive from the testbed into `dst`, merging with
 /// what is there. The archive's first path component is the testbed
 /// directory's own name and is dropped.
 pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(MetaGuard::new(input));
     let mut dir_times = Vec::new();
     let mut dirs = Dirs::default();
     let mut buf = Vec::new();
@@ -524,7 +661,7 @@ pub enum SingleFile {
 /// goes to a temporary name first, so that a failed copy leaves no partial
 /// target behind.
 pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(MetaGuard::new(input));
     let mut entries = archive
         .entries()
         .context("cannot read the archive from the testbed")?;
@@ -766,6 +903,65 @@ mod tests {
         assert_eq!(md.len(), 32 << 20);
         assert_eq!(fs::read(dst.join("f")).unwrap(), data);
         assert!(md.blocks() * 512 <= 1 << 20, "{} blocks", md.blocks());
+    }
+
+    #[test]
+    fn metadata_entries_are_bounded_before_they_are_read() {
+        // A pax header claiming 1 GiB, and then only a little of it.
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(1 << 30);
+        h.set_path("PaxHeader/x").unwrap();
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(b'a', 64 << 10));
+        let dst = tmpdir("pax-bomb");
+        let e = format!("{:#}", extract_tree(&tar[..], &dst).unwrap_err());
+        assert!(e.contains("metadata entry of 1073741824 bytes"), "{e}");
+        // A GNU long name too.
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNULongName);
+        h.set_size(8 << 20);
+        h.set_cksum();
+        let tar = h.as_bytes().to_vec();
+        let e = format!(
+            "{:#}",
+            extract_file(&tar[..], &dst.join("f")).err().unwrap()
+        );
+        assert!(e.contains("metadata entry"), "{e}");
+    }
+
+    #[test]
+    fn the_guard_follows_real_archives() {
+        // GNU tar's own: long names, pax records, sparse files, big files.
+        let src = tmpdir("guard-src");
+        let long = "n".repeat(200);
+        fs::create_dir_all(src.join("d").join(&long)).unwrap();
+        fs::write(src.join("d").join(&long).join("f"), vec![7u8; 3 << 20]).unwrap();
+        let f = fs::File::create(src.join("d/sparse")).unwrap();
+        f.set_len(64 << 20).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"x", 40 << 20).unwrap();
+        drop(f);
+        for format in ["gnu", "pax"] {
+            let out = std::process::Command::new("tar")
+                .args(["-S", "--format", format, "-cf", "-", "d"])
+                .current_dir(&src)
+                .output()
+                .expect("GNU tar");
+            assert!(out.status.success());
+            let dst = tmpdir(&format!("guard-dst-{format}"));
+            extract_tree(&out.stdout[..], &dst).unwrap();
+            assert_eq!(
+                fs::read(dst.join(&long).join("f")).unwrap(),
+                vec![7u8; 3 << 20]
+            );
+            // tar-rs knows GNU sparse entries, not pax's GNU.sparse
+            // records; copy.rs's tar writes the gnu format.
+            if format == "gnu" {
+                assert_eq!(fs::metadata(dst.join("sparse")).unwrap().len(), 64 << 20);
+            }
+        }
     }
 
     /// GNU tar's own sparse entries (copy.rs asks for them): the holes

@@ -512,3 +512,49 @@ fn a_writer_that_outlives_the_wrapper_cannot_hold_the_command() {
     assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
     s.quit();
 }
+
+/// A tar in the testbed that sends a pax header claiming 1 GiB (and then
+/// streams it): the tar reader would hold that header whole in memory.
+#[test]
+fn a_tar_that_sends_a_huge_metadata_entry_cannot_exhaust_memory() {
+    let mut s = Server::start_env(
+        &["--remote", &image()],
+        &[("AUTOPKGTEST_VIRT_COPY_TIMEOUT", "60")],
+    );
+    s.open();
+    let argv = s.exec_argv();
+    sh_ok(
+        &argv,
+        r#"cat > /usr/bin/tar.bomb <<'EOF'
+#!/usr/bin/python3
+import sys
+h = bytearray(512)
+h[0:11] = b"PaxHeader/x"
+h[100:108] = b"0000644\0"
+h[124:136] = b"%011o\0" % (1 << 30)
+h[156:157] = b"x"
+h[257:263] = b"ustar\0"
+h[263:265] = b"00"
+h[148:156] = b" " * 8
+h[148:156] = b"%06o\0 " % sum(h)
+out = sys.stdout.buffer
+out.write(h)
+chunk = b"9 a=bbbb\n" * 7000
+while True:
+    out.write(chunk)
+EOF
+chmod 755 /usr/bin/tar.bomb && mv /usr/bin/tar.bomb /usr/bin/tar"#,
+    );
+    let host = TempDir::new("pax-bomb");
+    let (reply, peak) = s.cmd_peak_rss(&format!("copyup /etc/ {}/", host.path().display()));
+    eprintln!("copyup: {reply}, peak {peak} KiB");
+    assert_eq!(reply, "copy-failed", "{}", s.stderr());
+    assert!(peak < 32 * 1024, "the server reached {peak} KiB");
+    assert!(
+        s.stderr_says("metadata entry of 1073741824 bytes"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
+    s.quit();
+}

@@ -469,13 +469,13 @@ pub async fn pull_via_exec(
     // it first to ask (a tar the test replaced could answer for ever).
     let (script, not_there) = if dir {
         (
-            "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || exit 3; tar --sparse -cf - -- \"$2\"; \
+            "cd -- \"$1\" 2>/dev/null && test -d \"$2\" || exit 3; tar --format=gnu --sparse -cf - -- \"$2\"; \
              exit $?",
             format!("{testbed} is not a directory in the testbed"),
         )
     } else {
         (
-            "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || exit 3; tar --sparse -chf - -- \"$2\"; \
+            "cd -- \"$1\" 2>/dev/null && test -f \"$2\" || exit 3; tar --format=gnu --sparse -chf - -- \"$2\"; \
              exit $?",
             format!("{testbed} is not a regular file in the testbed"),
         )
