@@ -129,7 +129,7 @@ pub async fn read_small_file(
     container: &str,
     path: &str,
 ) -> Result<Option<String>> {
-    const LIMIT: u64 = 16 << 20;
+    const LIMIT: u64 = 1 << 20;
     let dir = std::env::temp_dir().join(format!("rdocker-read-{}", random_hex(6)));
     std::fs::create_dir(&dir)?;
     let file = dir.join("f");

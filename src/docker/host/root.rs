@@ -182,15 +182,20 @@ impl Root {
     }
 
     /// A small text file of the testbed's, such as /etc/passwd; None if
-    /// there is none.
+    /// there is none. Over 1 MiB is an error: the testbed picks the size,
+    /// and the server's memory is ours.
     pub fn read_text(&self, path: &str) -> Result<Option<String>> {
+        const LIMIT: u64 = 1 << 20;
         let f = match self.lookup(path, true) {
             Ok(f) => f.read_regular(path)?,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot open {path}"))),
         };
+        if f.metadata()?.len() > LIMIT {
+            bail!("{path} in the testbed is over {} MiB", LIMIT >> 20);
+        }
         let mut text = String::new();
-        f.take(16 << 20)
+        f.take(LIMIT)
             .read_to_string(&mut text)
             .with_context(|| format!("cannot read {path}"))?;
         Ok(Some(text))
