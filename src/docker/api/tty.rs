@@ -20,8 +20,10 @@ use crate::docker::daemon::client::{status_of, Client};
 ///
 /// bollard tells a raw stream from a multiplexed one by its first byte:
 /// a read of the TTY's output that begins with a byte 0, 1 or 2 (rare on
-/// a terminal) is taken for a frame header, and its first eight bytes
-/// are lost.
+/// a terminal: `printf '\001'`) is taken for a frame header, its first
+/// eight bytes are lost, and the output then waits for as many bytes as
+/// that "header" says. Only a hijack of our own, under every transport
+/// of daemon/client.rs, would avoid it.
 pub async fn run(
     client: &Client,
     container: &str,
