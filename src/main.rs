@@ -7,6 +7,7 @@ mod exec_mode;
 mod protocol;
 mod server;
 mod signals;
+mod terminal;
 mod testbed;
 
 use anyhow::{Context, Result};

@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 
 use crate::protocol::{self, Command, Parsed};
 use crate::signals::{self, Terminations};
-use crate::testbed::Testbed;
+use crate::terminal::Terminal;
+use crate::testbed::{Console, Testbed};
 use crate::{debug, PROG};
 
 /// The reference's exit status for protocol failures.
@@ -96,8 +97,18 @@ impl<T: Testbed> Server<T> {
             Command::CopyUp { testbed, host } => self.copy("copyup", &testbed, &host, true).await,
             Command::Shell { dir, env } => {
                 self.require_open("shell")?;
-                let argv = self.tb.run_argv().map_err(fail)?;
-                run_shell(argv, &dir, &env).await;
+                // As the reference: no terminal, or a shell that failed,
+                // is a message, and the reply is ok all the same.
+                match Terminal::open() {
+                    Err(e) => eprintln!("{PROG}: Cannot run shell: {e}"),
+                    Ok(term) => {
+                        if let Err(e) =
+                            run_shell(&mut self.tb, &shell_script(&dir, &env), &term).await
+                        {
+                            eprintln!("{PROG}: Cannot run shell: {e:#}");
+                        }
+                    }
+                }
                 Ok(reply(&[]))
             }
             Command::AuxverbDebugFail => {
@@ -169,9 +180,9 @@ fn reply(words: &[String]) -> Step {
     Step::Reply(s)
 }
 
-/// An interactive shell on the caller's terminal, as the reference's
-/// default hook_shell.
-async fn run_shell(mut argv: Vec<String>, dir: &str, env: &[String]) {
+/// The shell command line of the reference's default hook_shell: the
+/// directory, the protocol's variables, and the caller's TERM.
+fn shell_script(dir: &str, env: &[String]) -> String {
     let mut cmd = format!("cd \"{dir}\"; ");
     for e in env {
         cmd.push_str(&format!("export \"{e}\"; "));
@@ -180,30 +191,27 @@ async fn run_shell(mut argv: Vec<String>, dir: &str, env: &[String]) {
         cmd.push_str(&format!("export TERM=\"{term}\"; "));
     }
     cmd.push_str("bash -i");
-    argv.extend(["sh".into(), "-c".into(), cmd]);
-    let tty = |_| {
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/tty")
+    cmd
+}
+
+/// An interactive shell in the testbed on the caller's terminal
+/// (/dev/tty), which is in raw mode meanwhile, so that Ctrl-C and Ctrl-Z
+/// reach the shell, not rdocker.
+async fn run_shell<T: Testbed>(tb: &mut T, script: &str, term: &Terminal) -> anyhow::Result<()> {
+    let size = term.size()?;
+    let mut resizes = term.resizes()?;
+    // Dropped in reverse: the terminal is restored before SIGINT ends a
+    // session again.
+    let _held = signals::hold_interrupts();
+    let _raw = term.raw()?;
+    let (mut input, mut output) = (term, term);
+    let console = Console {
+        input: &mut input,
+        output: &mut output,
+        size,
+        resizes: &mut resizes,
     };
-    let (i, o, e) = match (tty(0), tty(1), tty(2)) {
-        (Ok(i), Ok(o), Ok(e)) => (i, o, e),
-        (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) => {
-            eprintln!("{PROG}: Cannot run shell: {err}");
-            return;
-        }
-    };
-    let status = tokio::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(i)
-        .stdout(o)
-        .stderr(e)
-        .status()
-        .await;
-    if let Err(err) = status {
-        eprintln!("{PROG}: Cannot run shell: {err}");
-    }
+    tb.shell(script, console).await
 }
 
 enum Input {

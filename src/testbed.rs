@@ -2,7 +2,20 @@
 //! implementation; the server knows nothing of containers.
 
 use anyhow::Result;
+use futures_util::Stream;
 use std::path::Path;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The caller's terminal, for an interactive shell.
+pub struct Console<'a> {
+    /// Keystrokes; EOF when the terminal hangs up.
+    pub input: &'a mut (dyn AsyncRead + Unpin),
+    pub output: &'a mut (dyn AsyncWrite + Unpin),
+    /// Rows and columns at the start.
+    pub size: (u16, u16),
+    /// The size each time it changes.
+    pub resizes: &'a mut (dyn Stream<Item = (u16, u16)> + Unpin),
+}
 
 #[allow(async_fn_in_trait)]
 pub trait Testbed {
@@ -19,6 +32,9 @@ pub trait Testbed {
     async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()>;
     /// The argv prefix that runs a command in the open testbed.
     fn run_argv(&self) -> Result<Vec<String>>;
+    /// Run the shell script `script` as root on a terminal in the testbed
+    /// that `console` drives, until it exits.
+    async fn shell(&mut self, script: &str, console: Console<'_>) -> Result<()>;
     fn capabilities(&self) -> Vec<String>;
     /// What to tell the caller when it asks why things failed.
     async fn describe(&mut self) -> String;

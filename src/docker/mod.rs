@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::debug;
-use crate::testbed::Testbed;
-use api::copy;
+use crate::testbed::{Console, Testbed};
+use api::{copy, exec, tty};
 use daemon::client::Client;
 use daemon::context;
 use daemon::locality::CopyMode;
@@ -710,6 +710,39 @@ impl Testbed for DockerTestbed {
         }
         argv.push("--".into());
         Ok(argv)
+    }
+
+    /// Straight from the server, on a TTY exec (api/tty.rs), under the
+    /// same wrapper as the test's commands, so with the same environment;
+    /// the exec argv has no terminal to hand on.
+    async fn shell(&mut self, script: &str, console: Console<'_>) -> Result<()> {
+        let id = self.container()?.id.clone();
+        let token = names::random_hex(8);
+        let cmd = ["sh".to_string(), "-c".into(), script.into()];
+        let argv = exec::wrapped(&token, &cmd, "");
+        let ran = tty::run(
+            &self.client,
+            &id,
+            argv,
+            console.size,
+            console.input,
+            console.output,
+            console.resizes,
+        )
+        .await;
+        match ran {
+            Ok(code) => {
+                debug!("the shell exited {code}");
+                Ok(())
+            }
+            Err(e) => {
+                // A shell whose terminal went away would stay in the testbed.
+                if let Err(ke) = exec::kill(&self.client, &id, &token).await {
+                    debug!("could not stop the shell in the testbed: {ke:#}");
+                }
+                Err(e)
+            }
+        }
     }
 
     fn capabilities(&self) -> Vec<String> {

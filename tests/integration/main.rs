@@ -17,3 +17,4 @@ mod protocol;
 mod pull;
 mod reap;
 mod revert;
+mod shell;

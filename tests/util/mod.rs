@@ -186,7 +186,17 @@ impl Server {
 
     /// Start with IMAGE and docker-run options; checks the `ok` banner.
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut s = Server::spawn(args, env);
+        Server::start_with(args, env, |_| {})
+    }
+
+    /// The same, with `setup` applied to the command first (a session,
+    /// a controlling terminal).
+    pub fn start_with(
+        args: &[&str],
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut s = Server::spawn_with(args, env, setup);
         let banner = s.line(REPLY_TIMEOUT);
         assert_eq!(
             banner.as_deref(),
@@ -199,6 +209,10 @@ impl Server {
 
     /// Start without reading anything.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::spawn_with(args, env, |_| {})
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)], setup: impl FnOnce(&mut Command)) -> Server {
         docker();
         let mut cmd = Command::new(BIN);
         cmd.args(args)
@@ -208,6 +222,7 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        setup(&mut cmd);
         let mut child = cmd.spawn().expect("cannot start the server binary");
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = channel();

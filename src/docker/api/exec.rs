@@ -237,7 +237,7 @@ impl std::fmt::Display for TestbedGone {
 }
 impl std::error::Error for TestbedGone {}
 
-fn gone(container: &str, e: &bollard::errors::Error) -> anyhow::Error {
+pub(super) fn gone(container: &str, e: &bollard::errors::Error) -> anyhow::Error {
     anyhow::Error::new(TestbedGone(format!(
         "the testbed container {container} is gone or stopped ({e}); it was removed or \
          killed outside rdocker, or the daemon restarted"

@@ -1,8 +1,9 @@
 //! The Engine API routes: commands through the exec API (with their
-//! wrapper and the kill of a timed-out one), and files through the
+//! wrapper and the kill of a timed-out one), `shell` on a TTY exec, and files through the
 //! archive endpoints or tar over an exec. Everything here goes through
 //! the daemon; nothing here touches the testbed's files from the host,
 //! and nothing imports the host wing.
 
 pub mod copy;
 pub mod exec;
+pub mod tty;
