@@ -11,6 +11,8 @@
 #   rdocker_UPSTREAM.orig-vendor.tar.xz  `cargo vendor --locked` of Cargo.lock,
 #                                        unpacked by dpkg-source into vendor/
 #   rdocker_VERSION.debian.tar.xz, rdocker_VERSION.dsc  (3.0 (quilt))
+# and prints the .dsc's path.  An orig-vendor tarball already in OUTDIR is
+# reused when Cargo.lock has not changed since it was made.
 # The vendored crates are exactly Cargo.lock's, with one change: the
 # prebuilt Windows import libraries (*.a, *.lib, *.dll in the
 # winapi-*-pc-windows-gnu and windows_* crates, which only Windows targets
@@ -79,12 +81,20 @@ tarc -C "$TMP/up" -cf - "$top" | xzc >"$TMP/$orig"
 log "$orig: $(tr -cd '\0' <"$TMP/files" | wc -c) files, $(du -k "$TMP/$orig" | cut -f1) KiB"
 
 # --- the vendor component ----------------------------------------------------
-log "cargo vendor --locked ($(cargo --version))"
-if ! cargo vendor --locked --manifest-path "$TREE/Cargo.toml" "$TMP/vendor" >/dev/null 2>"$TMP/vendor.log"; then
-    tail -20 "$TMP/vendor.log" >&2
-    die "cargo vendor failed: it needs crates.io (network) or every crate of Cargo.lock in cargo's cache"
-fi
-python3 - "$TMP/vendor" <<'EOF'
+# Reused from OUTDIR when Cargo.lock and this script are what made it (the
+# orig tarball of a version does not change; compressing it takes minutes).
+vkey=$(cat "$TREE/Cargo.lock" "$0" | sha256sum | cut -d' ' -f1)
+if [ -f "$OUT/$vorig" ] && [ "$(cat "$OUT/.$vorig.key" 2>/dev/null)" = "$vkey" ]; then
+    log "$vorig: reusing the one in $OUT (same Cargo.lock)"
+    cp "$OUT/$vorig" "$TMP/$vorig"
+    tar -C "$TMP" -xJf "$TMP/$vorig"
+else
+    log "cargo vendor --locked ($(cargo --version))"
+    if ! cargo vendor --locked --manifest-path "$TREE/Cargo.toml" "$TMP/vendor" >/dev/null 2>"$TMP/vendor.log"; then
+        tail -20 "$TMP/vendor.log" >&2
+        die "cargo vendor failed: it needs crates.io (network) or every crate of Cargo.lock in cargo's cache"
+    fi
+    python3 - "$TMP/vendor" <<'EOF'
 # Drop the Windows import libraries and their checksum entries.
 import json, os, re, sys
 vendor = sys.argv[1]
@@ -105,8 +115,11 @@ for crate in sorted(os.listdir(vendor)):
         json.dump(meta, f, sort_keys=True, separators=(',', ':'))
 print(f"build-source: removed {removed} Windows import libraries from the vendored crates", file=sys.stderr)
 EOF
-tarc -C "$TMP" -cf - vendor | xzc >"$TMP/$vorig"
-log "$vorig: $(ls "$TMP/vendor" | wc -l) crates, $(du -k "$TMP/$vorig" | cut -f1) KiB"
+    tarc -C "$TMP" -cf - vendor | xzc >"$TMP/$vorig"
+    log "$vorig: $(ls "$TMP/vendor" | wc -l) crates, $(du -k "$TMP/$vorig" | cut -f1) KiB"
+    cp "$TMP/$vorig" "$OUT/$vorig.tmp" && mv "$OUT/$vorig.tmp" "$OUT/$vorig"
+    echo "$vkey" >"$OUT/.$vorig.key"
+fi
 
 # --- the source package: both tarballs unpacked, debian/ added ----------------
 mkdir -p "$TMP/build"
