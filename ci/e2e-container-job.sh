@@ -444,7 +444,7 @@ scenario_action() {
         -e GITHUB_STEP_SUMMARY="$fc/step_summary_e2e" -e GITHUB_OUTPUT="$fc/set_output_e2e" \
         -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" \
         -e INPUT_PLATFORM=linux/amd64 -e INPUT_RDOCKER_DEB=rdocker.deb \
-        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= \
+        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= \
         "$name" bash "$ap/ci/action/run.sh" >"$logf" 2>&1 &
     EXEC_PID=$!
     rc=0; wait "$EXEC_PID" || rc=$?

@@ -6,7 +6,8 @@
 #   INPUT_IMAGE             the testbed image (required)
 #   INPUT_PLATFORM          docker run --platform for the testbed (none)
 #   INPUT_AUTOPKGTEST_ARGS  more autopkgtest arguments, split on blanks
-#   INPUT_RDOCKER_ARGS      more rdocker arguments and docker-run options
+#   INPUT_RDOCKER_ARGS      rdocker options (before the image: -d, --init, -H URL)
+#   INPUT_DOCKER_RUN_ARGS   docker-run options for the testbed (after the image)
 #   INPUT_RDOCKER_DEB       the rdocker .deb to install: a path or an
 #                           http(s) URL; empty: keep an installed rdocker,
 #                           else build it from the action's checkout with cargo
@@ -14,7 +15,7 @@
 #   INPUT_OUTPUT_DIR        autopkgtest's output directory
 #                           (default: $RUNNER_TEMP/autopkgtest-output)
 # It installs autopkgtest (apt) and rdocker when missing, runs
-#   autopkgtest ARGS SOURCE -o OUTPUT_DIR -- rdocker IMAGE [--platform P] RDOCKER_ARGS
+#   autopkgtest ARGS SOURCE -o OUTPUT_DIR -- rdocker RDOCKER_ARGS IMAGE [--platform P] DOCKER_RUN_ARGS
 # with its log folded into ::group:: sections, appends a table of the
 # tests (result, duration) to $GITHUB_STEP_SUMMARY, and writes output-dir
 # and exit-code to $GITHUB_OUTPUT.  Exits with autopkgtest's status, except
@@ -89,9 +90,10 @@ echo "::endgroup::"
 
 read -r -a at_args <<<"${INPUT_AUTOPKGTEST_ARGS:-}"
 read -r -a rd_args <<<"${INPUT_RDOCKER_ARGS:-}"
-virt=(rdocker "$IMAGE")
+read -r -a run_args <<<"${INPUT_DOCKER_RUN_ARGS:-}"
+virt=(rdocker "${rd_args[@]}" "$IMAGE")
 [ -z "${INPUT_PLATFORM:-}" ] || virt+=(--platform "$INPUT_PLATFORM")
-virt+=("${rd_args[@]}")
+virt+=("${run_args[@]}")
 rm -rf "$OUTDIR"
 mkdir -p "$(dirname "$OUTDIR")"
 title="autopkgtest of \`$SOURCE\` on \`$IMAGE\`${INPUT_PLATFORM:+ ($INPUT_PLATFORM)}"
