@@ -13,7 +13,9 @@
 # report and the package's file list.  Running it again rebuilds and replaces the earlier results.
 #
 # Needs dpkg-dev, debhelper and lintian from Debian, and cargo from rustup
-# (see debian/README.source).
+# (see debian/README.source): it builds with the pkg.rdocker.rustup build
+# profile, which is what makes the package build on bookworm.  (Debian's own
+# cargo, offline from vendored crates, is ci/offline-build.sh's route.)
 set -euo pipefail
 
 log() { echo "build-deb: $*" >&2; }
@@ -61,7 +63,7 @@ deb="${src}_${version}_${arch}.deb"
 log "building $src $version for $arch in $TREE"
 start=$(date +%s)
 # -b: binary only (no source package); results land in $parent.
-if ! dpkg-buildpackage -us -uc -b; then
+if ! dpkg-buildpackage -us -uc -b -Ppkg.rdocker.rustup; then
     die "dpkg-buildpackage failed (see above)"
 fi
 elapsed=$(( $(date +%s) - start ))

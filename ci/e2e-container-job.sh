@@ -16,6 +16,13 @@
 #            forwarding to the local socket; the job uses --network host).
 #            The same checks as "socket".  (socat needs a long -t: see
 #            scenario_tcp.)
+#   action   the GitHub Action's script (ci/action/run.sh, as action.yml runs
+#            it) in a socket job, with the GITHUB_* variables a runner sets
+#            in a container job (workspace /__w/rdocker/rdocker, file
+#            commands under /__w/_temp/_runner_file_commands): the step
+#            passes, its job summary lists each test of rdocker-hello as
+#            PASS with a duration, its log is folded into ::group::s, and
+#            the output-dir output names the output directory.
 #   reference-remote  (opt-in, not in the default set) the reference with
 #            --remote in the socket job, for comparison.
 #
@@ -40,8 +47,8 @@
 #   --deb FILE  the rdocker .deb to install in the job image (default:
 #               target/deb/rdocker_*_amd64.deb; built with ci/build-deb.sh
 #               when there is none)
-#   SCENARIO    socket, reference, tcp, reference-remote (default: socket
-#               reference tcp)
+#   SCENARIO    socket, reference, tcp, action, reference-remote (default:
+#               socket reference tcp action)
 #
 # Environment: RDOCKER_TEST_BASE_IMAGE (rdocker-test/debian:bookworm),
 # RDOCKER_TEST_USER_IMAGE (rdocker-test/user:bookworm, the testbed),
@@ -88,11 +95,11 @@ while [ $# -gt 0 ]; do
         --deb) [ $# -ge 2 ] || die "--deb needs a file"; DEB=$2; shift 2 ;;
         --deb=*) DEB=${1#*=}; shift ;;
         -h|--help) usage; exit 0 ;;
-        socket|reference|tcp|reference-remote) SCENARIOS+=("$1"); shift ;;
+        socket|reference|tcp|action|reference-remote) SCENARIOS+=("$1"); shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(socket reference tcp)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(socket reference tcp action)
 
 # --- state for cleanup -------------------------------------------------------
 RUN_ID="$$-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
@@ -422,6 +429,57 @@ scenario_reference_remote() {
     return $ok
 }
 
+# The action's script in a socket job, as a runner runs a composite step.
+scenario_action() {
+    local name="rdocker-e2e-$RUN_ID-action" logf="$LOGS/action.log" rc ok=0 t out
+    local ws=/__w/rdocker/rdocker fc=/__w/_temp/_runner_file_commands ap=/__w/_actions/rdocker/rdocker/main
+    start_job "$name" "$JOB_IMAGE" -v "$SOCK:$SOCK"
+    docker exec "$name" mkdir -p "$ws/tests/pkg" "$fc" "$ap/ci" || die "cannot make the runner's directories in $name"
+    docker cp "$PKG" "$name:$ws/tests/pkg/rdocker-hello" >/dev/null &&
+    docker cp "$TREE/action.yml" "$name:$ap/action.yml" >/dev/null &&
+    docker cp "$TREE/ci/action" "$name:$ap/ci/action" >/dev/null &&
+    docker cp "$TMP/rdocker.deb" "$name:$ws/rdocker.deb" >/dev/null || die "cannot copy the action into $name"
+    docker exec -w "$ws" -e GITHUB_ACTIONS=true -e CI=true -e GITHUB_WORKSPACE="$ws" \
+        -e RUNNER_TEMP=/__w/_temp -e GITHUB_ACTION_PATH="$ap" \
+        -e GITHUB_STEP_SUMMARY="$fc/step_summary_e2e" -e GITHUB_OUTPUT="$fc/set_output_e2e" \
+        -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" \
+        -e INPUT_PLATFORM=linux/amd64 -e INPUT_RDOCKER_DEB=rdocker.deb \
+        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= \
+        "$name" bash "$ap/ci/action/run.sh" >"$logf" 2>&1 &
+    EXEC_PID=$!
+    rc=0; wait "$EXEC_PID" || rc=$?
+    EXEC_PID=""
+    docker exec "$name" cat "$fc/step_summary_e2e" >"$LOGS/action-summary.md" 2>/dev/null || true
+    docker exec "$name" cat "$fc/set_output_e2e" >"$LOGS/action-output" 2>/dev/null || true
+    if [ "$rc" -ne 0 ]; then
+        tail -40 "$logf" >&2; log "the action's script exited with $rc (log: $logf)"; ok=1
+    fi
+    for t in greets as-root build-and-artifacts; do
+        if ! grep -Eq "^\| \`$t\` \| .*PASS \| [0-9]+ (s|min [0-9]+ s) \| [0-9]+ (s|min [0-9]+ s) \|" "$LOGS/action-summary.md"; then
+            log "the job summary has no PASS line with durations for $t"; ok=1
+        fi
+    done
+    if [ "$ok" = 0 ]; then
+        log "  job summary:"; sed 's/^/e2e:     /' "$LOGS/action-summary.md" >&2
+    else
+        cat "$LOGS/action-summary.md" >&2
+    fi
+    out=$(sed -n 's/^output-dir=//p' "$LOGS/action-output")
+    if [ "$out" != /__w/_temp/autopkgtest-output ]; then
+        log "GITHUB_OUTPUT has output-dir='$out', not /__w/_temp/autopkgtest-output"; ok=1
+    elif ! docker exec "$name" grep -Eq '^greets +PASS' "$out/summary"; then
+        log "the output directory $out has no summary with greets PASS"; ok=1
+    fi
+    grep -qx 'exit-code=0' "$LOGS/action-output" || { log "GITHUB_OUTPUT has no exit-code=0"; ok=1; }
+    for g in '::group::test greets' '::group::test as-root' '::group::test build-and-artifacts' '::group::summary'; do
+        grep -qx "$g" "$logf" || { log "the log has no '$g' section"; ok=1; }
+    done
+    [ "$(grep -c '^::group::' "$logf")" = "$(grep -c '^::endgroup::' "$logf")" ] ||
+        { log "the log's ::group:: and ::endgroup:: lines do not pair up"; ok=1; }
+    stop_job "$name" || ok=1
+    return $ok
+}
+
 # --- run ---------------------------------------------------------------------
 FAILED=()
 SUMMARY=()
@@ -430,6 +488,7 @@ for s in "${SCENARIOS[@]}"; do
         socket) title="socket-mount rdocker"; fn=scenario_socket ;;
         reference) title="socket-mount reference autopkgtest-virt-docker (must fail)"; fn=scenario_reference ;;
         tcp) title="tcp DOCKER_HOST rdocker"; fn=scenario_tcp ;;
+        action) title="the GitHub Action's script in a socket job"; fn=scenario_action ;;
         reference-remote) title="socket-mount reference autopkgtest-virt-docker --remote"; fn=scenario_reference_remote ;;
     esac
     log "--- $title"

@@ -8,6 +8,7 @@ BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TEST_IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
 USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 SYSTEMD_IMAGE=${RDOCKER_TEST_SYSTEMD_IMAGE:-rdocker-test/systemd:bookworm}
+TRIXIE_IMAGE=${RDOCKER_TEST_TRIXIE_IMAGE:-rdocker-test/debian:trixie}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
 # A registry that wants a login, for --pull with credentials
@@ -56,21 +57,34 @@ if ! docker info >/dev/null 2>&1; then
     fi
 fi
 
-if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+# debian_image SUITE TAG: a minbase SUITE from the mirror, imported as TAG
+# (unless TAG exists).  The debootstrap tree is cached as
+# $CACHE/SUITE-minbase.tar.  Its apt ignores Valid-Until (a snapshot or a
+# slow mirror of sid/testing must not stop apt-get update; harmless for a
+# stable suite).
+debian_image() {
+    local suite=$1 tag=$2 tarball root
+    docker image inspect "$tag" >/dev/null 2>&1 && return 0
     mkdir -p "$CACHE"
-    tarball="$CACHE/bookworm-minbase.tar"
+    tarball="$CACHE/$suite-minbase.tar"
     if [ ! -s "$tarball" ]; then
-        log "debootstrapping bookworm (cached in $tarball)"
+        log "debootstrapping $suite from $MIRROR (cached in $tarball)"
         root=$(mktemp -d "$CACHE/root.XXXXXX")
-        debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 || {
-            tail -20 "$CACHE/debootstrap.log" >&2; rm -rf "$root"; exit 1; }
+        debootstrap --variant=minbase "$suite" "$root" "$MIRROR" >"$CACHE/debootstrap-$suite.log" 2>&1 || {
+            tail -20 "$CACHE/debootstrap-$suite.log" >&2; rm -rf "$root"
+            log "debootstrap of $suite failed (log: $CACHE/debootstrap-$suite.log); can this machine reach $MIRROR?"
+            exit 1; }
+        echo 'Acquire::Check-Valid-Until "false";' >"$root/etc/apt/apt.conf.d/80rdocker-test-valid-until"
         tar -C "$root" -cf "$tarball.tmp" .
         mv "$tarball.tmp" "$tarball"
         rm -rf "$root"
     fi
-    log "importing $BASE_IMAGE"
-    docker import "$tarball" "$BASE_IMAGE" >/dev/null
-fi
+    log "importing $tag"
+    docker import "$tarball" "$tag" >/dev/null
+}
+debian_image bookworm "$BASE_IMAGE"
+# trixie, for the offline package build with Debian's own Rust (ci/offline-build.sh).
+debian_image trixie "$TRIXIE_IMAGE"
 
 if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     log "building $TEST_IMAGE with autopkgtest-build-docker"
@@ -178,4 +192,4 @@ done
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 
-log "ready: daemon up, images $BASE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"
+log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"

@@ -3,9 +3,12 @@
 # needs (packages, a running dockerd, the test images), then runs
 #   0. clippy, rustfmt and the import-circle check,
 #   1. unit and integration tests (cargo test; the real daemon, no mocks),
-#   2. the Debian package build, lintian, install, and the man page check,
+#   2. the Debian package build, lintian, install, and the man page check;
+#      the source package (vendored crates) built offline on trixie with
+#      Debian's Rust (--network none), lintian on source and binaries,
 #   3. a real autopkgtest run of the project's test package through rdocker,
-#   4. the CI container-job end-to-end scenarios,
+#      and of rdocker's own package tests (debian/tests) through rdocker,
+#   4. the CI container-job end-to-end scenarios (the GitHub Action too),
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
 #   6. load: 8 autopkgtest runs at once, and open/exec/revert cycles with
 #      memory and descriptors checked flat (100 cycles; 1000 with --slow),
@@ -65,6 +68,10 @@ ci/build-deb.sh --install
 ci/check-manpage.sh /usr/bin/autopkgtest-virt-rdocker man/autopkgtest-virt-rdocker.1
 done_step "package and man page ok"
 
+step "source package with vendored crates, built offline on trixie with Debian's cargo and rustc; lintian"
+ci/offline-build.sh --out target/offline
+done_step "offline build on trixie ok"
+
 step "autopkgtest of tests/pkg/rdocker-hello through the installed rdocker"
 out=$(mktemp -d)
 if ! autopkgtest tests/pkg/rdocker-hello/ -o "$out/out" -- rdocker "$USER_IMAGE" >"$LOGS/e2e-local.log" 2>&1; then
@@ -74,6 +81,19 @@ ls "$out"/out/binaries/rdocker-hello*.deb >/dev/null
 grep -qx 'hello, artifacts' "$out/out/artifacts/greeting"
 rm -rf "$out"
 done_step "local autopkgtest run passed"
+
+step "rdocker's own autopkgtest (debian/tests/smoke) through rdocker, the daemon's socket mounted in the testbed"
+out=$(mktemp -d)
+debs=(target/deb/rdocker_*_amd64.deb)
+dscs=(target/offline/source/rdocker_*.dsc)
+# -B: test the .deb built above, do not build the source again in the testbed.
+if ! autopkgtest -B "${debs[0]}" "${dscs[0]}" --env=RDOCKER_SMOKE_IMAGE="${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}" \
+        -o "$out/out" -- rdocker "$IMAGE" -v /var/run/docker.sock:/var/run/docker.sock >"$LOGS/self-test.log" 2>&1; then
+    tail -40 "$LOGS/self-test.log"; echo "test: rdocker's own autopkgtest failed or was skipped (log: $LOGS/self-test.log)" >&2; exit 1
+fi
+grep -Eq '^smoke +PASS' "$out/out/summary" || { cat "$out/out/summary"; echo "test: debian/tests/smoke did not pass" >&2; exit 1; }
+rm -rf "$out"
+done_step "rdocker's own autopkgtest passed"
 
 if [ -x ci/e2e-container-job.sh ]; then
     step "CI container jobs (socket mount, TCP)"
