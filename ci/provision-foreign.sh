@@ -130,8 +130,8 @@ if ! docker image inspect "$ARM64_BASE_IMAGE" >/dev/null 2>&1; then
         rm -rf "$root"
     fi
     log "importing $ARM64_BASE_IMAGE"
-    # The CLI's --platform sets the recorded architecture where the daemon
-    # honours it (API >= 1.40); set_arch covers those that do not.
+    # --platform sets the recorded architecture where the daemon honours it;
+    # docker.io 20.10 accepts it and records the host's anyway: set_arch.
     docker import --platform linux/arm64 "$tarball" "$ARM64_BASE_IMAGE" >/dev/null 2>&1 ||
         docker import "$tarball" "$ARM64_BASE_IMAGE" >/dev/null
     set_arch "$ARM64_BASE_IMAGE" arm64 ""
