@@ -1306,7 +1306,8 @@ def parse_args():
                     'cargo build could otherwise swap it mid-run)')
     ap.add_argument('--servers', default=','.join(ALL_SERVERS),
                     help='comma-separated, from %s (default all; rdocker-shared is skipped '
-                    'with the reason when rdocker refuses --shared-dir)' % ','.join(ALL_SERVERS))
+                    'with the reason when rdocker refuses --shared-dir); also rdocker-base '
+                    '(--baseline) and rdocker-arm64 (--arm64-image through qemu)' % ','.join(ALL_SERVERS))
     ap.add_argument('--ops', default=None,
                     help='comma-separated, from %s (default all but conformance)' % ','.join(ALL_OPS))
     ap.add_argument('--rss-only', action='store_true', help='same as --ops rss')
