@@ -236,15 +236,21 @@ fn autopkgtest_in_an_arm64_testbed() {
         "autopkgtest in the arm64 testbed failed ({}):\n{log}",
         o.status
     );
-    let debs: Vec<String> = fs::read_dir(out.join("binaries"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".deb"))
-        .collect();
-    assert!(
-        debs.iter().any(|n| n.ends_with("_arm64.deb")),
-        "no arm64 .deb copied up ({debs:?}):\n{log}"
+    // autopkgtest names them rdocker-hello.deb and so on; the control
+    // field says what they were built for.
+    let deb = out.join("binaries/rdocker-hello.deb");
+    let arch = Command::new("dpkg-deb")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Architecture")
+        .output()
+        .expect("cannot run dpkg-deb");
+    assert_eq!(
+        String::from_utf8_lossy(&arch.stdout).trim(),
+        "arm64",
+        "{} is not an arm64 package ({}):\n{log}",
+        deb.display(),
+        String::from_utf8_lossy(&arch.stderr)
     );
     assert_eq!(
         fs::read_to_string(out.join("artifacts/greeting"))
