@@ -60,7 +60,9 @@ impl HandlerOff {
         fs::write(HANDLER, "0").expect("cannot disable the qemu-aarch64 handler (root?)");
         let g = HandlerOff;
         assert!(
-            fs::read_to_string(HANDLER).unwrap().starts_with("disabled\n"),
+            fs::read_to_string(HANDLER)
+                .unwrap()
+                .starts_with("disabled\n"),
             "{HANDLER} did not become disabled"
         );
         g
@@ -90,10 +92,7 @@ fn arm64_testbed_runs_copies_and_reverts() {
     assert_eq!(sh_ok(&argv, "uname -m"), "aarch64\n");
     assert_eq!(sh_ok(&argv, "dpkg --print-architecture"), "arm64\n");
     // The testbed's binaries are arm64 ELF (machine 183 = 0xb7 at byte 18).
-    assert_eq!(
-        sh_ok(&argv, "od -An -tx1 -j18 -N1 /bin/true").trim(),
-        "b7"
-    );
+    assert_eq!(sh_ok(&argv, "od -An -tx1 -j18 -N1 /bin/true").trim(), "b7");
 
     let host = TempDir::new("arm64");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -105,8 +104,14 @@ fn arm64_testbed_runs_copies_and_reverts() {
     fs::write(tree.join("sub/deeper/leaf"), "leaf\n").unwrap();
     std::os::unix::fs::symlink("sub/deeper/leaf", tree.join("link")).unwrap();
 
-    s.ok(&format!("copydown {} {d}/blob", quote(&file.to_string_lossy())));
-    s.ok(&format!("copydown {}/ {d}/tree/", quote(&tree.to_string_lossy())));
+    s.ok(&format!(
+        "copydown {} {d}/blob",
+        quote(&file.to_string_lossy())
+    ));
+    s.ok(&format!(
+        "copydown {}/ {d}/tree/",
+        quote(&tree.to_string_lossy())
+    ));
     // Seen and changed by arm64 programs inside.
     assert_eq!(
         sh_ok(&argv, &format!("cksum < {d}/blob")),
@@ -133,10 +138,16 @@ fn arm64_testbed_runs_copies_and_reverts() {
     );
 
     let back = host.path().join("back");
-    s.ok(&format!("copyup {d}/blob {}", quote(&back.to_string_lossy())));
+    s.ok(&format!(
+        "copyup {d}/blob {}",
+        quote(&back.to_string_lossy())
+    ));
     assert!(fs::read(&back).unwrap() == data, "copyup changed the file");
     let tree_back = host.path().join("tree-back");
-    s.ok(&format!("copyup {d}/tree/ {}/", quote(&tree_back.to_string_lossy())));
+    s.ok(&format!(
+        "copyup {d}/tree/ {}/",
+        quote(&tree_back.to_string_lossy())
+    ));
     assert_eq!(fs::read_to_string(tree_back.join("top")).unwrap(), "top\n");
     assert_eq!(
         fs::read_to_string(tree_back.join("sub/deeper/leaf")).unwrap(),
