@@ -191,5 +191,6 @@ for img in "$TEST_IMAGE" "$SYSTEMD_IMAGE"; do
 done
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
+"$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
 
 log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"

@@ -10,6 +10,7 @@ mod daemon_restart;
 mod daemons;
 mod exec;
 mod faults;
+mod foreign;
 mod hostile;
 mod init;
 mod options;
