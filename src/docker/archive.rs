@@ -520,7 +520,8 @@ fn available(st: &nix::sys::statvfs::Statvfs) -> u64 {
 
 /// The disk space check of one copy: before every CHECK_EVERY bytes it
 /// writes, the filesystem must still have that much above the margin, so
-/// that free space never falls below it.
+/// that free space never falls more than CHECK_EVERY below it (the margin
+/// is at least twice that).
 #[derive(Default)]
 pub struct Room {
     unchecked: u64,
@@ -530,17 +531,19 @@ const CHECK_EVERY: u64 = 8 << 20;
 
 impl Room {
     /// `n` more bytes (at most CHECK_EVERY) are about to go to `f`.
+    /// The first check comes once CHECK_EVERY bytes are due, so that a
+    /// small file costs no statvfs.
     pub fn take(&mut self, f: &fs::File, n: u64) -> Result<()> {
-        if self.unchecked + n <= CHECK_EVERY && self.unchecked > 0 {
-            self.unchecked += n;
+        self.unchecked += n;
+        if self.unchecked < CHECK_EVERY {
             return Ok(());
         }
-        self.unchecked = n;
+        self.unchecked = 0;
         let Ok(st) = nix::sys::statvfs::fstatvfs(f) else {
             return Ok(());
         };
         let (free, keep) = (available(&st), margin(&st));
-        if free < keep + CHECK_EVERY.max(n) {
+        if free < keep + CHECK_EVERY + n {
             bail!(
                 "stopped before the disk fills: {} MiB are free where the copy writes, and \
                  rdocker keeps {} MiB free; free some space there or copy less",
