@@ -468,7 +468,8 @@ async fn forward<W: AsyncWrite + Unpin>(
         .unwrap_or(0);
     let length: Option<u64> = resp.get("content-length").and_then(|v| v.parse().ok());
     let chunked = resp.get("transfer-encoding").is_some();
-    let bodiless = method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
+    let bodiless =
+        method == "HEAD" || status == 204 || status == 304 || (100..200).contains(&status);
     // The body's end is known without the server closing: keep the
     // client's connection.
     let keep = bodiless || (length.is_some() && !chunked);
@@ -524,7 +525,13 @@ async fn connect_origin(t: &Target) -> std::io::Result<TcpStream> {
 /// Relay `len` bytes and write them to a temporary file beside the
 /// cache's; renamed into place once whole. A cache that cannot take the
 /// file (no room, an error writing) does not stop the relay.
-async fn store_while_relaying<R, W>(r: &mut R, w: &mut W, len: u64, key: &str, ctx: &Ctx) -> Result<()>
+async fn store_while_relaying<R, W>(
+    r: &mut R,
+    w: &mut W,
+    len: u64,
+    key: &str,
+    ctx: &Ctx,
+) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -559,10 +566,12 @@ where
     }
     .await;
     let kept = match (relayed.is_ok(), file) {
-        (true, Some(mut f)) => f.flush().await.is_ok() && {
-            drop(f);
-            tokio::fs::rename(&tmp, dir.join(key)).await.is_ok()
-        },
+        (true, Some(mut f)) => {
+            f.flush().await.is_ok() && {
+                drop(f);
+                tokio::fs::rename(&tmp, dir.join(key)).await.is_ok()
+            }
+        }
         _ => false,
     };
     if kept {
@@ -590,22 +599,32 @@ mod tests {
 
     #[test]
     fn targets() {
-        let t = Target::parse("http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
-            .unwrap();
+        let t =
+            Target::parse("http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
+                .unwrap();
         assert_eq!(t.host, "deb.debian.org");
         assert_eq!(t.port, 80);
         assert!(t.cacheable());
         assert!(t.key().ends_with("_hello_2.10-3_amd64.deb"), "{}", t.key());
-        let u = Target::parse("http://mirror.example:8080/debian/pool/main/h/hello/hello_2.10-3_amd64.deb")
-            .unwrap();
+        let u = Target::parse(
+            "http://mirror.example:8080/debian/pool/main/h/hello/hello_2.10-3_amd64.deb",
+        )
+        .unwrap();
         assert_eq!(u.port, 8080);
         assert_ne!(t.key(), u.key(), "the host is part of the key");
         let v = Target::parse("http://u:p@[::1]:3142/x").unwrap();
-        assert_eq!((v.host.as_str(), v.port, v.path.as_str()), ("[::1]", 3142, "/x"));
+        assert_eq!(
+            (v.host.as_str(), v.port, v.path.as_str()),
+            ("[::1]", 3142, "/x")
+        );
         assert!(v.names_loopback());
         assert!(Target::parse("http://127.0.0.5/").unwrap().names_loopback());
-        assert!(Target::parse("http://LOCALHOST:80/").unwrap().names_loopback());
-        assert!(!Target::parse("http://172.17.0.1:3142/").unwrap().names_loopback());
+        assert!(Target::parse("http://LOCALHOST:80/")
+            .unwrap()
+            .names_loopback());
+        assert!(!Target::parse("http://172.17.0.1:3142/")
+            .unwrap()
+            .names_loopback());
         assert!(Target::parse("https://deb.debian.org/").is_err());
         assert!(Target::parse("http://:80/").is_err());
         for not in [
@@ -634,6 +653,9 @@ mod tests {
         assert_eq!(rest, "rest");
         let long = vec![b'a'; HEAD_LIMIT + 10];
         assert!(read_head(&mut BufReader::new(&long[..])).await.is_err());
-        assert!(read_head(&mut BufReader::new(&b""[..])).await.unwrap().is_none());
+        assert!(read_head(&mut BufReader::new(&b""[..]))
+            .await
+            .unwrap()
+            .is_none());
     }
 }

@@ -186,7 +186,10 @@ impl AptPlan {
         }
         match reach {
             Reach::Loopback => {
-                debug!("apt: the testbeds' apt goes through {} (--network host)", up.url);
+                debug!(
+                    "apt: the testbeds' apt goes through {} (--network host)",
+                    up.url
+                );
                 Some((up.url.clone(), format!("the apt proxy from {}", up.source)))
             }
             Reach::Gateway(g) => {

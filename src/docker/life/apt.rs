@@ -290,7 +290,10 @@ pub async fn write_conf(client: &Client, id: &str, text: &str) -> Result<()> {
     )
     .await?;
     if code != 0 {
-        bail!("cannot write {CONF_PATH} in the testbed (exit {code}): {}", cap.err);
+        bail!(
+            "cannot write {CONF_PATH} in the testbed (exit {code}): {}",
+            cap.err
+        );
     }
     Ok(())
 }
@@ -323,7 +326,10 @@ mod tests {
             parse_apt_config_dump(dump).as_deref(),
             Some("http://127.0.0.1:3142")
         );
-        assert_eq!(parse_apt_config_dump("Acquire::http::Proxy \"DIRECT\";\n"), None);
+        assert_eq!(
+            parse_apt_config_dump("Acquire::http::Proxy \"DIRECT\";\n"),
+            None
+        );
         assert_eq!(parse_apt_config_dump("APT \"\";\n"), None);
     }
 
@@ -350,7 +356,11 @@ mod tests {
         ] {
             assert!(is_loopback(u), "{u}");
         }
-        for u in ["http://172.17.0.1:3142", "http://proxy.lan:3128", "http://[fe80::1]:1"] {
+        for u in [
+            "http://172.17.0.1:3142",
+            "http://proxy.lan:3128",
+            "http://[fe80::1]:1",
+        ] {
             assert!(!is_loopback(u), "{u}");
         }
         assert_eq!(
@@ -361,7 +371,10 @@ mod tests {
             with_host("http://user:pw@localhost:3128/x", "172.18.0.1"),
             "http://user:pw@172.18.0.1:3128/x"
         );
-        assert_eq!(with_host("http://[::1]:3142", "fd00::1"), "http://[fd00::1]:3142");
+        assert_eq!(
+            with_host("http://[::1]:3142", "fd00::1"),
+            "http://[fd00::1]:3142"
+        );
         assert_eq!(with_host("http://localhost", "10.0.0.1"), "http://10.0.0.1");
         assert_eq!(port_of("http://127.0.0.1:3142"), 3142);
         assert_eq!(port_of("http://u:p@[::1]:8000/x"), 8000);
