@@ -4,7 +4,7 @@ mirror, through rdocker's package cache, through the host's apt-cacher-ng,
 and through both. Each round is a fresh testbed (revert); `apt-get update`
 runs first and is not timed. Prints a markdown table of medians.
 
-    python3 bench/apt_times.py [--rdocker PATH] [--rounds N] [--image IMAGE]
+    python3 bench/apt_times.py [--rdocker PATH] [--rounds N] [--image IMAGE] [--download-only]
 
 Needs the daemon, the test image and, for the apt-cacher-ng rows, an
 apt-cacher-ng on port 3142 (ci/provision.sh makes all three).
@@ -58,6 +58,9 @@ def run(argv, script):
         raise SystemExit(f"{script!r} failed: {r.stderr[-500:]}")
 
 
+DOWNLOAD_ONLY = False
+
+
 def times(exe, image, opts, pkgs, rounds):
     s = Server(exe, opts + [image])
     s.cmd("open")
@@ -68,7 +71,7 @@ def times(exe, image, opts, pkgs, rounds):
         argv = s.argv()
         run(argv, "apt-get update -q >/dev/null 2>&1")
         t = time.monotonic()
-        run(argv, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {pkgs} >/dev/null")
+        run(argv, f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {'--download-only ' if DOWNLOAD_ONLY else ''}{pkgs} >/dev/null")
         out.append(time.monotonic() - t)
     s.cmd("close")
     s.quit()
@@ -80,7 +83,10 @@ def main():
     ap.add_argument("--rdocker", default="target/release/autopkgtest-virt-rdocker")
     ap.add_argument("--image", default="rdocker-test/autopkgtest:bookworm")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--download-only", action="store_true", help="time apt-get install --download-only: the fetch alone, without dpkg")
     a = ap.parse_args()
+    global DOWNLOAD_ONLY
+    DOWNLOAD_ONLY = a.download_only
     rows = []
     for label, opts, which in MODES:
         cells = []

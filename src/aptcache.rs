@@ -18,6 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The most a request or response head may take.
 const HEAD_LIMIT: usize = 64 * 1024;
+/// The most client connections served at once: a test that opens more
+/// waits, and rdocker's memory stays bounded (apt opens a few).
+const CONNECTIONS: usize = 64;
 /// How long a client connection may stay idle between requests.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -140,8 +143,12 @@ pub async fn start(ip: IpAddr, store: Arc<Store>, upstream: Option<&str>) -> Res
         upstream,
         stats: stats.clone(),
     });
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let Ok((conn, _)) = listener.accept().await else {
                 continue;
             };
@@ -150,6 +157,7 @@ pub async fn start(ip: IpAddr, store: Arc<Store>, upstream: Option<&str>) -> Res
                 if let Err(e) = serve(conn, &ctx).await {
                     crate::debug!("apt cache: {e:#}");
                 }
+                drop(slot);
             });
         }
     });
