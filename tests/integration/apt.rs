@@ -287,3 +287,38 @@ fn runs_at_once_share_a_cache_directory() {
     assert!(Path::new(&d).exists(), "--apt-cache DIR was removed");
     s.quit();
 }
+
+#[test]
+fn host_network_keeps_the_loopback_address() {
+    need_acng();
+    let image = image();
+    let mut s = Server::start(&["-d", "--apt-cache", "off", &image, "--network", "host"]);
+    s.open();
+    let argv = s.exec_argv();
+    let out = install(&argv);
+    assert!(
+        out.contains("Acquire::http::Proxy \"http://127.0.0.1:3142\";"),
+        "the testbed's apt-config dump: {out}"
+    );
+    s.quit();
+}
+
+#[test]
+fn a_proxy_only_on_the_hosts_loopback_is_not_handed_out() {
+    // Listens on 127.0.0.1 only: the testbed could not reach it at the
+    // gateway, and apt would fail every download through it.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+    let image = image();
+    let mut s = Server::start(&["-d", "--apt-proxy", &url, "--apt-cache", "off", &image]);
+    s.open();
+    let argv = s.exec_argv();
+    assert!(
+        s.stderr_says("listens only on the host's loopback"),
+        "{}",
+        s.stderr()
+    );
+    let out = sh_ok(&argv, &format!("test ! -e {CONF} && echo absent"));
+    assert_eq!(out.trim(), "absent");
+    s.quit();
+}
