@@ -27,7 +27,7 @@ fi
 
 need_pkgs=()
 for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
-         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils; do
+         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils apt-cacher-ng; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -189,8 +189,33 @@ for img in "$TEST_IMAGE" "$SYSTEMD_IMAGE"; do
         docker save "$img" | podman load >/dev/null
     fi
 done
+# An apt-cacher-ng, for rdocker's apt proxy discovery (tests/integration/apt.rs):
+# on port 3142 of every interface (acng.conf's default, no BindAddress), as
+# the testbeds reach it at their bridge's gateway, not on loopback. Its
+# Debian backend is the mirror this machine reaches (the default list of
+# mirrors names hosts that may not resolve here).
+ACNG_BACKEND=/etc/apt-cacher-ng/backends_debian
+if [ "$(grep -v '^#' "$ACNG_BACKEND" 2>/dev/null | head -1)" != "${MIRROR%/}/" ]; then
+    echo "${MIRROR%/}/" >"$ACNG_BACKEND"
+    acng_restart=1
+fi
+if grep -qs '^BindAddress' /etc/apt-cacher-ng/acng.conf; then
+    sed -i 's/^BindAddress/# BindAddress/' /etc/apt-cacher-ng/acng.conf
+    acng_restart=1
+fi
+acng_says() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:3142/acng-report.html"; }
+if [ -n "${acng_restart:-}" ] || [ "$(acng_says)" != 200 ]; then
+    log "starting apt-cacher-ng on port 3142"
+    /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
+    /etc/init.d/apt-cacher-ng start >/dev/null
+    for _ in $(seq 1 40); do
+        [ "$(acng_says)" = 200 ] && break
+        sleep 0.25
+    done
+    [ "$(acng_says)" = 200 ] || { log "apt-cacher-ng did not come up; see /var/log/apt-cacher-ng/"; exit 1; }
+fi
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 "$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
 
-log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"
+log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"

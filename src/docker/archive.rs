@@ -518,6 +518,13 @@ fn available(st: &nix::sys::statvfs::Statvfs) -> u64 {
     (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64)
 }
 
+/// Whether a filesystem can take `len` more bytes and still keep the
+/// margin above free (the apt cache, aptcache.rs, asks before it keeps a
+/// package).
+pub fn leaves_room(st: &nix::sys::statvfs::Statvfs, len: u64) -> bool {
+    available(st) >= len.saturating_add(margin(st))
+}
+
 /// The disk space check of one copy: before every CHECK_EVERY bytes it
 /// writes, the filesystem must still have that much above the margin, so
 /// that free space never falls more than CHECK_EVERY below it (the margin

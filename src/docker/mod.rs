@@ -2,6 +2,7 @@
 //! through the Engine API.
 
 pub mod api;
+pub mod aptproxy;
 pub mod archive;
 pub mod daemon;
 pub mod host;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use crate::debug;
 use crate::testbed::{Console, Testbed};
 use api::{copy, exec, tty};
+use aptproxy::{AptOptions, AptPlan};
 use daemon::client::Client;
 use daemon::context;
 use daemon::locality::CopyMode;
@@ -74,6 +76,10 @@ pub struct DockerTestbed {
     /// the tests installed: seconds after a build) runs while the next
     /// testbed works. Awaited by `stop`.
     retiring: Vec<tokio::task::JoinHandle<Result<()>>>,
+    apt_options: AptOptions,
+    /// The testbeds' apt proxy and package cache, decided at the first
+    /// open of a session (aptproxy.rs).
+    apt: Option<Arc<AptPlan>>,
 }
 
 /// What it takes to make a testbed; owned, so that a spare can be made
@@ -91,6 +97,7 @@ struct Recipe {
     /// The daemon is local: try its root (root.rs) and the agent.
     local: bool,
     init: bool,
+    apt: Option<Arc<AptPlan>>,
 }
 
 /// A started container, with everything rdocker learned about it.
@@ -205,8 +212,15 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
             .await
             .map(|t| Some(t.as_deref().and_then(first_normal_user)))
     };
-    let (made, user) = tokio::join!(mk, user);
+    let apt = async {
+        match &r.apt {
+            Some(p) => p.configure(&r.client, &id).await,
+            None => Ok(()),
+        }
+    };
+    let (made, user, apt) = tokio::join!(mk, user, apt);
     made?;
+    apt?;
     let normal_user = user?;
     let mut direct = None;
     if let Some(mut rt) = root {
@@ -240,6 +254,7 @@ impl DockerTestbed {
         copy_mode: CopyMode,
         pull: bool,
         init: Init,
+        apt_options: AptOptions,
     ) -> Result<DockerTestbed> {
         let exe = std::env::current_exe()
             .context("cannot find rdocker's own executable for print-execute-command")?;
@@ -260,6 +275,8 @@ impl DockerTestbed {
             execs_as_root: false,
             spare: None,
             retiring: Vec::new(),
+            apt_options,
+            apt: None,
         })
     }
 
@@ -305,6 +322,7 @@ impl DockerTestbed {
             find_user: self.normal_user.is_none(),
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
             init: self.init,
+            apt: self.apt.clone(),
         })
     }
 
@@ -421,6 +439,17 @@ impl DockerTestbed {
             self.pulled = true;
             self.decide_init().await?;
         }
+        if self.apt.is_none() {
+            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
+            let local = match &self.copy_mode {
+                CopyMode::Api { local, .. } => *local,
+                CopyMode::Shared { .. } => true,
+            };
+            let plan = tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+                .await
+                .context("looking for the host's apt proxy panicked")??;
+            self.apt = Some(Arc::new(plan));
+        }
         let recipe = self.recipe()?;
         if let Some(p) = &recipe.run.platform {
             platform::check(
@@ -463,6 +492,9 @@ impl DockerTestbed {
             },
             futures_util::future::join_all(retiring)
         );
+        if let Some(p) = self.apt.take() {
+            p.close();
+        }
         a?;
         b.transpose()?;
         for r in c {
@@ -621,6 +653,9 @@ impl Testbed for DockerTestbed {
         // In the shared directory, downtmp must be there again.
         self.recipe()?;
         debug!("testbed container is now {}", next.container.name);
+        if let Some(s) = self.apt.as_ref().and_then(|p| p.summary()) {
+            debug!("apt cache so far: {s}");
+        }
         self.install(next);
         self.make_spare()?;
         Ok(downtmp)

@@ -4,6 +4,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod apt;
 mod cleanup;
 mod copy;
 mod daemon_restart;

@@ -4,6 +4,7 @@
 //! the host runs its platform. It talks to the daemon (daemon/) and runs
 //! its boot check through api/exec.rs; it never opens a testbed's files.
 
+pub mod apt;
 pub mod boot;
 pub mod container;
 pub mod labels;
