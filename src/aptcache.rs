@@ -244,6 +244,15 @@ impl Target {
         format!("{hex}_{base}")
     }
 
+    /// Whether this is something apt fetches from an archive: below a
+    /// `dists/` (indices, Release files) or a `pool/` (packages). The proxy
+    /// is apt's, not a way out of the testbed through the host: nothing
+    /// else is fetched for it.
+    pub fn apt_path(&self) -> bool {
+        let path = self.path.split(['?', '#']).next().unwrap_or("");
+        (path.contains("/dists/") || path.contains("/pool/")) && !path.contains("/../")
+    }
+
     /// A host the proxy must not fetch from for a testbed: the host's own
     /// loopback, which the testbed cannot reach by itself.
     fn names_loopback(&self) -> bool {
@@ -252,15 +261,18 @@ impl Target {
     }
 }
 
-/// An address that means this host itself, not the network.
+/// An address that means this host itself, or its link (169.254.0.0/16,
+/// fe80::/10: a cloud's metadata service, which answers the host with
+/// its credentials and which a container's hop limit may keep out).
 fn local_only(ip: IpAddr) -> bool {
+    let v4 = |v: std::net::Ipv4Addr| v.is_loopback() || v.is_unspecified() || v.is_link_local();
     match ip {
-        IpAddr::V4(v) => v.is_loopback() || v.is_unspecified(),
+        IpAddr::V4(v) => v4(v),
         IpAddr::V6(v) => {
             v.is_loopback()
                 || v.is_unspecified()
-                || v.to_ipv4_mapped()
-                    .is_some_and(|m| m.is_loopback() || m.is_unspecified())
+                || (v.segments()[0] & 0xffc0) == 0xfe80
+                || v.to_ipv4_mapped().is_some_and(v4)
         }
     }
 }
@@ -396,6 +408,14 @@ async fn answer<W: AsyncWrite + Unpin>(head: &Head, w: &mut W, ctx: &Ctx) -> Res
     };
     if target.names_loopback() {
         return reply(w, "403 Forbidden", "the host's loopback is not proxied").await;
+    }
+    if !target.apt_path() {
+        return reply(
+            w,
+            "403 Forbidden",
+            "only an archive's dists/ and pool/ are proxied",
+        )
+        .await;
     }
     let key = (method == "GET" && target.cacheable() && head.get("range").is_none())
         .then(|| target.key());
@@ -627,6 +647,22 @@ mod tests {
         );
         assert!(v.names_loopback());
         assert!(Target::parse("http://127.0.0.5/").unwrap().names_loopback());
+        assert!(Target::parse("http://169.254.169.254/latest/meta-data/")
+            .unwrap()
+            .names_loopback());
+        assert!(Target::parse("http://[fe80::1]/").unwrap().names_loopback());
+        let meta = Target::parse("http://metadata.internal/computeMetadata/v1/").unwrap();
+        assert!(!meta.apt_path());
+        assert!(
+            Target::parse("http://deb.debian.org/debian/dists/sid/InRelease")
+                .unwrap()
+                .apt_path()
+        );
+        assert!(Target::parse(
+            "http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb"
+        )
+        .unwrap()
+        .apt_path());
         assert!(Target::parse("http://LOCALHOST:80/")
             .unwrap()
             .names_loopback());
