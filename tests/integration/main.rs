@@ -16,4 +16,5 @@ mod options;
 mod protocol;
 mod pull;
 mod reap;
+mod reboot;
 mod revert;
