@@ -16,11 +16,22 @@ pub enum Command {
     Revert,
     /// `reboot [prepare-only]`: only the word `prepare-only` makes it so,
     /// as in VirtSubproc's cmd_reboot; any other argument is a full reboot.
-    Reboot { prepare_only: bool },
+    Reboot {
+        prepare_only: bool,
+    },
     PrintExecuteCommand,
-    CopyDown { host: Vec<u8>, testbed: Vec<u8> },
-    CopyUp { testbed: Vec<u8>, host: Vec<u8> },
-    Shell { dir: String, env: Vec<String> },
+    CopyDown {
+        host: Vec<u8>,
+        testbed: Vec<u8>,
+    },
+    CopyUp {
+        testbed: Vec<u8>,
+        host: Vec<u8>,
+    },
+    Shell {
+        dir: String,
+        env: Vec<String>,
+    },
     Quit,
     AuxverbDebugFail,
 }
@@ -203,8 +214,18 @@ mod tests {
             cmd("reboot prepare-only"),
             Command::Reboot { prepare_only: true }
         );
-        assert_eq!(cmd("reboot"), Command::Reboot { prepare_only: false });
-        assert_eq!(cmd("reboot now"), Command::Reboot { prepare_only: false });
+        assert_eq!(
+            cmd("reboot"),
+            Command::Reboot {
+                prepare_only: false
+            }
+        );
+        assert_eq!(
+            cmd("reboot now"),
+            Command::Reboot {
+                prepare_only: false
+            }
+        );
     }
 
     #[test]

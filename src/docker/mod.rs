@@ -660,7 +660,10 @@ impl Testbed for DockerTestbed {
         let t = std::time::Instant::now();
         reboot::save_scratch(&self.client, c, &downtmp).await?;
         let asked = if prepare_only {
-            debug!("reboot prepare-only: waiting for the test to reboot {}", c.name);
+            debug!(
+                "reboot prepare-only: waiting for the test to reboot {}",
+                c.name
+            );
             None
         } else {
             debug!("rebooting {}", c.name);

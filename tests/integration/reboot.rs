@@ -69,29 +69,46 @@ fn reboot_keeps_files_and_scratch_and_ends_processes_and_run() {
 
     assert_eq!(s.ok("reboot"), Vec::<String>::new());
 
-    assert_ne!(started_at(&id), started, "the container was not started again");
+    assert_ne!(
+        started_at(&id),
+        started,
+        "the container was not started again"
+    );
     assert!(s.stderr_says("rebooted in"), "{}", s.stderr());
     // The argv handed out before: its root handle is stale (another PID 1)
     // and it must take the API, in the same container.
     assert_booted(&before);
     assert_eq!(sh_ok(&before, "cat /etc/rdocker-kept"), "kept\n");
     let after = s.exec_argv();
-    assert_eq!(testbed_of(&after), id, "reboot handed out another container");
+    assert_eq!(
+        testbed_of(&after),
+        id,
+        "reboot handed out another container"
+    );
     assert_booted(&after);
     assert_eq!(sh_ok(&after, &format!("cat {d}/kept")), "scratch\n");
     assert_eq!(sh_ok(&after, &format!("stat -c %a {d}")), "1777\n");
-    assert_eq!(sh(&after, "test -e /run/rdocker-gone").status.code(), Some(1));
+    assert_eq!(
+        sh(&after, "test -e /run/rdocker-gone").status.code(),
+        Some(1)
+    );
     assert_eq!(count_procs(&after, "^/bin/sleep 1000"), 0);
     assert_eq!(
-        sh(&after, "ls /var/cache/autopkgtest-tmpdir.tar /home/autopkgtest-tmpdir.tar")
-            .status
-            .code(),
+        sh(
+            &after,
+            "ls /var/cache/autopkgtest-tmpdir.tar /home/autopkgtest-tmpdir.tar"
+        )
+        .status
+        .code(),
         Some(2),
         "the saved scratch directory was left behind"
     );
     // The direct route is back, for the new PID 1.
     let (old, new) = (root_handle(&before), root_handle(&after));
-    assert!(new.is_some() && old.is_some() && new != old, "{old:?} {new:?}");
+    assert!(
+        new.is_some() && old.is_some() && new != old,
+        "{old:?} {new:?}"
+    );
     let tmp = TempDir::new("reboot-copy");
     let f = tmp.path().join("f");
     std::fs::write(&f, b"after the reboot").unwrap();
@@ -153,7 +170,11 @@ fn reboot_prepare_only_waits_for_the_test_to_reboot() {
 
     assert_eq!(s.ok("reboot prepare-only"), Vec::<String>::new());
 
-    assert_ne!(started_at(&id), started, "the container was not started again");
+    assert_ne!(
+        started_at(&id),
+        started,
+        "the container was not started again"
+    );
     assert!(
         s.stderr_says("waiting for the test to reboot"),
         "{}",
@@ -163,7 +184,10 @@ fn reboot_prepare_only_waits_for_the_test_to_reboot() {
     assert_eq!(testbed_of(&after), id);
     assert_booted(&after);
     // The test went on after the mark was removed, then rebooted.
-    assert_eq!(sh(&after, "test -e /var/post-prepare").status.code(), Some(0));
+    assert_eq!(
+        sh(&after, "test -e /var/post-prepare").status.code(),
+        Some(0)
+    );
     assert_eq!(
         sh(&after, "test -e /run/autopkgtest-reboot-prepare-mark")
             .status

@@ -100,7 +100,14 @@ pub async fn ask(client: &Client, c: &Container) -> Option<String> {
     let mut out = Captured::default();
     let ran = tokio::time::timeout(
         Duration::from_secs(30),
-        exec::run(client, &c.id, As::Root, vec!["reboot".into()], None, &mut out),
+        exec::run(
+            client,
+            &c.id,
+            As::Root,
+            vec!["reboot".into()],
+            None,
+            &mut out,
+        ),
     )
     .await;
     match ran {
