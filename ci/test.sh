@@ -32,6 +32,7 @@ done
 export PATH="$HOME/.cargo/bin:$PATH"
 IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
 USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
+LOGIND_IMAGE=${RDOCKER_TEST_LOGIND_IMAGE:-rdocker-test/systemd-logind:bookworm}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 LOGS=${RDOCKER_TEST_LOGS:-target/test-logs}
 mkdir -p "$LOGS"
@@ -91,6 +92,31 @@ CONFORMANCE_EXPECTED_FAILURES=ci/conformance-expected-failures.txt \
         exit 1; }
 grep '^conformance:' "$LOGS/conformance-rdocker.log"
 done_step "upstream suite ok with rdocker"
+
+# LxdRunner's classes (DebTestsCanReboot: system container, logind,
+# reboot) against a booted testbed, on an image with dbus and
+# libpam-systemd (ci/provision.sh). Known failures, each for a reason
+# outside rdocker: ci/conformance-system-expected-failures.txt.
+system_suite() {  # NAME [--podman] [--run-options=...]
+    local name=$1; shift
+    CONFORMANCE_EXPECTED_FAILURES=ci/conformance-system-expected-failures.txt \
+        python3 ci/conformance.py --system "$@" "$CACHE/autopkgtest-src" "$LOGIND_IMAGE" rdocker \
+        >"$LOGS/conformance-$name.log" 2>"$LOGS/conformance-$name.err" || {
+            grep -E '^(FAIL|ERROR):' "$LOGS/conformance-$name.log" || true
+            tail -5 "$LOGS/conformance-$name.log"
+            echo "test: upstream system tests failed with rdocker (logs: $LOGS/conformance-$name.*)" >&2
+            exit 1; }
+    grep '^conformance:' "$LOGS/conformance-$name.log"
+}
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    systemd_opts="--tmpfs /run --tmpfs /run/lock --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup"
+else
+    systemd_opts="--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro"
+fi
+step "upstream system-container and reboot tests with rdocker --init (Docker)"
+system_suite system-docker "--run-options=$systemd_opts"
+done_step "upstream system tests ok with rdocker --init on Docker"
+PODMAN_SYSTEM_STEP
 
 if [ -n "$REFERENCE" ]; then
     step "upstream autopkgtest suite with autopkgtest-virt-docker (reference)"
