@@ -16,7 +16,7 @@
 //! /run/autopkgtest-reboot-prepare-mark: that removal is what lets a test
 //! waiting in /tmp/autopkgtest-reboot-prepare go on to reboot.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::time::Duration;
 
 use super::container::Container;
@@ -127,16 +127,27 @@ pub async fn ask(client: &Client, c: &Container) -> Option<String> {
 pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(STOP_SECONDS);
     loop {
-        let state = client
-            .docker
-            .inspect_container(&c.id, None)
-            .await
-            .with_context(|| format!("cannot inspect testbed container {}", c.name))?
-            .state;
-        if state.as_ref().and_then(|s| s.running) != Some(true) {
-            let code = state.and_then(|s| s.exit_code).unwrap_or(-1);
-            crate::debug!("{} has shut down (its init exited {code})", c.name);
-            break;
+        match client.docker.inspect_container(&c.id, None).await {
+            Ok(i) if i.state.as_ref().and_then(|s| s.running) != Some(true) => {
+                let code = i.state.and_then(|s| s.exit_code).unwrap_or(-1);
+                crate::debug!("{} has shut down (its init exited {code})", c.name);
+                break;
+            }
+            Ok(_) => {}
+            // Podman reports the moment between the init's exit and its
+            // clean-up as `stopped`, a state the Engine API does not have
+            // and bollard cannot read: not running either.
+            Err(bollard::errors::Error::JsonDataError { message, .. })
+                if message.starts_with("unknown variant `stopped`")
+                    || message.starts_with("unknown variant `configured`") =>
+            {
+                crate::debug!("{} has shut down (Podman: {message})", c.name);
+                break;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot inspect testbed container {}", c.name)))
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
@@ -148,13 +159,27 @@ pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> R
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    match client.docker.start_container(&c.id, None).await {
-        Ok(()) => Ok(()),
-        // Started already (a restart policy in the run options).
-        Err(e) if status_of(&e) == Some(304) => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "cannot start testbed container {} again after its reboot",
-            c.name
-        ))),
+    // A daemon still tearing the last boot down (Podman's clean-up of a
+    // `stopped` container) may refuse the start for a moment.
+    let busy_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.docker.start_container(&c.id, None).await {
+            Ok(()) => return Ok(()),
+            // Started already (a restart policy in the run options).
+            Err(e) if status_of(&e) == Some(304) => return Ok(()),
+            Err(e)
+                if matches!(status_of(&e), Some(409 | 500))
+                    && tokio::time::Instant::now() < busy_until =>
+            {
+                crate::debug!("cannot start {} again yet ({e}); retrying", c.name);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot start testbed container {} again after its reboot",
+                    c.name
+                )))
+            }
+        }
     }
 }
