@@ -19,7 +19,7 @@
 use anyhow::{bail, Result};
 use std::time::Duration;
 
-use super::container::Container;
+use super::container::{not_running_on_podman, Container};
 use crate::docker::api::exec::{self, As, Captured};
 use crate::docker::daemon::client::{status_of, Client};
 
@@ -27,6 +27,10 @@ use crate::docker::daemon::client::{status_of, Client};
 /// `prepare-only`, once the test was let go): systemd's own stop timeout
 /// for a hung service is 90 s, the reference's lxd waits 100 s.
 pub const STOP_SECONDS: u64 = 120;
+
+/// How long a shutdown that has begun may take before the container is
+/// killed instead (see `restart`).
+pub const SHUTDOWN_SECONDS: u64 = 30;
 
 /// Where the reference keeps the scratch directory over a reboot.
 const KEEP_IN: &str = "/var/cache /home";
@@ -121,11 +125,38 @@ pub async fn ask(client: &Client, c: &Container) -> Option<String> {
     }
 }
 
+/// Whether the testbed's init is shutting the system down: systemd says
+/// `stopping`; sysvinit is in runlevel 0 or 6. Bounded: an exec into a
+/// system going down may hang.
+async fn shutting_down(client: &Client, c: &Container) -> bool {
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        "if [ -d /run/systemd/system ]; then systemctl is-system-running; \
+         else runlevel; fi"
+            .into(),
+    ];
+    let mut out = Captured::default();
+    let ran = tokio::time::timeout(
+        Duration::from_secs(2),
+        exec::run(client, &c.id, As::Root, argv, None, &mut out),
+    )
+    .await;
+    if !matches!(ran, Ok(Ok(_))) {
+        return false;
+    }
+    let said = out.out.to_string();
+    let said = said.trim();
+    said == "stopping" || said.ends_with(" 0") || said.ends_with(" 6")
+}
+
 /// Wait until the testbed's init has shut down and the container stopped,
 /// then start the same container again. `asked` is what `ask` reported,
 /// for the error if it never stops.
 pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(STOP_SECONDS);
+    let mut next_look = tokio::time::Instant::now();
+    let mut stopping_since = None;
     loop {
         match client.docker.inspect_container(&c.id, None).await {
             Ok(i) if i.state.as_ref().and_then(|s| s.running) != Some(true) => {
@@ -134,14 +165,8 @@ pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> R
                 break;
             }
             Ok(_) => {}
-            // Podman reports the moment between the init's exit and its
-            // clean-up as `stopped`, a state the Engine API does not have
-            // and bollard cannot read: not running either.
-            Err(bollard::errors::Error::JsonDataError { message, .. })
-                if message.starts_with("unknown variant `stopped`")
-                    || message.starts_with("unknown variant `configured`") =>
-            {
-                crate::debug!("{} has shut down (Podman: {message})", c.name);
+            Err(e) if not_running_on_podman(&e) => {
+                crate::debug!("{} has shut down (Podman: {e})", c.name);
                 break;
             }
             Err(e) => {
@@ -149,7 +174,28 @@ pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> R
                     .context(format!("cannot inspect testbed container {}", c.name)))
             }
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= next_look {
+            next_look = now + Duration::from_secs(1);
+            if stopping_since.is_none() && shutting_down(client, c).await {
+                crate::debug!("{} is shutting down", c.name);
+                stopping_since = Some(now);
+            }
+        }
+        if stopping_since.is_some_and(|t| now >= t + Duration::from_secs(SHUTDOWN_SECONDS)) {
+            // A unit that does not stop holds the shutdown for its own
+            // stop timeout (90 s each): Podman's systemd mode on a cgroup
+            // v1 host leaves the user manager of a `su` session in
+            // final-sigkill now and then. Power it off, as a watchdog
+            // would: the files are in the host's page cache, none is lost.
+            crate::debug!(
+                "{} still shutting down after {SHUTDOWN_SECONDS} s: killing it",
+                c.name
+            );
+            c.kill(true).await?;
+            break;
+        }
+        if now >= deadline {
             bail!(
                 "testbed container {} did not shut down within {STOP_SECONDS} s of the \
                  reboot{}",
