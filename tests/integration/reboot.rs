@@ -197,3 +197,31 @@ fn reboot_prepare_only_waits_for_the_test_to_reboot() {
     assert_eq!(sh_ok(&after, &format!("cat {d}/kept")), "saved\n");
     s.quit();
 }
+
+/// A shutdown that hangs (a unit whose stop never ends) is cut short
+/// once it has gone on for 30 s, and the testbed still comes back booted.
+#[test]
+fn a_hung_shutdown_is_cut_short() {
+    let mut s = init_server();
+    s.open();
+    let argv = s.exec_argv();
+    sh_ok(
+        &argv,
+        "printf '[Service]\\nExecStart=/bin/sleep 1000\\nExecStop=/bin/sleep 1000\\n\
+         TimeoutStopSec=infinity\\n' >/etc/systemd/system/stuck.service \
+         && systemctl daemon-reload && systemctl start stuck && echo kept >/etc/kept",
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(s.ok("reboot"), Vec::<String>::new());
+    let took = t.elapsed();
+    assert!(
+        s.stderr_says("still shutting down after 30 s: killing it"),
+        "{}",
+        s.stderr()
+    );
+    assert!(took.as_secs() < 90, "the reboot took {took:?}");
+    let after = s.exec_argv();
+    assert_booted(&after);
+    assert_eq!(sh_ok(&after, "cat /etc/kept"), "kept\n");
+    s.quit();
+}
