@@ -18,5 +18,6 @@ mod options;
 mod protocol;
 mod pull;
 mod reap;
+mod reboot;
 mod revert;
 mod shell;
