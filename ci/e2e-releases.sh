@@ -13,7 +13,10 @@
 # matches AUTOPKGTEST_RE_<RELEASE>), and runs three packages through
 # rdocker:
 #   tests/pkg/rdocker-hello    built in the testbed; its three tests pass,
-#                              binaries/ and artifacts/greeting copied up
+#                              binaries/ and the artifact greeting copied
+#                              up (to artifacts/greeting under 5.x, to
+#                              artifacts/build-and-artifacts/greeting
+#                              under 6.x, which keeps each test's apart)
 #   tests/pkg/rdocker-five     five tiny tests (Depends: @, needs-root, no
 #                              Depends, allow-stderr, a Test-Command); all
 #                              pass.  Under 6.x a revert must have happened
@@ -280,7 +283,7 @@ reverts_before_tests() {
 }
 
 scenario_release() {
-    local release=$1 re name="rdocker-e2e-$RUN_ID-$1" ok=0 v got logf tests line
+    local release=$1 re name="rdocker-e2e-$RUN_ID-$1" ok=0 v got logf tests line art
     case "$release" in trixie) re=$AUTOPKGTEST_RE_TRIXIE ;; sid) re=$AUTOPKGTEST_RE_SID ;; esac
     job_image "$release"
     start_job "$name" "rdocker-test/ci-job:$release"
@@ -318,8 +321,10 @@ scenario_release() {
     if ! docker exec "$name" sh -c 'ls /tmp/out-hello/binaries/rdocker-hello*.deb' >/dev/null 2>&1; then
         log "no binaries/rdocker-hello*.deb in the output dir"; ok=1
     fi
-    if ! docker exec "$name" grep -qx 'hello, artifacts' /tmp/out-hello/artifacts/greeting; then
-        log "artifacts/greeting does not hold 'hello, artifacts'"; ok=1
+    # 6.x copies each test's artifacts to artifacts/TEST/, 5.x all to artifacts/.
+    case "$v" in 6.*) art=artifacts/build-and-artifacts/greeting ;; *) art=artifacts/greeting ;; esac
+    if ! docker exec "$name" grep -qx 'hello, artifacts' "/tmp/out-hello/$art"; then
+        log "$art in the output dir does not hold 'hello, artifacts' (autopkgtest $v): $(docker exec "$name" find /tmp/out-hello/artifacts 2>&1 | tr '\n' ' ')"; ok=1
     fi
 
     # rdocker-five: package installs, a test without it, reverts.
