@@ -71,11 +71,13 @@ def docker(*args, check=True, capture=True):
 def parse_log(text):
     """Per-test preparation seconds, and the tests' verdicts, from a log.
 
-    Returns (prep, verdicts, reverts): prep maps test -> seconds,
+    Returns (prep, verdicts, reverts, span): prep maps test -> seconds,
     verdicts maps test -> PASS/FAIL/..., reverts maps test -> whether
     rdocker handed out a new testbed after the last test ended and before
-    this one started."""
+    this one started; span is the seconds from the first test's
+    "preparing testbed" to the summary (the tests, without the build)."""
     prep, started, verdicts, reverts = {}, {}, {}, {}
+    first = summary = None
     reverted = False
     day = 0
     last = None
@@ -92,9 +94,13 @@ def parse_log(text):
             last = secs
             msg = m[4]
             in_summary = msg.startswith("@@@@@@@@@@@@@@@@@@@@ summary")
+            if in_summary:
+                summary = secs
             t = re.match(r"test (\S+): preparing testbed$", msg)
             if t:
                 started[t[1]] = secs
+                if first is None:
+                    first = secs
             t = re.match(r"test (\S+): \[-+$", msg)
             if t:
                 if t[1] not in started:
@@ -107,7 +113,8 @@ def parse_log(text):
             v = re.match(r"^(\S+)\s+(PASS|FAIL|SKIP|FLAKY|ERROR)\b", line)
             if v:
                 verdicts[v[1]] = v[2]
-    return prep, verdicts, reverts
+    span = summary - first if first is not None and summary is not None else None
+    return prep, verdicts, reverts, span
 
 
 class Session:
@@ -156,7 +163,7 @@ class Session:
                                stdout=f, stderr=subprocess.STDOUT)
         took = time.monotonic() - t
         with open(logf) as f:
-            prep, verdicts, reverts = parse_log(f.read())
+            prep, verdicts, reverts, _ = parse_log(f.read())
         bad = {k: v for k, v in verdicts.items() if v != "PASS"}
         if r.returncode != 0 or bad or len(verdicts) != self.a.tests:
             die(f"{server} round {rnd}: autopkgtest exited {r.returncode}, verdicts {verdicts} "
@@ -182,10 +189,6 @@ class Session:
                                    stderr=subprocess.DEVNULL)
 
 
-def secs(x):
-    return f"{x:.1f} s"
-
-
 def table(logs, walls=None):
     """The Markdown table from the logs in LOGS (SERVER-ROUND.log) and,
     when measured in this session, the wall times; else the whole run is
@@ -195,12 +198,16 @@ def table(logs, walls=None):
         files = sorted(glob.glob(os.path.join(logs, f"{server}-*.log")))
         if not files:
             continue
-        runs, preps, nrev, ntests = [], [], 0, 0
+        runs, spans, sums, preps, nrev, ntests = [], [], [], [], 0, 0
         for fn in files:
             with open(fn) as f:
                 text = f.read()
-            prep, verdicts, reverts = parse_log(text)
+            prep, verdicts, reverts, span = parse_log(text)
             preps += list(prep.values())
+            sums.append(sum(prep.values()))
+            if span is None:
+                die(f"{fn}: no test or no summary in it")
+            spans.append(span)
             nrev += sum(reverts.values())
             ntests += len(prep)
             rnd = os.path.basename(fn)[len(server) + 1:-4]
@@ -210,24 +217,26 @@ def table(logs, walls=None):
                 stamps = [TS.match(line) for line in text.splitlines()]
                 stamps = [int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]) for m in stamps if m]
                 runs.append(float((stamps[-1] - stamps[0]) % 86400))
-        rows.append((server, runs, preps, nrev, ntests))
+        rows.append((server, runs, spans, sums, preps, nrev, ntests))
     if not rows:
         die(f"no logs (SERVER-ROUND.log) in {logs}")
-    out = ["| autopkgtest 6.x, tests/pkg/rdocker-five (5 tests) | runs | whole run, median | spread (min - max) "
-           "| preparation per test, median | spread | sum per run, median | reverts seen (rdocker -d) |",
-           "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for server, runs, preps, nrev, ntests in rows:
-        per_run = len(preps) // len(runs) if runs else 0
-        sums = [sum(preps[i * per_run:(i + 1) * per_run]) for i in range(len(runs))] if per_run else []
-        out.append(f"| {TITLES[server]} | {len(runs)} | {secs(statistics.median(runs))} "
-                   f"| {secs(min(runs))} - {secs(max(runs))} "
-                   f"| {secs(statistics.median(preps))} | {min(preps)} - {max(preps)} s "
-                   f"| {secs(statistics.median(sums)) if sums else '-'} "
-                   f"| {f'{nrev} of {ntests} tests' if server == 'rdocker' else '-'} |")
+
+    def cell(xs, unit=" s"):
+        return f"{statistics.median(xs):.0f}{unit} ({min(xs):.0f} - {max(xs):.0f})"
+
+    out = ["| autopkgtest 6.x, tests/pkg/rdocker-five | runs | whole run | the 5 tests (no build) "
+           "| preparation of one test | preparation, 5 tests | reverts seen (rdocker -d) |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    for server, runs, spans, sums, preps, nrev, ntests in rows:
+        out.append(f"| {TITLES[server]} | {len(runs)} | {cell(runs)} | {cell(spans)} | {cell(preps)} "
+                   f"| {cell(sums)} | {f'{nrev} of {ntests} tests' if server == 'rdocker' else '-'} |")
+    out.append("")
+    out.append("Medians (min - max). Whole run: the autopkgtest step's wall time (with the build "
+               "in the testbed); the rest from autopkgtest's log, whose timestamps are whole seconds.")
     if len(rows) == 2:
-        r, d = statistics.median(rows[0][1]), statistics.median(rows[1][1])
-        out.append("")
-        out.append(f"docker ÷ rdocker, whole run: {d / r:.2f}")
+        ratio = [statistics.median(rows[1][i]) / statistics.median(rows[0][i]) for i in (1, 2, 3)]
+        out.append(f"docker ÷ rdocker: whole run {ratio[0]:.2f}, the tests {ratio[1]:.2f}, "
+                   f"preparation {ratio[2]:.2f}.")
     return "\n".join(out)
 
 
