@@ -10,6 +10,7 @@ USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 SYSTEMD_IMAGE=${RDOCKER_TEST_SYSTEMD_IMAGE:-rdocker-test/systemd:bookworm}
 TRIXIE_IMAGE=${RDOCKER_TEST_TRIXIE_IMAGE:-rdocker-test/debian:trixie}
 LOGIND_IMAGE=${RDOCKER_TEST_LOGIND_IMAGE:-rdocker-test/systemd-logind:bookworm}
+SID_IMAGE=${RDOCKER_TEST_SID_IMAGE:-rdocker-test/debian:sid}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
 # A registry that wants a login, for --pull with credentials
@@ -86,6 +87,9 @@ debian_image() {
 debian_image bookworm "$BASE_IMAGE"
 # trixie, for the offline package build with Debian's own Rust (ci/offline-build.sh).
 debian_image trixie "$TRIXIE_IMAGE"
+# sid, for the job image with unstable's autopkgtest (6.x) in
+# ci/e2e-releases.sh.
+debian_image sid "$SID_IMAGE"
 
 if ! docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     log "building $TEST_IMAGE with autopkgtest-build-docker"
@@ -238,4 +242,4 @@ fi
 mkdir -p /run/sshd
 "$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
 
-log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"
+log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"

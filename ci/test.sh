@@ -9,6 +9,8 @@
 #   3. a real autopkgtest run of the project's test package through rdocker,
 #      and of rdocker's own package tests (debian/tests) through rdocker,
 #   4. the CI container-job end-to-end scenarios (the GitHub Action too),
+#      and the autopkgtest that users run today: trixie's (5.49) and sid's
+#      (6.x, a revert before every test) in container jobs,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
 #      then LxdRunner's (system container, logind, reboot) with rdocker
 #      --init on Docker (and on Podman with --slow),
@@ -21,7 +23,10 @@
 #   --reference  also run the upstream suite with autopkgtest-virt-docker,
 #                for comparison (about 20 minutes more)
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
-#                and the upstream system tests on Podman too
+#                the upstream system tests on Podman too,
+#                and the timing of a five-test package under sid's
+#                autopkgtest, rdocker against autopkgtest-virt-docker
+#                (ci/e2e-releases.sh bench, about 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,6 +109,16 @@ if [ -x ci/e2e-container-job.sh ]; then
     step "CI container jobs (socket mount, TCP)"
     ci/e2e-container-job.sh
     done_step "container-job scenarios passed"
+fi
+
+step "the autopkgtest users run today: trixie's and sid's, in container jobs"
+ci/e2e-releases.sh trixie sid
+done_step "trixie and sid jobs passed"
+
+if [ -n "$SLOW" ]; then
+    step "timing: a five-test package under sid's autopkgtest, rdocker and autopkgtest-virt-docker"
+    ci/e2e-releases.sh bench
+    done_step "timing done"
 fi
 
 step "upstream autopkgtest suite with rdocker"
