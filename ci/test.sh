@@ -155,7 +155,7 @@ fi
 step "upstream system-container and reboot tests with rdocker --init (Docker)"
 system_suite system-docker "--run-options=$systemd_opts"
 done_step "upstream system tests ok with rdocker --init on Docker"
-# About as long again (the Docker run alone takes 14 min here): --slow.
+# About as long again (the Docker run alone takes 13.5 min here): --slow.
 if [ -n "$SLOW" ]; then
     step "upstream system-container and reboot tests with rdocker --podman --init"
     system_suite system-podman --podman

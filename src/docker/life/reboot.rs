@@ -23,9 +23,10 @@ use super::container::{not_running_on_podman, Container};
 use crate::docker::api::exec::{self, As, Captured};
 use crate::docker::daemon::client::{status_of, Client};
 
-/// How long the testbed may take to shut down once told to (or, with
-/// `prepare-only`, once the test was let go): systemd's own stop timeout
-/// for a hung service is 90 s, the reference's lxd waits 100 s.
+/// How long the testbed may take to begin shutting down, or to be down,
+/// once told to (or, with `prepare-only`, once the test was let go); the
+/// reference's lxd waits 100 s. A shutdown that has begun gets
+/// SHUTDOWN_SECONDS instead.
 pub const STOP_SECONDS: u64 = 120;
 
 /// How long a shutdown that has begun may take before the container is
@@ -38,8 +39,15 @@ const KEEP_IN: &str = "/var/cache /home";
 /// A copy's worth of time for tar, as the reference's copy timeout.
 const TAR_SECONDS: u64 = 300;
 
-async fn script(client: &Client, c: &Container, what: &str, script: String) -> Result<()> {
-    let argv = vec!["sh".into(), "-ec".into(), script];
+async fn script(
+    client: &Client,
+    c: &Container,
+    what: &str,
+    script: String,
+    args: &[&str],
+) -> Result<()> {
+    let mut argv = vec!["sh".into(), "-ec".into(), script, "rdocker-reboot".into()];
+    argv.extend(args.iter().map(|a| a.to_string()));
     let mut out = Captured::default();
     let ran = tokio::time::timeout(
         Duration::from_secs(TAR_SECONDS),
@@ -71,10 +79,11 @@ pub async fn save_scratch(client: &Client, c: &Container, downtmp: &str) -> Resu
         format!(
             "for d in {KEEP_IN}; do if [ -w $d ]; then \
                tar --warning=none --create --absolute-names \
-                 -f $d/autopkgtest-tmpdir.tar '{downtmp}'; \
+                 -f $d/autopkgtest-tmpdir.tar \"$1\"; \
                rm -f /run/autopkgtest-reboot-prepare-mark; \
                exit 0; fi; done; exit 1"
         ),
+        &[downtmp],
     )
     .await
 }
@@ -93,6 +102,7 @@ pub async fn restore_scratch(client: &Client, c: &Container) -> Result<()> {
                rm $d/autopkgtest-tmpdir.tar; exit 0; \
              fi; done; exit 1"
         ),
+        &[],
     )
     .await
 }
@@ -195,7 +205,7 @@ pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> R
             c.kill(true).await?;
             break;
         }
-        if now >= deadline {
+        if stopping_since.is_none() && now >= deadline {
             bail!(
                 "testbed container {} did not shut down within {STOP_SECONDS} s of the \
                  reboot{}",
