@@ -23,7 +23,7 @@
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
-#                (ci/e2e-releases.sh bench, about 10 minutes)
+#                (ci/e2e-releases.sh bench, about 15 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
