@@ -274,6 +274,9 @@ def main():
     if a.table_from:
         print(table(a.table_from))
         return
+    if not a.label:
+        # The reference labels nothing of its own: this finds its testbeds.
+        a.label = f"org.debian.autopkgtest.rdocker.bench.releases={os.getpid()}"
     os.makedirs(a.logs, exist_ok=True)
     for old in glob.glob(os.path.join(a.logs, "*.log")) + glob.glob(os.path.join(a.logs, "walls.json")):
         os.unlink(old)
