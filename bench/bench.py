@@ -18,6 +18,8 @@ daemon and the test image. Leaves no containers, processes or files.
     bench/bench.py                          # full run
     bench/bench.py --ops rss                # only rdocker's peak RSS
     bench/bench.py --servers rdocker,docker --ops exec-true,copydown-tree
+    bench/bench.py --servers rdocker,rdocker-arm64 --ops exec-true,revert
+                                            # native vs arm64 through qemu
 """
 
 import argparse
@@ -46,12 +48,16 @@ KiB = 1 << 10
 REFERENCE = '/usr/bin/autopkgtest-virt-docker'
 ALL_SERVERS = ['rdocker', 'rdocker-api', 'rdocker-shared', 'docker', 'docker-remote']
 REFERENCES = ['docker', 'docker-remote']
+# Named in --servers only, never by default: another rdocker build, and an
+# arm64 testbed through qemu-user-static (ci/provision-foreign.sh).
+EXTRA_SERVERS = ['rdocker-base', 'rdocker-arm64']
 LABELS = {
     'api-ceiling': 'raw API (ceiling)',
     'rdocker': 'rdocker',
     'rdocker-api': 'rdocker --remote (Engine API only)',
     'rdocker-shared': 'rdocker --shared-dir',
     'rdocker-base': 'rdocker --baseline build',
+    'rdocker-arm64': 'rdocker arm64 (qemu)',
     'docker': 'docker',
     'docker-remote': 'docker --remote',
 }
@@ -483,6 +489,9 @@ class Bench:
             if not a.baseline:
                 raise BenchError('the rdocker-base server needs --baseline PATH')
             return [a.baseline, a.image]
+        if name == 'rdocker-arm64':
+            # The same build, with a foreign testbed: what emulation costs.
+            return [self.rdocker, a.arm64_image, '--platform', 'linux/arm64']
         if name == 'rdocker-shared':
             self.shared_counter += 1
             d = os.path.join(self.work, 'rdocker-shared-%d' % self.shared_counter)
@@ -838,6 +847,9 @@ class Bench:
         through the server under test, and verify it."""
         ops = set(self.ops)
         s.sh('test -d "$1"', s.scratch)
+        if s.name == 'rdocker-arm64':
+            # Numbers for an emulated testbed must come from one.
+            self.check(s, 'testbed machine', s.sh('uname -m').strip(), 'aarch64')
         if ops & {'exec-stdout', 'copyup-file'}:
             s.command('copydown', self.blob, s.scratch + '/blob.bin', nresults=0)
             self.check(s, 'setup copydown sha256', self.tb_sha256(s, s.scratch + '/blob.bin'), self.blob_sha)
@@ -1103,6 +1115,9 @@ class Bench:
         ops = [o for o in ALL_OPS if o != 'rss' and any((o, s) in self.samples for s in shown)]
         if ops:
             hdr = ['Operation'] + [LABELS[s] for s in shown]
+            emulated = 'rdocker' in shown and 'rdocker-arm64' in shown
+            if emulated:
+                hdr += ['arm64 (qemu) ÷ native']
             if 'rdocker' in shown:
                 hdr += ['%s ÷ rdocker' % LABELS[r] for r in refs] + ['Target (rdocker)', 'Met']
             p('| ' + ' | '.join(hdr) + ' |')
@@ -1112,6 +1127,9 @@ class Bench:
             p('|' + '|'.join(aligns) + '|')
             for op in ops:
                 row = [self.op_label(op)] + [self.cell(op, s) for s in shown]
+                if emulated:
+                    rd, em = self.med(op, 'rdocker'), self.med(op, 'rdocker-arm64')
+                    row.append('%.1f×' % (em / rd) if rd and em is not None else '–')
                 if 'rdocker' in shown:
                     rd = self.med(op, 'rdocker')
                     for r in refs:
@@ -1123,6 +1141,11 @@ class Bench:
             p('')
             p('Ratios are reference time ÷ rdocker time: above 1 means rdocker is faster. '
               'Throughput is size ÷ median time, start to exit/`ok` included.')
+            if emulated:
+                p('')
+                p('arm64 (qemu) ÷ native: the same rdocker build with %s --platform linux/arm64 '
+                  '(qemu-user-static through binfmt_misc) against %s: what emulating the testbed '
+                  'costs.' % (self.a.arm64_image, self.a.image))
             p('')
             p('Spread (min / median / max, n samples):')
             p('')
@@ -1283,7 +1306,8 @@ def parse_args():
                     'cargo build could otherwise swap it mid-run)')
     ap.add_argument('--servers', default=','.join(ALL_SERVERS),
                     help='comma-separated, from %s (default all; rdocker-shared is skipped '
-                    'with the reason when rdocker refuses --shared-dir)' % ','.join(ALL_SERVERS))
+                    'with the reason when rdocker refuses --shared-dir); also rdocker-base '
+                    '(--baseline) and rdocker-arm64 (--arm64-image through qemu)' % ','.join(ALL_SERVERS))
     ap.add_argument('--ops', default=None,
                     help='comma-separated, from %s (default all but conformance)' % ','.join(ALL_OPS))
     ap.add_argument('--rss-only', action='store_true', help='same as --ops rss')
@@ -1294,6 +1318,9 @@ def parse_args():
     ap.add_argument('--exec-reps', type=int, default=None,
                     help='exec `true` runs per server per round (default 20, --quick 5)')
     ap.add_argument('--image', default='rdocker-test/autopkgtest:bookworm')
+    ap.add_argument('--arm64-image', default='rdocker-test/autopkgtest:bookworm-arm64',
+                    help='image of the rdocker-arm64 server, run with --platform linux/arm64 '
+                    '(default %(default)s; ci/provision-foreign.sh builds it)')
     ap.add_argument('--user-image', default='rdocker-test/user:bookworm',
                     help='image for the e2e autopkgtest run (one with a normal user)')
     ap.add_argument('--suite-rounds', type=int, default=1,
@@ -1341,7 +1368,7 @@ def parse_args():
     a.tree_files = d(a.tree_files, 5000, 300)
     servers = [s for s in a.servers.split(',') if s]
     for s in servers:
-        if s not in ALL_SERVERS + ['rdocker-base']:
+        if s not in ALL_SERVERS + EXTRA_SERVERS:
             ap.error('unknown server %r' % s)
     ops = DEFAULT_OPS if a.ops is None else [o for o in a.ops.split(',') if o]
     if a.rss_only:

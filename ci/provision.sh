@@ -9,6 +9,7 @@ TEST_IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
 USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 SYSTEMD_IMAGE=${RDOCKER_TEST_SYSTEMD_IMAGE:-rdocker-test/systemd:bookworm}
 TRIXIE_IMAGE=${RDOCKER_TEST_TRIXIE_IMAGE:-rdocker-test/debian:trixie}
+LOGIND_IMAGE=${RDOCKER_TEST_LOGIND_IMAGE:-rdocker-test/systemd-logind:bookworm}
 SID_IMAGE=${RDOCKER_TEST_SID_IMAGE:-rdocker-test/debian:sid}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 MIRROR=${RDOCKER_TEST_MIRROR:-http://deb.debian.org/debian}
@@ -28,7 +29,7 @@ fi
 
 need_pkgs=()
 for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
-         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils; do
+         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils apt-cacher-ng; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -122,6 +123,25 @@ if ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
     docker rm "$cid" >/dev/null
 fi
 
+# And with D-Bus and pam_systemd, as a system image for autopkgtest has
+# them (README.md, --init): logind sessions for tests (upstream's
+# test_logind), and a `reboot` that does not complain of a missing bus
+# on a test's stderr (upstream's test_reboot_prepare).
+if ! docker image inspect "$LOGIND_IMAGE" >/dev/null 2>&1; then
+    log "building $LOGIND_IMAGE"
+    cid=$(docker run -d "$SYSTEMD_IMAGE" sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends libpam-systemd dbus && apt-get clean')
+    rc=$(docker wait "$cid")
+    if [ "$rc" != 0 ]; then
+        docker logs "$cid" 2>&1 | tail -20 >&2
+        docker rm "$cid" >/dev/null
+        log "installing libpam-systemd and dbus in $LOGIND_IMAGE failed (exit $rc); can the container reach $MIRROR?"
+        exit 1
+    fi
+    docker commit --change 'CMD ["/bin/bash"]' "$cid" "$LOGIND_IMAGE" >/dev/null
+    docker rm "$cid" >/dev/null
+fi
+
 # The private registry: Debian's docker-registry with htpasswd auth, on
 # loopback (which dockerd lets speak plain HTTP), holding the base image.
 registry_says() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
@@ -187,13 +207,39 @@ if ! curl -fsS --unix-socket "$PODMAN_SOCKET" http://d/_ping >/dev/null 2>&1; th
         tail -20 /var/log/rdocker-test-podman.log >&2 || true
         exit 1; }
 fi
-for img in "$TEST_IMAGE" "$SYSTEMD_IMAGE"; do
+for img in "$TEST_IMAGE" "$SYSTEMD_IMAGE" "$LOGIND_IMAGE"; do
     if ! podman image exists "$img"; then
         log "loading $img into podman"
         docker save "$img" | podman load >/dev/null
     fi
 done
+# An apt-cacher-ng, for rdocker's apt proxy discovery (tests/integration/apt.rs):
+# on port 3142 of every interface (acng.conf's default, no BindAddress), as
+# the testbeds reach it at their bridge's gateway, not on loopback. Its
+# Debian backend is the mirror this machine reaches (the default list of
+# mirrors names hosts that may not resolve here).
+ACNG_BACKEND=/etc/apt-cacher-ng/backends_debian
+if [ "$(grep -v '^#' "$ACNG_BACKEND" 2>/dev/null | head -1)" != "${MIRROR%/}/" ]; then
+    echo "${MIRROR%/}/" >"$ACNG_BACKEND"
+    acng_restart=1
+fi
+if grep -qs '^BindAddress' /etc/apt-cacher-ng/acng.conf; then
+    sed -i 's/^BindAddress/# BindAddress/' /etc/apt-cacher-ng/acng.conf
+    acng_restart=1
+fi
+acng_says() { curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:3142/acng-report.html"; }
+if [ -n "${acng_restart:-}" ] || [ "$(acng_says)" != 200 ]; then
+    log "starting apt-cacher-ng on port 3142"
+    /etc/init.d/apt-cacher-ng stop >/dev/null 2>&1 || true
+    /etc/init.d/apt-cacher-ng start >/dev/null
+    for _ in $(seq 1 40); do
+        [ "$(acng_says)" = 200 ] && break
+        sleep 0.25
+    done
+    [ "$(acng_says)" = 200 ] || { log "apt-cacher-ng did not come up; see /var/log/apt-cacher-ng/"; exit 1; }
+fi
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
+"$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
 
-log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE and $SYSTEMD_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET"
+log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"

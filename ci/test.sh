@@ -12,6 +12,8 @@
 #      and the autopkgtest that users run today: trixie's (5.49) and sid's
 #      (6.x, a revert before every test) in container jobs,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
+#      then LxdRunner's (system container, logind, reboot) with rdocker
+#      --init on Docker (and on Podman with --slow),
 #   6. load: 8 autopkgtest runs at once, and open/exec/revert cycles with
 #      memory and descriptors checked flat (100 cycles; 1000 with --slow),
 #   7. the daemon restarting under an open testbed (restarts dockerd, so last).
@@ -21,6 +23,7 @@
 #   --reference  also run the upstream suite with autopkgtest-virt-docker,
 #                for comparison (about 20 minutes more)
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
+#                the upstream system tests on Podman too,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
 #                (ci/e2e-releases.sh bench, about 15 minutes)
@@ -41,6 +44,7 @@ done
 export PATH="$HOME/.cargo/bin:$PATH"
 IMAGE=${RDOCKER_TEST_IMAGE:-rdocker-test/autopkgtest:bookworm}
 USER_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
+LOGIND_IMAGE=${RDOCKER_TEST_LOGIND_IMAGE:-rdocker-test/systemd-logind:bookworm}
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
 LOGS=${RDOCKER_TEST_LOGS:-target/test-logs}
 mkdir -p "$LOGS"
@@ -127,6 +131,36 @@ CONFORMANCE_EXPECTED_FAILURES=ci/conformance-expected-failures.txt \
         exit 1; }
 grep '^conformance:' "$LOGS/conformance-rdocker.log"
 done_step "upstream suite ok with rdocker"
+
+# LxdRunner's classes (DebTestsCanReboot: system container, logind,
+# reboot) against a booted testbed, on an image with dbus and
+# libpam-systemd (ci/provision.sh). Known failures, each for a reason
+# outside rdocker: ci/conformance-system-expected-failures.txt.
+system_suite() {  # NAME [--podman] [--run-options=...]
+    local name=$1; shift
+    CONFORMANCE_EXPECTED_FAILURES=ci/conformance-system-expected-failures.txt \
+        python3 ci/conformance.py --system "$@" "$CACHE/autopkgtest-src" "$LOGIND_IMAGE" rdocker \
+        >"$LOGS/conformance-$name.log" 2>"$LOGS/conformance-$name.err" || {
+            grep -E '^(FAIL|ERROR):' "$LOGS/conformance-$name.log" || true
+            tail -5 "$LOGS/conformance-$name.log"
+            echo "test: upstream system tests failed with rdocker (logs: $LOGS/conformance-$name.*)" >&2
+            exit 1; }
+    grep '^conformance:' "$LOGS/conformance-$name.log"
+}
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    systemd_opts="--tmpfs /run --tmpfs /run/lock --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup"
+else
+    systemd_opts="--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro"
+fi
+step "upstream system-container and reboot tests with rdocker --init (Docker)"
+system_suite system-docker "--run-options=$systemd_opts"
+done_step "upstream system tests ok with rdocker --init on Docker"
+# About as long again (the Docker run alone takes 14 min here): --slow.
+if [ -n "$SLOW" ]; then
+    step "upstream system-container and reboot tests with rdocker --podman --init"
+    system_suite system-podman --podman
+    done_step "upstream system tests ok with rdocker --init on Podman"
+fi
 
 if [ -n "$REFERENCE" ]; then
     step "upstream autopkgtest suite with autopkgtest-virt-docker (reference)"

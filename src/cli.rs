@@ -58,6 +58,19 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub shared_dir: Option<PathBuf>,
 
+    /// The proxy for the testbeds' apt (Acquire::http::Proxy in an apt.conf.d file), or none.
+    /// Default: the host's own (its apt's Acquire::http::Proxy, auto-apt-proxy's answer, an
+    /// apt-cacher-ng on 127.0.0.1:3142); an address on the host's loopback is rewritten to the
+    /// testbed network's gateway
+    #[arg(long, value_name = "URL|none")]
+    pub apt_proxy: Option<String>,
+
+    /// Keep the .debs that the testbeds' apt downloads in DIR, shared by runs at once and kept
+    /// between runs, or off. Default: a cache of this session only, removed at close, so that
+    /// each .deb is downloaded once however often autopkgtest reverts
+    #[arg(long, value_name = "DIR|off")]
+    pub apt_cache: Option<String>,
+
     /// Daemon address: unix:///path, tcp://host:port or ssh://[user@]host[:port];
     /// overrides everything else
     #[arg(short = 'H', long, value_name = "URL")]

@@ -251,6 +251,9 @@ impl Sink for ReadySink<'_> {
 async fn run(args: Args) -> Result<u8> {
     let client = Client::connect_with_version(&args.endpoint, &args.api_version)?;
     let token = crate::docker::names::random_hex(8);
+    // A handle from before a reboot names the last boot's PID 1: its start
+    // time no longer matches (nor would a process that reused the number),
+    // so the commands take the exec API, in the same container.
     let root = args.root.as_deref().and_then(|h| Root::attach(h).ok());
     // Where the fifos cannot be made, the exec's own streams carry stdio.
     let mut fifo_route = fifos(root.as_ref(), &token);

@@ -1,6 +1,7 @@
 //! autopkgtest-virt-rdocker: an autopkgtest virt server over the Docker
 //! Engine API.
 
+mod aptcache;
 mod cli;
 mod docker;
 mod exec_mode;
@@ -57,6 +58,10 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let run_opts =
         docker::life::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
     let copy_timeout = copy_timeout()?;
+    let apt_options = docker::aptproxy::AptOptions {
+        proxy: docker::life::apt::Choice::parse(cli.apt_proxy.as_deref())?,
+        cache: docker::aptproxy::CacheChoice::parse(cli.apt_cache.as_deref()),
+    };
     let endpoint = endpoint(&cli)?;
     let copy_mode = locality::choose_copy_mode(
         &endpoint,
@@ -98,6 +103,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
             copy_mode,
             cli.pull,
             docker::Init::from_flags(cli.init, cli.no_init),
+            apt_options,
         )?;
         anyhow::Ok(server::serve(server::Server::new(tb, copy_timeout), sigs).await)
     });

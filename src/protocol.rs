@@ -14,11 +14,24 @@ pub enum Command {
     Open,
     Close,
     Revert,
-    Reboot,
+    /// `reboot [prepare-only]`: only the word `prepare-only` makes it so,
+    /// as in VirtSubproc's cmd_reboot; any other argument is a full reboot.
+    Reboot {
+        prepare_only: bool,
+    },
     PrintExecuteCommand,
-    CopyDown { host: Vec<u8>, testbed: Vec<u8> },
-    CopyUp { testbed: Vec<u8>, host: Vec<u8> },
-    Shell { dir: String, env: Vec<String> },
+    CopyDown {
+        host: Vec<u8>,
+        testbed: Vec<u8>,
+    },
+    CopyUp {
+        testbed: Vec<u8>,
+        host: Vec<u8>,
+    },
+    Shell {
+        dir: String,
+        env: Vec<String>,
+    },
     Quit,
     AuxverbDebugFail,
 }
@@ -67,7 +80,9 @@ pub fn parse_line(line: &[u8]) -> Parsed {
         "quit" => nargs(0, Command::Quit),
         "auxverb_debug_fail" => nargs(0, Command::AuxverbDebugFail),
         // reboot takes an optional `prepare-only`
-        "reboot" if args.len() <= 1 => Parsed::Command(Command::Reboot),
+        "reboot" if args.len() <= 1 => Parsed::Command(Command::Reboot {
+            prepare_only: args.first().is_some_and(|a| a == b"prepare-only"),
+        }),
         "reboot" => Parsed::Error(format!("too many arguments to command `{raw_name}'")),
         "copydown" => nargs(
             2,
@@ -195,7 +210,22 @@ mod tests {
             "too many arguments to command `copyup'"
         );
         assert_eq!(err("shell"), "too few arguments to command `shell'");
-        assert_eq!(cmd("reboot prepare-only"), Command::Reboot);
+        assert_eq!(
+            cmd("reboot prepare-only"),
+            Command::Reboot { prepare_only: true }
+        );
+        assert_eq!(
+            cmd("reboot"),
+            Command::Reboot {
+                prepare_only: false
+            }
+        );
+        assert_eq!(
+            cmd("reboot now"),
+            Command::Reboot {
+                prepare_only: false
+            }
+        );
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub trait Testbed {
     /// Throw the testbed away and start a fresh one with the same scratch
     /// directory.
     async fn revert(&mut self) -> Result<String>;
+    /// Reboot the open testbed, keeping its files and scratch directory.
+    /// With `prepare_only`, the test reboots it itself once let go.
+    async fn reboot(&mut self, prepare_only: bool) -> Result<()>;
+    /// Why the testbed cannot reboot, if it cannot: then `reboot` is not
+    /// advertised.
+    fn cannot_reboot(&self) -> Option<String>;
     /// Tear the testbed down; must be idempotent.
     async fn stop(&mut self) -> Result<()>;
     /// Copy a host file or directory into the testbed.

@@ -11,7 +11,8 @@
 #   INPUT_RDOCKER_DEB       the rdocker .deb to install: a path or an
 #                           http(s) URL; empty: keep an installed rdocker,
 #                           else build it from the action's checkout with cargo
-#   INPUT_APT_CACHE         not yet available: must be empty or false
+#   INPUT_APT_CACHE         a directory for rdocker's package cache (--apt-cache),
+#                           kept by an actions/cache step; empty: the run's own
 #   INPUT_OUTPUT_DIR        autopkgtest's output directory
 #                           (default: $RUNNER_TEMP/autopkgtest-output)
 # It installs autopkgtest (apt) and rdocker when missing, runs
@@ -33,10 +34,6 @@ IMAGE=${INPUT_IMAGE:-}
 OUTDIR=${INPUT_OUTPUT_DIR:-${RUNNER_TEMP:-/tmp}/autopkgtest-output}
 
 [ -n "$IMAGE" ] || die "the input 'image' is required: the testbed image, e.g. debian:sid"
-case "${INPUT_APT_CACHE:-}" in
-    ""|false) ;;
-    *) die "the input 'apt-cache' is not yet available (rdocker has no apt cache for testbeds yet); leave it empty" ;;
-esac
 cd "$WORKSPACE" || die "cannot enter GITHUB_WORKSPACE=$WORKSPACE"
 [ -e "$SOURCE" ] || die "no source package at '$SOURCE' (relative to $WORKSPACE): give a source tree or a .dsc as the input 'source'"
 
@@ -90,6 +87,11 @@ echo "::endgroup::"
 
 read -r -a at_args <<<"${INPUT_AUTOPKGTEST_ARGS:-}"
 read -r -a rd_args <<<"${INPUT_RDOCKER_ARGS:-}"
+case "${INPUT_APT_CACHE:-}" in
+    ""|false) ;;
+    *) mkdir -p "$INPUT_APT_CACHE" || die "cannot make the apt cache directory '$INPUT_APT_CACHE'"
+       rd_args+=(--apt-cache "$INPUT_APT_CACHE") ;;
+esac
 read -r -a run_args <<<"${INPUT_DOCKER_RUN_ARGS:-}"
 virt=(rdocker "${rd_args[@]}" "$IMAGE")
 [ -z "${INPUT_PLATFORM:-}" ] || virt+=(--platform "$INPUT_PLATFORM")

@@ -2,26 +2,28 @@
 //! through the Engine API.
 
 pub mod api;
+pub mod aptproxy;
 pub mod archive;
 pub mod daemon;
 pub mod host;
 pub mod life;
 pub mod names;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::debug;
 use crate::testbed::{Console, Testbed};
 use api::{copy, exec, tty};
+use aptproxy::{AptOptions, AptPlan};
 use daemon::client::Client;
 use daemon::context;
 use daemon::locality::CopyMode;
 use host::{agent, root as direct, tree};
 use life::container::{self, Container};
 use life::runopts::RunOptions;
-use life::{boot, platform};
+use life::{boot, platform, reboot};
 
 /// Whether the testbed boots the image's init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +76,10 @@ pub struct DockerTestbed {
     /// the tests installed: seconds after a build) runs while the next
     /// testbed works. Awaited by `stop`.
     retiring: Vec<tokio::task::JoinHandle<Result<()>>>,
+    apt_options: AptOptions,
+    /// The testbeds' apt proxy and package cache, decided at the first
+    /// open of a session (aptproxy.rs).
+    apt: Option<Arc<AptPlan>>,
 }
 
 /// What it takes to make a testbed; owned, so that a spare can be made
@@ -91,6 +97,7 @@ struct Recipe {
     /// The daemon is local: try its root (root.rs) and the agent.
     local: bool,
     init: bool,
+    apt: Option<Arc<AptPlan>>,
 }
 
 /// A started container, with everything rdocker learned about it.
@@ -165,18 +172,7 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
         debug!("{} booted in {:.2?}", c.name, t.elapsed());
     }
     let id = c.id.clone();
-    let mut execs_as_root = false;
-    let mut root = None;
-    if r.local {
-        match direct::find(&r.client, &id, &c.name).await {
-            Ok((rt, as_root)) => {
-                execs_as_root = as_root;
-                debug!("files and directories are copied through the testbed's root directly");
-                root = Some(rt);
-            }
-            Err(e) => debug!("files and directories go through the archive API too: {e:#}"),
-        }
-    }
+    let (root, execs_as_root) = find_root(&r.client, c, r.local).await;
     // Straight through the root where we have it; the archive API (or a
     // direct step that failed) otherwise, which also gives the errors.
     let mk = async {
@@ -205,23 +201,56 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
             .await
             .map(|t| Some(t.as_deref().and_then(first_normal_user)))
     };
-    let (made, user) = tokio::join!(mk, user);
-    made?;
-    let normal_user = user?;
-    let mut direct = None;
-    if let Some(mut rt) = root {
-        if execs_as_root {
-            match agent::start(&r.client, &id, &rt).await {
-                Ok(ctl) => {
-                    rt.set_agent(ctl);
-                    debug!("commands start through the agent in the testbed")
-                }
-                Err(e) => debug!("commands start through docker exec: {e:#}"),
-            }
+    let apt = async {
+        match &r.apt {
+            Some(p) => p.configure(&r.client, &id).await,
+            None => Ok(()),
         }
-        direct = Some(Arc::new(rt));
-    }
+    };
+    let (made, user, apt) = tokio::join!(mk, user, apt);
+    made?;
+    apt?;
+    let normal_user = user?;
+    let direct = start_agent(&r.client, c, root, execs_as_root).await;
     Ok((direct, execs_as_root, normal_user))
+}
+
+/// The testbed's root beside a local daemon (root.rs), and whether execs
+/// run as root there; none where it cannot be proved.
+async fn find_root(client: &Client, c: &Container, local: bool) -> (Option<direct::Root>, bool) {
+    if !local {
+        return (None, false);
+    }
+    match direct::find(client, &c.id, &c.name).await {
+        Ok((rt, as_root)) => {
+            debug!("files and directories are copied through the testbed's root directly");
+            (Some(rt), as_root)
+        }
+        Err(e) => {
+            debug!("files and directories go through the archive API too: {e:#}");
+            (None, false)
+        }
+    }
+}
+
+/// The agent in the testbed, where commands may go through the root.
+async fn start_agent(
+    client: &Client,
+    c: &Container,
+    root: Option<direct::Root>,
+    execs_as_root: bool,
+) -> Option<Arc<direct::Root>> {
+    let mut rt = root?;
+    if execs_as_root {
+        match agent::start(client, &c.id, &rt).await {
+            Ok(ctl) => {
+                rt.set_agent(ctl);
+                debug!("commands start through the agent in the testbed")
+            }
+            Err(e) => debug!("commands start through docker exec: {e:#}"),
+        }
+    }
+    Some(Arc::new(rt))
 }
 
 impl DockerTestbed {
@@ -240,6 +269,7 @@ impl DockerTestbed {
         copy_mode: CopyMode,
         pull: bool,
         init: Init,
+        apt_options: AptOptions,
     ) -> Result<DockerTestbed> {
         let exe = std::env::current_exe()
             .context("cannot find rdocker's own executable for print-execute-command")?;
@@ -260,6 +290,8 @@ impl DockerTestbed {
             execs_as_root: false,
             spare: None,
             retiring: Vec::new(),
+            apt_options,
+            apt: None,
         })
     }
 
@@ -305,6 +337,7 @@ impl DockerTestbed {
             find_user: self.normal_user.is_none(),
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
             init: self.init,
+            apt: self.apt.clone(),
         })
     }
 
@@ -421,6 +454,17 @@ impl DockerTestbed {
             self.pulled = true;
             self.decide_init().await?;
         }
+        if self.apt.is_none() {
+            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
+            let local = match &self.copy_mode {
+                CopyMode::Api { local, .. } => *local,
+                CopyMode::Shared { .. } => true,
+            };
+            let plan = tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+                .await
+                .context("looking for the host's apt proxy panicked")??;
+            self.apt = Some(Arc::new(plan));
+        }
         let recipe = self.recipe()?;
         if let Some(p) = &recipe.run.platform {
             platform::check(
@@ -463,6 +507,9 @@ impl DockerTestbed {
             },
             futures_util::future::join_all(retiring)
         );
+        if let Some(p) = self.apt.take() {
+            p.close();
+        }
         a?;
         b.transpose()?;
         for r in c {
@@ -621,9 +668,69 @@ impl Testbed for DockerTestbed {
         // In the shared directory, downtmp must be there again.
         self.recipe()?;
         debug!("testbed container is now {}", next.container.name);
+        if let Some(s) = self.apt.as_ref().and_then(|p| p.summary()) {
+            debug!("apt cache so far: {s}");
+        }
         self.install(next);
         self.make_spare()?;
         Ok(downtmp)
+    }
+
+    async fn reboot(&mut self, prepare_only: bool) -> Result<()> {
+        if let Some(why) = self.cannot_reboot() {
+            bail!("{why}");
+        }
+        let downtmp = self
+            .downtmp
+            .clone()
+            .ok_or_else(|| anyhow!("the testbed is not open"))?;
+        // The current container reboots, never the spare: a reboot keeps
+        // the files, and the spare has none of the test's. The root and
+        // the agent die with this boot's PID 1; exec argvs handed out with
+        // their handle find it stale (its start time differs) and take the
+        // API from now on (exec_mode.rs).
+        self.direct = None;
+        self.execs_as_root = false;
+        let c = self.container()?;
+        let t = std::time::Instant::now();
+        reboot::save_scratch(&self.client, c, &downtmp).await?;
+        let asked = if prepare_only {
+            debug!(
+                "reboot prepare-only: waiting for the test to reboot {}",
+                c.name
+            );
+            None
+        } else {
+            debug!("rebooting {}", c.name);
+            reboot::ask(&self.client, c).await
+        };
+        reboot::restart(&self.client, c, asked).await?;
+        boot::wait(&self.client, c).await?;
+        debug!("{} rebooted in {:.2?}", c.name, t.elapsed());
+        reboot::restore_scratch(&self.client, c).await?;
+        let local = matches!(self.copy_mode, CopyMode::Api { local: true, .. });
+        let (root, as_root) = find_root(&self.client, c, local).await;
+        let direct = start_agent(&self.client, c, root, as_root).await;
+        if let Some(e) = boot::died(&self.client, c, self.run.platform.as_deref()).await {
+            return Err(e);
+        }
+        self.direct = direct;
+        self.execs_as_root = as_root;
+        Ok(())
+    }
+
+    fn cannot_reboot(&self) -> Option<String> {
+        // Without an init, nothing in the testbed can reboot it: a test's
+        // own `reboot` fails (so `reboot prepare-only` could never end),
+        // nothing boots again to pick up what --setup-commands changed,
+        // and /run, on the image's filesystem, would keep the last boot's
+        // state (autopkgtest's reboot marks among it). A container restart
+        // would only pretend.
+        (!self.init).then(|| {
+            "rdocker reboots a testbed only under --init: without an init nothing in it can \
+             reboot, and nothing boots again"
+                .to_string()
+        })
     }
 
     async fn stop(&mut self) -> Result<()> {
@@ -755,6 +862,9 @@ impl Testbed for DockerTestbed {
         // that isolation-container promises.
         if self.init {
             caps.push("isolation-container".into());
+        }
+        if self.cannot_reboot().is_none() {
+            caps.push("reboot".into());
         }
         if let Some(u) = &self.normal_user {
             caps.push(format!("suggested-normal-user={u}"));

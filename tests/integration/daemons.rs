@@ -953,6 +953,29 @@ fn podman_boots_init_without_options() {
         got == "systemd\nrunning\n" || got == "systemd\ndegraded\n",
         "{got:?}"
     );
+    // And reboots: the same container stops and boots again (Podman's
+    // systemd mode gives it a fresh /run and /tmp), the files stay.
+    assert!(s.capabilities().contains(&"reboot".to_string()));
+    exec_ok(&argv, &env, "echo kept >/etc/kept; echo gone >/run/gone");
+    let started = |p: &bollard::Docker| {
+        let id = testbed_of(&argv);
+        runtime_block(p.inspect_container(&id, None))
+            .unwrap()
+            .state
+            .and_then(|s| s.started_at)
+    };
+    let before = started(&p);
+    assert_eq!(s.ok("reboot"), Vec::<String>::new());
+    assert_ne!(started(&p), before, "not started again");
+    let got = exec_ok(
+        &argv,
+        &env,
+        "cat /proc/1/comm /etc/kept; test ! -e /run/gone && systemctl is-system-running || true",
+    );
+    assert!(
+        got == "systemd\nkept\nrunning\n" || got == "systemd\nkept\ndegraded\n",
+        "{got:?}"
+    );
     let pid = s.pid();
     s.quit();
     assert_none_left_on_podman(&p, pid);

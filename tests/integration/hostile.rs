@@ -558,3 +558,46 @@ chmod 755 /usr/bin/tar.bomb && mv /usr/bin/tar.bomb /usr/bin/tar"#,
     assert_eq!(sh_ok(&argv, "echo alive"), "alive\n");
     s.quit();
 }
+
+/// The apt cache proxy that rdocker runs on the host for the testbeds is
+/// apt's only: a test cannot use it to reach what the host reaches and it
+/// does not (a cloud's metadata service, the host's loopback, any other
+/// path than an archive's).
+#[test]
+fn the_apt_proxy_is_no_way_out_through_the_host() {
+    let mut s = Server::start(&["--apt-proxy", "none", &image()]);
+    s.open();
+    let argv = s.exec_argv();
+    let conf = sh_ok(&argv, "cat /etc/apt/apt.conf.d/00rdocker-apt-proxy");
+    let proxy = conf
+        .split('"')
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no proxy in {conf:?}"))
+        .to_string();
+    let (host, port) = proxy
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .split_once(':')
+        .unwrap();
+    // The image's python3 is minimal; perl-base speaks enough HTTP.
+    let fetch = |url: &str| {
+        sh_ok(
+            &argv,
+            &format!(
+                "perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(\"{host}:{port}\") or die $!; \
+                 print $s \"GET {url} HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n\"; \
+                 $l = <$s>; ($c) = $l =~ m{{^HTTP/\\S+ (\\d+)}}; print \"$c\\n\"'"
+            ),
+        )
+    };
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.1:3142/acng-report.html",
+        "http://localhost/",
+        "http://[fe80::1]/",
+        "http://deb.debian.org/",
+    ] {
+        assert_eq!(fetch(url), "403\n", "{url} through {proxy}");
+    }
+    s.quit();
+}

@@ -4,17 +4,20 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod apt;
 mod cleanup;
 mod copy;
 mod daemon_restart;
 mod daemons;
 mod exec;
 mod faults;
+mod foreign;
 mod hostile;
 mod init;
 mod options;
 mod protocol;
 mod pull;
 mod reap;
+mod reboot;
 mod revert;
 mod shell;

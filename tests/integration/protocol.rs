@@ -179,7 +179,12 @@ fn reboot_is_not_advertised_and_bombs() {
     let mut s = Server::start(&[&image()]);
     s.open();
     s.send("reboot");
-    assert_bombed(s, "`reboot' when `reboot' not advertised");
+    // Refused, with why: no init, nothing reboots (see reboot.rs for
+    // the --init case).
+    assert_bombed(
+        s,
+        "`reboot' when `reboot' not advertised: rdocker reboots a testbed only under --init",
+    );
 }
 
 #[test]

@@ -394,11 +394,19 @@ pub fn copy_hinted(
 ) -> Result<()> {
     const STEP: usize = 8 << 20;
     let mut room = archive::Room::default();
+    // Holes matter in big files only: two lseeks are not worth it for
+    // the many small files of a tree.
+    let sparse = len >= 1 << 20;
     let mut pos = 0u64;
+    let mut data_end = 0u64;
     let mut sendfile = true;
     let mut buf = Vec::new();
     while pos < len {
-        let (start, end) = next_data(src, pos, len).unwrap_or((pos, len));
+        let (start, end) = if sparse {
+            next_data(src, pos, len).unwrap_or((pos, len))
+        } else {
+            (pos, len)
+        };
         pos = start;
         while pos < end {
             if cancel.load(Ordering::Relaxed) {
@@ -449,10 +457,13 @@ pub fn copy_hinted(
                 bail!("the file shrank while it was copied");
             }
             pos += n as u64;
+            data_end = pos;
         }
     }
-    // The size, with any hole at the end.
-    dst.set_len(len)?;
+    // The size, with a hole at the end.
+    if data_end < len {
+        dst.set_len(len)?;
+    }
     Ok(())
 }
 

@@ -171,6 +171,16 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Podman reports the moment between a container's first process exiting
+/// and its clean-up as `stopped` (and a container never started as
+/// `configured`): states the Engine API does not have, which bollard
+/// cannot read, and which are not running either.
+pub fn not_running_on_podman(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::JsonDataError { message, .. }
+        if message.starts_with("unknown variant `stopped`")
+            || message.starts_with("unknown variant `configured`"))
+}
+
 /// A running testbed container. Remove it with `remove`; dropping it
 /// leaves the removal to the reaper (reaper.rs).
 pub struct Container {
@@ -337,7 +347,7 @@ impl Container {
         loop {
             match self.client.docker.inspect_container(&self.id, None).await {
                 Ok(c) if c.state.as_ref().and_then(|s| s.running) != Some(true) => return Ok(()),
-                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) if status_of(&e) == Some(404) || not_running_on_podman(&e) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => {
                     return Err(anyhow::Error::new(e).context(format!(
