@@ -32,6 +32,7 @@ label) on every exit.
 
 import argparse
 import glob
+import json
 import os
 import re
 import signal
@@ -71,12 +72,16 @@ def docker(*args, check=True, capture=True):
 def parse_log(text):
     """Per-test preparation seconds, and the tests' verdicts, from a log.
 
-    Returns (prep, verdicts, reverts, span): prep maps test -> seconds,
+    Returns (prep, verdicts, reverts, span, opened): prep maps test -> seconds,
     verdicts maps test -> PASS/FAIL/..., reverts maps test -> whether
     rdocker handed out a new testbed after the last test ended and before
     this one started; span is the seconds from the first test's
-    "preparing testbed" to the summary (the tests, without the build)."""
-    prep, started, verdicts, reverts = {}, {}, {}, {}
+    "preparing testbed" to the summary (the tests, without the build);
+    opened maps test -> seconds from its "preparing testbed" to the first
+    line autopkgtest logs about the testbed after it ("testbed dpkg
+    architecture", when it set the new testbed up): the revert."""
+    prep, started, verdicts, reverts, opened = {}, {}, {}, {}, {}
+    current = None
     first = summary = None
     reverted = False
     day = 0
@@ -99,13 +104,17 @@ def parse_log(text):
             t = re.match(r"test (\S+): preparing testbed$", msg)
             if t:
                 started[t[1]] = secs
+                current = t[1]
                 if first is None:
                     first = secs
+            if msg.startswith("testbed dpkg architecture") and current and current not in opened:
+                opened[current] = secs - started[current]
             t = re.match(r"test (\S+): \[-+$", msg)
             if t:
                 if t[1] not in started:
                     die(f"test {t[1]} started with no 'preparing testbed' line before it")
                 prep[t[1]] = secs - started[t[1]]
+                current = None
                 reverts[t[1]] = reverted
                 reverted = False
             continue
@@ -114,7 +123,7 @@ def parse_log(text):
             if v:
                 verdicts[v[1]] = v[2]
     span = summary - first if first is not None and summary is not None else None
-    return prep, verdicts, reverts, span
+    return prep, verdicts, reverts, span, opened
 
 
 class Session:
@@ -163,7 +172,7 @@ class Session:
                                stdout=f, stderr=subprocess.STDOUT)
         took = time.monotonic() - t
         with open(logf) as f:
-            prep, verdicts, reverts, _ = parse_log(f.read())
+            prep, verdicts, reverts, _, _ = parse_log(f.read())
         bad = {k: v for k, v in verdicts.items() if v != "PASS"}
         if r.returncode != 0 or bad or len(verdicts) != self.a.tests:
             die(f"{server} round {rnd}: autopkgtest exited {r.returncode}, verdicts {verdicts} "
@@ -190,21 +199,25 @@ class Session:
 
 
 def table(logs, walls=None):
-    """The Markdown table from the logs in LOGS (SERVER-ROUND.log) and,
-    when measured in this session, the wall times; else the whole run is
-    taken from the log's first and last timestamps."""
+    """The Markdown table from the logs in LOGS (SERVER-ROUND.log) and the
+    wall times (this session's, else LOGS/walls.json's); without them the
+    whole run is taken from the log's first and last timestamps."""
+    if walls is None and os.path.exists(os.path.join(logs, "walls.json")):
+        with open(os.path.join(logs, "walls.json")) as f:
+            walls = {tuple(k.split("-", 1)): v for k, v in json.load(f).items()}
     rows = []
     for server in SERVERS:
         files = sorted(glob.glob(os.path.join(logs, f"{server}-*.log")))
         if not files:
             continue
-        runs, spans, sums, preps, nrev, ntests = [], [], [], [], 0, 0
+        runs, spans, preps, opens, setups, nrev, ntests = [], [], [], [], [], 0, 0
         for fn in files:
             with open(fn) as f:
                 text = f.read()
-            prep, verdicts, reverts, span = parse_log(text)
+            prep, verdicts, reverts, span, opened = parse_log(text)
             preps += list(prep.values())
-            sums.append(sum(prep.values()))
+            opens += list(opened.values())
+            setups += [prep[k] - opened[k] for k in opened if k in prep]
             if span is None:
                 die(f"{fn}: no test or no summary in it")
             spans.append(span)
@@ -217,7 +230,7 @@ def table(logs, walls=None):
                 stamps = [TS.match(line) for line in text.splitlines()]
                 stamps = [int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3]) for m in stamps if m]
                 runs.append(float((stamps[-1] - stamps[0]) % 86400))
-        rows.append((server, runs, spans, sums, preps, nrev, ntests))
+        rows.append((server, runs, spans, preps, opens, setups, nrev, ntests))
     if not rows:
         die(f"no logs (SERVER-ROUND.log) in {logs}")
 
@@ -225,14 +238,17 @@ def table(logs, walls=None):
         return f"{statistics.median(xs):.0f}{unit} ({min(xs):.0f} - {max(xs):.0f})"
 
     out = ["| autopkgtest 6.x, tests/pkg/rdocker-five | runs | whole run | the 5 tests (no build) "
-           "| preparation of one test | preparation, 5 tests | reverts seen (rdocker -d) |",
-           "|---|---:|---:|---:|---:|---:|---|"]
-    for server, runs, spans, sums, preps, nrev, ntests in rows:
+           "| preparing one test | of which revert | of which setup and installs | reverts seen (rdocker -d) |",
+           "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for server, runs, spans, preps, opens, setups, nrev, ntests in rows:
         out.append(f"| {TITLES[server]} | {len(runs)} | {cell(runs)} | {cell(spans)} | {cell(preps)} "
-                   f"| {cell(sums)} | {f'{nrev} of {ntests} tests' if server == 'rdocker' else '-'} |")
+                   f"| {cell(opens) if opens else '-'} | {cell(setups) if setups else '-'} "
+                   f"| {f'{nrev} of {ntests} tests' if server == 'rdocker' else '-'} |")
     out.append("")
     out.append("Medians (min - max). Whole run: the autopkgtest step's wall time (with the build "
-               "in the testbed); the rest from autopkgtest's log, whose timestamps are whole seconds.")
+               "in the testbed); the rest from autopkgtest's log, whose timestamps are whole seconds: "
+               "preparing a test is \"test T: preparing testbed\" to \"test T: [-----\", its revert "
+               "up to autopkgtest's first line about the new testbed, the setup and installs the rest.")
     if len(rows) == 2:
         ratio = [statistics.median(rows[1][i]) / statistics.median(rows[0][i]) for i in (1, 2, 3)]
         out.append(f"docker ÷ rdocker: whole run {ratio[0]:.2f}, the tests {ratio[1]:.2f}, "
@@ -258,8 +274,11 @@ def main():
     if a.table_from:
         print(table(a.table_from))
         return
+    if not a.label:
+        # The reference labels nothing of its own: this finds its testbeds.
+        a.label = f"org.debian.autopkgtest.rdocker.bench.releases={os.getpid()}"
     os.makedirs(a.logs, exist_ok=True)
-    for old in glob.glob(os.path.join(a.logs, "*.log")):
+    for old in glob.glob(os.path.join(a.logs, "*.log")) + glob.glob(os.path.join(a.logs, "walls.json")):
         os.unlink(old)
     s = Session(a)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -271,6 +290,8 @@ def main():
             for server in SERVERS:
                 took = s.run(server, str(rnd))
                 walls[(server, str(rnd))] = took
+                with open(os.path.join(a.logs, "walls.json"), "w") as f:
+                    json.dump({f"{k[0]}-{k[1]}": v for k, v in walls.items()}, f)
                 note(f"round {rnd}: {server} {took:.1f} s")
     finally:
         s.stop()

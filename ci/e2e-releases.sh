@@ -75,8 +75,13 @@ KEY_LABEL=org.debian.autopkgtest.rdocker.e2e.key
 JOB_LABEL=org.debian.autopkgtest.rdocker.e2e.job
 RDOCKER_LABEL=org.debian.autopkgtest.rdocker
 OWNER_HOST_LABEL=org.debian.autopkgtest.rdocker.owner-host
-# --init's docker run options (as bench/init_times.py's).
-INIT_OPTIONS=(--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro)
+# --init's docker run options (as ci/test.sh's for the upstream system
+# tests): systemd needs the cgroup tree, writable and the host's on cgroup v2.
+if [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+    INIT_OPTIONS=(--tmpfs /run --tmpfs /run/lock --cgroupns host -v /sys/fs/cgroup:/sys/fs/cgroup)
+else
+    INIT_OPTIONS=(--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:ro)
+fi
 
 DEB=""
 SCENARIOS=()

@@ -26,7 +26,7 @@
 #                the upstream system tests on Podman too,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
-#                (ci/e2e-releases.sh bench, about 10 minutes)
+#                (ci/e2e-releases.sh bench, about 15 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
