@@ -237,6 +237,30 @@ impl std::fmt::Display for TestbedGone {
 }
 impl std::error::Error for TestbedGone {}
 
+/// Start the exec `id`, attached; a container gone meanwhile is a
+/// testbed failure.
+pub(super) async fn start_attached(
+    docker: &bollard::Docker,
+    container: &str,
+    id: &str,
+    tty: bool,
+) -> Result<StartExecResults> {
+    docker
+        .start_exec(
+            id,
+            Some(StartExecOptions {
+                detach: false,
+                tty,
+                output_capacity: Some(64 * 1024),
+            }),
+        )
+        .await
+        .map_err(|e| match status_of(&e) {
+            Some(404) | Some(409) => gone(container, &e),
+            _ => anyhow::Error::new(e).context("cannot start an exec in the testbed"),
+        })
+}
+
 pub(super) fn gone(container: &str, e: &bollard::errors::Error) -> anyhow::Error {
     anyhow::Error::new(TestbedGone(format!(
         "the testbed container {container} is gone or stopped ({e}); it was removed or \
@@ -383,20 +407,7 @@ pub async fn run(
             Some(404) | Some(409) => gone(container, &e),
             _ => anyhow::Error::new(e).context("cannot create an exec in the testbed"),
         })?;
-    let started = docker
-        .start_exec(
-            &created.id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: false,
-                output_capacity: Some(64 * 1024),
-            }),
-        )
-        .await
-        .map_err(|e| match status_of(&e) {
-            Some(404) | Some(409) => gone(container, &e),
-            _ => anyhow::Error::new(e).context("cannot start an exec in the testbed"),
-        })?;
+    let started = start_attached(docker, container, &created.id, false).await?;
     let StartExecResults::Attached {
         mut output,
         mut input,

@@ -4,7 +4,7 @@
 //! `docker exec -it` does.
 
 use anyhow::{anyhow, bail, Context, Result};
-use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
+use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecResults};
 use futures_util::{Stream, StreamExt};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -53,20 +53,7 @@ pub async fn run(
             _ => anyhow::Error::new(e).context("cannot create an exec in the testbed"),
         })?;
     let id = created.id.as_str();
-    let started = docker
-        .start_exec(
-            id,
-            Some(StartExecOptions {
-                detach: false,
-                tty: true,
-                output_capacity: Some(64 * 1024),
-            }),
-        )
-        .await
-        .map_err(|e| match status_of(&e) {
-            Some(404) | Some(409) => gone(container, &e),
-            _ => anyhow::Error::new(e).context("cannot start an exec in the testbed"),
-        })?;
+    let started = super::exec::start_attached(docker, container, id, true).await?;
     let StartExecResults::Attached {
         output: mut from_tty,
         input: mut to_tty,
