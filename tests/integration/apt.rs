@@ -67,8 +67,17 @@ fn lines_of<'a>(log: &'a str, client: &str) -> Vec<&'a str> {
     log.lines().filter(|l| l.contains(&field)).collect()
 }
 
-/// The counts in `-d`'s last "apt cache" summary: (from the cache, fetched).
-fn cache_counts(stderr: &str) -> (u64, u64) {
+/// The counts in `-d`'s `n`th "apt cache" summary (one is printed at each
+/// revert and at close): (from the cache, fetched). stderr is read on
+/// another thread and can lag behind the reply, so wait for it.
+fn cache_counts(s: &Server, n: usize) -> (u64, u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.stderr().matches(".debs from the cache").count() < n
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stderr = s.stderr();
     let line = stderr
         .lines()
         .rfind(|l| l.contains(".debs from the cache"))
@@ -142,7 +151,7 @@ fn package_cache_serves_the_reinstall_after_revert_without_a_proxy() {
         "the testbed's apt-config dump: {out}"
     );
     s.ok("revert");
-    let (hits, fetched) = cache_counts(&s.stderr());
+    let (hits, fetched) = cache_counts(&s, 1);
     assert_eq!(hits, 0, "hits before any reinstall: {}", s.stderr());
     assert!(
         fetched >= 4,
@@ -157,7 +166,7 @@ fn package_cache_serves_the_reinstall_after_revert_without_a_proxy() {
     );
     install(&argv);
     s.ok("close");
-    let (hits, fetched_after) = cache_counts(&s.stderr());
+    let (hits, fetched_after) = cache_counts(&s, 2);
     assert_eq!(
         fetched_after,
         fetched,
@@ -243,7 +252,7 @@ fn runs_at_once_share_a_cache_directory() {
                 let argv = s.exec_argv();
                 install(&argv);
                 s.ok("close");
-                let counts = cache_counts(&s.stderr());
+                let counts = cache_counts(&s, 1);
                 s.quit();
                 counts
             })
@@ -278,7 +287,7 @@ fn runs_at_once_share_a_cache_directory() {
     let argv = s.exec_argv();
     install(&argv);
     s.ok("close");
-    let (hits, fetched) = cache_counts(&s.stderr());
+    let (hits, fetched) = cache_counts(&s, 1);
     assert!(
         hits >= 4 && fetched == 0,
         "the third run was not served from {d}: {}",
