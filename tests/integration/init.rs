@@ -13,21 +13,6 @@ fn init_server() -> Server {
     Server::start(&args)
 }
 
-fn assert_booted(argv: &[String]) {
-    assert_eq!(sh_ok(argv, "cat /proc/1/comm"), "systemd\n");
-    // Booted means the boot is over, not just started: no job is left.
-    let state = sh(argv, "systemctl is-system-running").stdout;
-    assert!(
-        state == b"running\n" || state == b"degraded\n",
-        "system state {:?}",
-        String::from_utf8_lossy(&state)
-    );
-    assert_eq!(
-        sh_ok(argv, "systemctl list-jobs --no-legend | wc -l"),
-        "0\n"
-    );
-}
-
 #[test]
 fn init_boots_and_the_testbed_works_as_usual() {
     let mut s = init_server();

@@ -23,20 +23,6 @@ fn started_at(id: &str) -> String {
         .expect("no StartedAt")
 }
 
-fn assert_booted(argv: &[String]) {
-    assert_eq!(sh_ok(argv, "cat /proc/1/comm"), "systemd\n");
-    let state = sh(argv, "systemctl is-system-running").stdout;
-    assert!(
-        state == b"running\n" || state == b"degraded\n",
-        "system state {:?}",
-        String::from_utf8_lossy(&state)
-    );
-    assert_eq!(
-        sh_ok(argv, "systemctl list-jobs --no-legend | wc -l"),
-        "0\n"
-    );
-}
-
 fn root_handle(argv: &[String]) -> Option<&str> {
     argv.iter().find_map(|a| a.strip_prefix("--root="))
 }

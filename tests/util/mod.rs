@@ -567,3 +567,19 @@ pub fn count_procs(argv: &[String], pattern: &str) -> usize {
     );
     sh_ok(argv, &script).trim().parse().unwrap()
 }
+
+/// The testbed's systemd has booted: PID 1, the system running (or
+/// degraded), and no job left.
+pub fn assert_booted(argv: &[String]) {
+    assert_eq!(sh_ok(argv, "cat /proc/1/comm"), "systemd\n");
+    let state = sh(argv, "systemctl is-system-running").stdout;
+    assert!(
+        state == b"running\n" || state == b"degraded\n",
+        "system state {:?}",
+        String::from_utf8_lossy(&state)
+    );
+    assert_eq!(
+        sh_ok(argv, "systemctl list-jobs --no-legend | wc -l"),
+        "0\n"
+    );
+}
