@@ -367,6 +367,40 @@ fn assert_gone(argv: &[String], pattern: &str) {
     }
 }
 
+/// Commands that start together in a fresh testbed race to make the
+/// root-only PID directory: each must still record its PID, or the kill
+/// cannot find it on the agent's route (where its parent is in the
+/// testbed), and a timed-out test would keep running.
+#[test]
+fn commands_started_together_all_stay_killable() {
+    let (s, argv) = open();
+    let mut children: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .args(["sh", "-c", &format!("sleep 60{i}; echo not-killed")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_procs(&argv, "^sleep 60[0-5] $") != 6 {
+        assert!(Instant::now() < deadline, "the commands never all started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for c in &children {
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    }
+    for c in &mut children {
+        assert!(!c.wait().unwrap().success());
+    }
+    assert_gone(&argv, "^sleep 60[0-5] $");
+    s.quit();
+}
+
 /// A normal user's processes carrying the wrapper's token in their argv,
 /// outside its process tree and listed before it in /proc, cannot turn
 /// the kill on a timed-out command away from it, nor onto themselves:

@@ -20,13 +20,20 @@ use crate::docker::daemon::client::{status_of, Client};
 /// PID and start time in /run/rdocker-pids/TOKEN, where a normal user
 /// cannot write, for `KILL_SCRIPT`: anyone can imitate a command line.
 /// Nothing the testbed names is globbed or split (set -f, quoted, find's
-/// tests as positional parameters).
+/// tests as positional parameters). The prologue forks only to make the
+/// directory, once per testbed: a fork costs about 1 ms here, and commands
+/// racing to make it test again after mkdir fails (the loser would
+/// otherwise record nothing and be unkillable on agent.rs's route).
 pub const WRAPPER: &str = r#"rdocker_pidf=""
-rdocker_start() { read -r s </proc/$$/stat && set -- ${s##*) } && echo "${20}"; }
-if mkdir -m 700 /run/rdocker-pids 2>/dev/null ||
-    { [ -d /run/rdocker-pids ] && [ ! -L /run/rdocker-pids ] && [ -O /run/rdocker-pids ]; }; then
+rdocker_start() { read -r s </proc/$$/stat && set -- ${s##*) } && rdocker_st=${20}; }
+rdocker_ours() { [ -d /run/rdocker-pids ] && [ ! -L /run/rdocker-pids ] && [ -O /run/rdocker-pids ]; }
+if rdocker_ours || mkdir -m 700 /run/rdocker-pids 2>/dev/null || rdocker_ours; then
     f="/run/rdocker-pids/${0#rdocker-exec-}"
-    (set -C; echo "$$ $(rdocker_start)" >"$f") 2>/dev/null && rdocker_pidf=$f
+    if rdocker_start; then
+        set -C
+        { echo "$$ $rdocker_st" >"$f"; } 2>/dev/null && rdocker_pidf=$f
+        set +C
+    fi
 fi
 unset PS1 2>/dev/null
 set -a
