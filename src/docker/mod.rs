@@ -636,12 +636,14 @@ impl Testbed for DockerTestbed {
         let (killed, next) = match (&old, shared.is_empty()) {
             (None, _) => (Ok(()), next.await),
             (Some(c), true) => {
+                // The forced removal kills it: a kill awaited here cost
+                // revert the daemon's handling of the container's exit.
                 debug!(
                     "revert: {} ends in the background, as it shares no network, mount or \
                      init with the next testbed",
                     c.name
                 );
-                tokio::join!(c.kill(false), next)
+                (Ok(()), next.await)
             }
             (Some(c), false) => {
                 // What still runs in it could reach the next testbed: it
@@ -652,7 +654,7 @@ impl Testbed for DockerTestbed {
                     shared.join(", ")
                 );
                 let t = std::time::Instant::now();
-                let killed = c.kill(true).await;
+                let killed = c.kill().await;
                 debug!("{} dead after {:.2?}", c.name, t.elapsed());
                 (killed, next.await)
             }

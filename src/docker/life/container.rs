@@ -17,8 +17,6 @@ use super::runopts::RunOptions;
 use crate::docker::daemon::client::{status_of, Client};
 use crate::docker::names::random_hex;
 
-/// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
-/// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
 /// How long removal waits for an unreachable daemon to come back.
 const REMOVE_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -28,6 +26,8 @@ const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// PID 1 with --init, as the reference runs it.
 pub const INIT: &str = "/sbin/init";
 
+/// PID 1: idles, and exits at once on SIGTERM (a bare `sleep infinity` as
+/// PID 1 ignores it, which is what makes `docker stop` wait 10 s).
 const IDLE: &str = "trap 'exit 0' TERM INT HUP; while :; do sleep 2147483647 & wait $!; done";
 
 /// The prefix of the labels autopkgtest-build-docker (5.40 and later)
@@ -164,7 +164,6 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
                 .unwrap_or_default(),
             client: client.clone(),
             removed: false,
-            init: false,
         };
         stray.remove().await?;
     }
@@ -188,8 +187,6 @@ pub struct Container {
     pub name: String,
     client: Client,
     removed: bool,
-    /// PID 1 is an init system, which SIGTERM does not end.
-    pub init: bool,
 }
 
 impl Container {
@@ -285,7 +282,6 @@ impl Container {
             name,
             client: client.clone(),
             removed: false,
-            init,
         };
         if let Err(e) = client.docker.start_container(&c.id, None).await {
             c.remove().await.ok();
@@ -305,20 +301,12 @@ impl Container {
     }
 
     /// End the testbed without a grace period; the container stays until
-    /// `remove`. With `wait`, SIGKILL, and return once the daemon reports
-    /// it not running: every process dead (its pid namespace went with
-    /// PID 1), their ports and files closed. Without, ask PID 1 to exit
-    /// (SIGTERM, which it traps and the daemon does not wait for): the
-    /// kernel then kills every other process of the container's pid
-    /// namespace.
-    pub async fn kill(&self, wait: bool) -> Result<()> {
-        if self.init && !wait {
-            // An init does not end on SIGTERM (systemd re-executes itself):
-            // the removal that follows kills it.
-            return Ok(());
-        }
+    /// `remove`. SIGKILL, and return once the daemon reports it not
+    /// running: every process dead (its pid namespace went with PID 1),
+    /// their ports and files closed.
+    pub async fn kill(&self) -> Result<()> {
         let opts = bollard::query_parameters::KillContainerOptionsBuilder::new()
-            .signal(if wait { "SIGKILL" } else { "SIGTERM" })
+            .signal("SIGKILL")
             .build();
         match self
             .client
@@ -334,10 +322,7 @@ impl Container {
                     .context(format!("cannot kill testbed container {}", self.name)))
             }
         }
-        if wait {
-            self.wait_stopped().await?;
-        }
-        Ok(())
+        self.wait_stopped().await
     }
 
     /// Until the daemon reports the container not running. Docker's kill
@@ -378,7 +363,6 @@ impl Container {
             name,
             client,
             removed: false,
-            init: false,
         };
         let r = c.remove().await;
         c.removed = true;

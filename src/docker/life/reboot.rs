@@ -202,7 +202,7 @@ pub async fn restart(client: &Client, c: &Container, asked: Option<String>) -> R
                 "{} still shutting down after {SHUTDOWN_SECONDS} s: killing it",
                 c.name
             );
-            c.kill(true).await?;
+            c.kill().await?;
             break;
         }
         if stopping_since.is_none() && now >= deadline {
