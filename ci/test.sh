@@ -13,7 +13,7 @@
 #      (6.x, a revert before every test) in container jobs,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
 #      then LxdRunner's (system container, logind, reboot) with rdocker
-#      --init on Docker (and on Podman with --slow),
+#      --init on Docker and on Podman,
 #   6. load: 8 autopkgtest runs at once, and open/exec/revert cycles with
 #      memory and descriptors checked flat (100 cycles; 1000 with --slow),
 #   7. the daemon restarting under an open testbed (restarts dockerd, so last).
@@ -23,7 +23,6 @@
 #   --reference  also run the upstream suite with autopkgtest-virt-docker,
 #                for comparison (about 20 minutes more)
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
-#                the upstream system tests on Podman too,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
 #                (ci/e2e-releases.sh bench, about 15 minutes)
@@ -155,12 +154,9 @@ fi
 step "upstream system-container and reboot tests with rdocker --init (Docker)"
 system_suite system-docker "--run-options=$systemd_opts"
 done_step "upstream system tests ok with rdocker --init on Docker"
-# About as long again (the Docker run alone takes 13.5 min here): --slow.
-if [ -n "$SLOW" ]; then
-    step "upstream system-container and reboot tests with rdocker --podman --init"
-    system_suite system-podman --podman
-    done_step "upstream system tests ok with rdocker --init on Podman"
-fi
+step "upstream system-container and reboot tests with rdocker --podman --init"
+system_suite system-podman --podman
+done_step "upstream system tests ok with rdocker --init on Podman"
 
 if [ -n "$REFERENCE" ]; then
     step "upstream autopkgtest suite with autopkgtest-virt-docker (reference)"
