@@ -12,6 +12,9 @@ use tokio::io::AsyncWriteExt;
 
 use crate::docker::daemon::client::{status_of, Client};
 
+/// Where the wrapper records its PID, in the testbed's /run.
+pub const PIDS: &str = "rdocker-pids";
+
 /// Runs "$@" with the reference's clean environment, maps 255 to 253 (255
 /// means a testbed failure to autopkgtest), and kills background processes
 /// still holding our stdout or stderr (the exec's pipes, or pipes.rs's
@@ -44,7 +47,8 @@ set +a
 "$@" 6>&-; rc=$?; [ $rc != 255 ] || rc=253
 set -f
 unset IFS
-[ -z "$rdocker_pidf" ] || rm -f -- "$rdocker_pidf"
+# On the host routes rdocker removes it, which saves a fork.
+[ -z "$rdocker_pidf" ] || [ -n "${rdocker_host_rm:-}" ] || rm -f -- "$rdocker_pidf"
 # PID 1, its sleep and this shell (and on agent.rs's route the agent and
 # this shell's parent) are all there is when nothing was left in the
 # background: then there is nothing to look for (no forks).
@@ -493,4 +497,22 @@ pub async fn run(
         delay = (delay * 2).min(Duration::from_millis(50));
     }
     bail!("the exec in testbed container {container} did not finish after its output ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scripts_and_the_host_agree_on_the_pid_directory() {
+        let dir = format!("/run/{PIDS}");
+        assert!(WRAPPER.contains(&format!("mkdir -m 700 {dir} ")));
+        assert!(KILL_SCRIPT.contains(&format!("<\"{dir}/$t\"")));
+        // Every path in either script is that directory.
+        for s in [WRAPPER, KILL_SCRIPT] {
+            for (i, _) in s.match_indices("rdocker-pids") {
+                assert_eq!(&s[i - 5..i], "/run/", "{}", &s[i - 5..i + 12]);
+            }
+        }
+    }
 }

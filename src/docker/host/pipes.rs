@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 
 use super::confined::{self, Made};
 use super::root::Root;
+use crate::docker::api::exec;
 
 /// Where the fifos' directory is made, inside the testbed.
 pub const DIR: &str = "/run";
@@ -38,7 +39,9 @@ pub const DIR: &str = "/run";
 /// own stdout stays open on fd 6, so that the exec ends when the wrapper
 /// does and not when a background process lets go of the fifos. A failed
 /// open ends the shell before the command runs, and without the `R`.
-pub const PRELUDE: &str = r#"exec 3<"/run/$0/in" 4>"/run/$0/out" 5>"/run/$0/err" 6>&1
+/// `rdocker_host_rm`: the wrapper leaves its PID file to Fifos::drop.
+pub const PRELUDE: &str = r#"rdocker_host_rm=1
+exec 3<"/run/$0/in" 4>"/run/$0/out" 5>"/run/$0/err" 6>&1
 printf R
 exec <&3 >&4 2>&5 3<&- 4>&- 5>&-
 "#;
@@ -159,6 +162,16 @@ impl Drop for Fifos {
             let _ = unlinkat(&self.dir, n, UnlinkatFlags::NoRemoveDir);
         }
         let _ = unlinkat(&self.run, self.name.as_str(), UnlinkatFlags::RemoveDir);
+        // The wrapper's PID file (exec.rs), left to us: an unlink beneath
+        // a directory looked up without symlinks opens nothing.
+        if let (Some(token), Ok(pids)) = (
+            self.name.strip_prefix("rdocker-exec-"),
+            confined::child(self.run.as_fd(), exec::PIDS),
+        ) {
+            if pids.kind() == SFlag::S_IFDIR {
+                let _ = unlinkat(pids.path_fd(), token, UnlinkatFlags::NoRemoveDir);
+            }
+        }
     }
 }
 
