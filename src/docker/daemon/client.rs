@@ -30,15 +30,31 @@ const REQUEST_TIMEOUT_SECS: u64 = 3600;
 pub struct Client {
     pub docker: Docker,
     pub endpoint: Endpoint,
+    /// A local socket that reaches the same daemon (tunnel.rs's forward
+    /// of an ssh:// daemon), used instead of `endpoint`'s own route.
+    pub via: Option<PathBuf>,
 }
 
 impl Client {
     /// Connect and negotiate the API version with the daemon (Debian's
     /// docker.io 20.10 speaks 1.41, older than bollard's default).
-    pub async fn connect(endpoint: &Endpoint) -> Result<Client> {
-        crate::debug!("connecting through {}", endpoint.transport());
-        // A server lives long: always keep an ssh connection ready.
-        let docker = raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX)?;
+    pub async fn connect(endpoint: &Endpoint, via: Option<&Path>) -> Result<Client> {
+        let docker = match via {
+            Some(v) => {
+                crate::debug!("connecting through {}", v.display());
+                Docker::connect_with_unix(
+                    &v.to_string_lossy(),
+                    REQUEST_TIMEOUT_SECS,
+                    bollard::API_DEFAULT_VERSION,
+                )
+                .map_err(|e| unreachable_error(endpoint, e, None))?
+            }
+            None => {
+                crate::debug!("connecting through {}", endpoint.transport());
+                // A server lives long: always keep an ssh connection ready.
+                raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX)?
+            }
+        };
         let docker = match docker.negotiate_version().await {
             Ok(d) => d,
             Err(e) => return Err(unreachable_error(endpoint, e, diagnose(endpoint).await)),
@@ -46,18 +62,51 @@ impl Client {
         Ok(Client {
             docker,
             endpoint: endpoint.clone(),
+            via: via.map(Path::to_path_buf),
         })
     }
 
     /// Connect with an already negotiated version: the exec helper runs
     /// once per command, and a /version round trip would cost each one.
-    pub fn connect_with_version(endpoint: &Endpoint, version: &str) -> Result<Client> {
+    /// `via` is tried first; if nothing listens there any more (the server
+    /// is gone), the endpoint's own route, said under `debug`.
+    pub fn connect_with_version(
+        endpoint: &Endpoint,
+        version: &str,
+        via: Option<&Path>,
+    ) -> Result<Client> {
         let v = parse_version(version)?;
+        if let Some(path) = via {
+            // One connect(2) on a local socket: cheap, and it tells a live
+            // forward from a file left behind.
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    let docker = Docker::connect_with_unix(
+                        &path.to_string_lossy(),
+                        REQUEST_TIMEOUT_SECS,
+                        &v,
+                    )
+                    .map_err(|e| unreachable_error(endpoint, e, None))?;
+                    return Ok(Client {
+                        docker,
+                        endpoint: endpoint.clone(),
+                        via: Some(path.to_path_buf()),
+                    });
+                }
+                Err(e) => crate::debug!(
+                    "the server's socket {} does not answer ({e}); connecting through {} \
+                     instead",
+                    path.display(),
+                    endpoint.transport()
+                ),
+            }
+        }
         Ok(Client {
             // An exec needs two connections (the hijacked stream, then the
             // exit status): the second is dialed along with the first.
             docker: raw_connect(endpoint, &v, 1)?,
             endpoint: endpoint.clone(),
+            via: None,
         })
     }
 
@@ -760,6 +809,27 @@ impl SshDial {
 /// `ssh [-l user] [-p port] -- host docker system dial-stdio`, with the
 /// docker CLI's options.
 fn ssh_args(url: &str) -> std::result::Result<Vec<String>, String> {
+    let login = ssh_login(url)?;
+    let mut args = login.options;
+    args.extend(["--".into(), login.host, "docker".into()]);
+    if let Some(path) = login.path {
+        // A socket path on the remote host, as newer docker CLIs allow.
+        args.push(format!("--host=unix://{path}"));
+    }
+    args.extend(["system".into(), "dial-stdio".into()]);
+    Ok(args)
+}
+
+/// How to log in to an ssh:// address, as the docker CLI does.
+pub struct SshLogin {
+    /// ssh's options, before `--`.
+    pub options: Vec<String>,
+    pub host: String,
+    /// The daemon's socket on the remote host, if the address names one.
+    pub path: Option<String>,
+}
+
+pub fn ssh_login(url: &str) -> std::result::Result<SshLogin, String> {
     let rest = url.strip_prefix("ssh://").ok_or("not an ssh:// address")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -789,13 +859,11 @@ fn ssh_args(url: &str) -> std::result::Result<Vec<String>, String> {
     if let Some(p) = port {
         args.extend(["-p".into(), p.to_string()]);
     }
-    args.extend(["--".into(), host, "docker".into()]);
-    if !path.is_empty() && path != "/" {
-        // A socket path on the remote host, as newer docker CLIs allow.
-        args.push(format!("--host=unix://{path}"));
-    }
-    args.extend(["system".into(), "dial-stdio".into()]);
-    Ok(args)
+    Ok(SshLogin {
+        options: args,
+        host,
+        path: (!path.is_empty() && path != "/").then(|| path.to_string()),
+    })
 }
 
 /// One `docker system dial-stdio` over ssh. Should it end before saying
