@@ -469,13 +469,9 @@ pub async fn run(
         () = &mut pump => copy_out.await,
     };
     let half_closed = half_closed.load(std::sync::atomic::Ordering::Relaxed);
-    let copied_err = copied.err().map(|e| {
-        if half_closed {
-            e.context(CUT)
-        } else {
-            e
-        }
-    });
+    let copied_err = copied
+        .err()
+        .map(|e| if half_closed { e.context(CUT) } else { e });
 
     // The output ends when the command's descriptors close; its status can
     // lag a moment behind.

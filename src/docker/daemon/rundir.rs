@@ -92,7 +92,10 @@ fn sweep(base: &Path) {
         let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
             == Err(nix::errno::Errno::ESRCH);
         if ours && gone {
-            crate::debug!("removing {}, left by a server that is gone", e.path().display());
+            crate::debug!(
+                "removing {}, left by a server that is gone",
+                e.path().display()
+            );
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
