@@ -101,8 +101,14 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let exit = rt.block_on(async {
         // Before anything exists that a signal could leak.
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
-        let client = connect(&endpoint, tunnel.as_ref()).await?;
+        let mut client = connect(&endpoint, tunnel.as_ref()).await?;
         debug!("API version {}", client.api_version());
+        // Lives as long as the session; a helper whose relay is gone
+        // connects on its own.
+        let relay = relay(&endpoint);
+        if let Some(r) = &relay {
+            client.via = Some(r.socket().to_path_buf());
+        }
         let tb = docker::DockerTestbed::new(
             client,
             image,
@@ -121,6 +127,26 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     // `now` may die of a signal, which runs no destructor.
     drop(tunnel);
     Ok(exit?.now())
+}
+
+/// For a TLS daemon, the relay that spares exec helpers a handshake.
+fn relay(endpoint: &Endpoint) -> Option<docker::daemon::relay::Relay> {
+    use docker::daemon::{client::TlsDialer, relay::Relay};
+    let started = TlsDialer::new(endpoint).and_then(|d| d.map(Relay::start).transpose());
+    match started {
+        Ok(Some(r)) => {
+            debug!(
+                "exec helpers connect through {}, over TLS connections opened ahead",
+                r.socket().display()
+            );
+            Some(r)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            debug!("exec helpers make their own TLS connections: {e:#}");
+            None
+        }
+    }
 }
 
 /// Through the tunnel if there is one and it answers, else directly.

@@ -1205,7 +1205,15 @@ fn exec_helpers_use_the_servers_tls_not_their_environment() {
         ("DOCKER_TLS_VERIFY", ""),
     ];
     assert_eq!(exec_ok(&argv, &elsewhere, "echo over tls"), "over tls\n");
-    let bare: Vec<String> = argv
+    // Through the server's relay, and without it, on its own TLS.
+    assert!(argv.iter().any(|a| a.starts_with("--via=")), "{argv:?}");
+    let direct: Vec<String> = argv
+        .iter()
+        .filter(|a| !a.starts_with("--via="))
+        .cloned()
+        .collect();
+    assert_eq!(exec_ok(&direct, &elsewhere, "echo direct"), "direct\n");
+    let bare: Vec<String> = direct
         .iter()
         .filter(|a| !a.starts_with("--tls"))
         .cloned()
@@ -1216,6 +1224,17 @@ fn exec_helpers_use_the_servers_tls_not_their_environment() {
         Some(255),
         "plain TCP to a TLS daemon worked: {}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    // Through the relay, a helper does no TLS of its own: it needs no key.
+    let key = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--tls-key="))
+        .unwrap();
+    fs::rename(key, format!("{key}.away")).unwrap();
+    assert_eq!(exec_ok(&argv, &elsewhere, "echo relayed"), "relayed\n");
+    assert_eq!(
+        exec(&direct, &elsewhere, "true", b"").status.code(),
+        Some(255)
     );
     s.quit();
 }

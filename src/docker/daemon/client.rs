@@ -407,6 +407,26 @@ impl AsyncWrite for Stream {
 // ---------------------------------------------------------------------------
 // TLS.
 
+/// TLS connections to a tcp:// daemon with TLS, for relay.rs: set up
+/// (certificates read and checked) once.
+pub struct TlsDialer(TlsDial);
+
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl TlsDialer {
+    /// None: the endpoint does not speak TLS.
+    pub fn new(endpoint: &Endpoint) -> Result<Option<TlsDialer>> {
+        match &endpoint.tls {
+            Some(tls) => Ok(Some(TlsDialer(TlsDial::new(&endpoint.host, tls)?))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn dial(&self) -> io::Result<TlsStream> {
+        self.0.dial().await
+    }
+}
+
 struct TlsDial {
     addr: String,
     /// The name the daemon's certificate must carry.
