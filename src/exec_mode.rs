@@ -25,7 +25,7 @@ const TESTBED_FAILURE: u8 = 255;
 struct Args {
     /// The server's endpoint, exactly (Endpoint::exec_args).
     endpoint: Endpoint,
-    /// The server's own socket to the daemon (tunnel.rs), tried first.
+    /// The server's socket to the daemon (tunnel.rs, relay.rs), tried first.
     via: Option<std::path::PathBuf>,
     api_version: String,
     container: String,

@@ -458,10 +458,10 @@ pub async fn run(
         }
         Ok::<_, anyhow::Error>(())
     };
-    // The input waits for the output to end, as before; but a sink that
-    // refuses more output ends the exec at once: a command that does not
-    // read its input would otherwise keep the pump waiting for ever. The
-    // daemon kills an exec whose attach connection is closed.
+    // The exec is over when its output ends: input not yet read is
+    // dropped, as a pipe's would be. A sink that refuses more output ends
+    // it at once (the daemon kills an exec whose attach connection is
+    // closed).
     tokio::pin!(pump);
     tokio::pin!(copy_out);
     let copied = tokio::select! {
