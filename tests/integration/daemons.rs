@@ -1236,5 +1236,9 @@ fn exec_helpers_use_the_servers_tls_not_their_environment() {
         exec(&direct, &elsewhere, "true", b"").status.code(),
         Some(255)
     );
+    // The relay's directory goes with the server.
+    let pid = s.pid();
+    assert_eq!(tunnel_leftovers(pid).1.len(), 1);
     s.quit();
+    assert_eq!(tunnel_leftovers(pid), (vec![], vec![]));
 }
