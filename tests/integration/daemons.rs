@@ -739,6 +739,29 @@ fn ssh_tunnel_ends_with_the_server() {
     assert_eq!((procs.len(), dirs.len()), (1, 1), "{procs:?} {dirs:?}");
     let mode = fs::metadata(&dirs[0]).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
+    // The connection lost mid-session: the server and its helpers go on,
+    // each connection over its own ssh.
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    let master: i32 = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .find(|l| l.contains(&format!("rdocker-run-{pid}-")))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tunnel_gone(pid);
+    s.ok("revert");
+    let o = exec(&s.exec_argv(), &env, "echo on its own", b"");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.stdout, b"on its own\n", "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(s.stderr().contains("does not answer"), "{}", s.stderr());
     s.signal(nix::sys::signal::Signal::SIGTERM);
     s.wait(Duration::from_secs(60));
     assert_eq!(tunnel_gone(pid), Vec::<PathBuf>::new());

@@ -39,22 +39,13 @@ impl Client {
     /// Connect and negotiate the API version with the daemon (Debian's
     /// docker.io 20.10 speaks 1.41, older than bollard's default).
     pub async fn connect(endpoint: &Endpoint, via: Option<&Path>) -> Result<Client> {
-        let docker = match via {
-            Some(v) => {
-                crate::debug!("connecting through {}", v.display());
-                Docker::connect_with_unix(
-                    &v.to_string_lossy(),
-                    REQUEST_TIMEOUT_SECS,
-                    bollard::API_DEFAULT_VERSION,
-                )
-                .map_err(|e| unreachable_error(endpoint, e, None))?
-            }
-            None => {
-                crate::debug!("connecting through {}", endpoint.transport());
-                // A server lives long: always keep an ssh connection ready.
-                raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX)?
-            }
-        };
+        match via {
+            Some(v) => crate::debug!("connecting through {}", v.display()),
+            None => crate::debug!("connecting through {}", endpoint.transport()),
+        }
+        // A server lives long: always keep an ssh connection ready (when
+        // ssh is the route taken).
+        let docker = raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX, via)?;
         let docker = match docker.negotiate_version().await {
             Ok(d) => d,
             Err(e) => return Err(unreachable_error(endpoint, e, diagnose(endpoint).await)),
@@ -68,45 +59,18 @@ impl Client {
 
     /// Connect with an already negotiated version: the exec helper runs
     /// once per command, and a /version round trip would cost each one.
-    /// `via` is tried first; if nothing listens there any more (the server
-    /// is gone), the endpoint's own route, said under `debug`.
     pub fn connect_with_version(
         endpoint: &Endpoint,
         version: &str,
         via: Option<&Path>,
     ) -> Result<Client> {
         let v = parse_version(version)?;
-        if let Some(path) = via {
-            // One connect(2) on a local socket: cheap, and it tells a live
-            // forward from a file left behind.
-            match std::os::unix::net::UnixStream::connect(path) {
-                Ok(_) => {
-                    let docker = Docker::connect_with_unix(
-                        &path.to_string_lossy(),
-                        REQUEST_TIMEOUT_SECS,
-                        &v,
-                    )
-                    .map_err(|e| unreachable_error(endpoint, e, None))?;
-                    return Ok(Client {
-                        docker,
-                        endpoint: endpoint.clone(),
-                        via: Some(path.to_path_buf()),
-                    });
-                }
-                Err(e) => crate::debug!(
-                    "the server's socket {} does not answer ({e}); connecting through {} \
-                     instead",
-                    path.display(),
-                    endpoint.transport()
-                ),
-            }
-        }
         Ok(Client {
             // An exec needs two connections (the hijacked stream, then the
-            // exit status): the second is dialed along with the first.
-            docker: raw_connect(endpoint, &v, 1)?,
+            // exit status): over ssh the second is dialed with the first.
+            docker: raw_connect(endpoint, &v, 1, via)?,
             endpoint: endpoint.clone(),
-            via: None,
+            via: via.map(Path::to_path_buf),
         })
     }
 
@@ -127,18 +91,35 @@ fn parse_version(s: &str) -> Result<ClientVersion> {
 }
 
 /// `spares`: how many ssh connections to start ahead of need (see SshDial).
-fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> Result<Docker> {
+/// `via`: a local socket that reaches the same daemon (tunnel.rs,
+/// relay.rs), tried first for each connection; the endpoint's own route
+/// is the fallback, for when nothing answers there any more (the server
+/// or its ssh connection is gone).
+fn raw_connect(
+    endpoint: &Endpoint,
+    version: &ClientVersion,
+    spares: usize,
+    via: Option<&Path>,
+) -> Result<Docker> {
     let host = endpoint.host.as_str();
+    if let Some(path) = via {
+        if endpoint.tls.is_none() && !host.starts_with("ssh://") {
+            bail!("{host}: only ssh:// and TLS daemons are reached through a local socket");
+        }
+        let dial = Dial::Via(Box::new(Via {
+            path: path.to_path_buf(),
+            endpoint: endpoint.clone(),
+            spares,
+            fallback: std::sync::OnceLock::new(),
+        }));
+        return Ok(custom(dial, version));
+    }
     let docker = if let Some(path) = endpoint.unix_path() {
         Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
-    } else if let Some(tls) = &endpoint.tls {
-        let dial = Dial::Tls(TlsDial::new(host, tls)?);
-        return Ok(custom(dial, version));
+    } else if endpoint.tls.is_some() || host.starts_with("ssh://") {
+        return Ok(custom(own_dial(endpoint, spares)?, version));
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
-    } else if host.starts_with("ssh://") {
-        let dial = Dial::Ssh(Box::new(SshDial::new(host, &endpoint.source, spares)?));
-        return Ok(custom(dial, version));
     } else {
         bail!(
             "unsupported daemon address {host} (from {}): rdocker reaches unix://, tcp:// \
@@ -148,6 +129,22 @@ fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> R
         );
     };
     docker.map_err(|e| unreachable_error(endpoint, e, None))
+}
+
+/// The custom transport's dialer for a TLS or ssh:// endpoint.
+fn own_dial(endpoint: &Endpoint, spares: usize) -> Result<Dial> {
+    let host = endpoint.host.as_str();
+    if let Some(tls) = &endpoint.tls {
+        return Ok(Dial::Tls(TlsDial::new(host, tls)?));
+    }
+    let args = ssh_args(host)
+        .map_err(|e| anyhow!("bad daemon address {host} (from {}): {e}", endpoint.source))?;
+    crate::debug!("each connection runs: ssh {}", args.join(" "));
+    Ok(Dial::Ssh(Box::new(SshDial::new(
+        host,
+        &endpoint.source,
+        spares,
+    )?)))
 }
 
 /// Why a TLS daemon failed a request, if it says so after the handshake.
@@ -273,17 +270,46 @@ enum Dial {
     Tls(TlsDial),
     // Boxed: it is most of the enum's size.
     Ssh(Box<SshDial>),
+    Via(Box<Via>),
+}
+
+/// A local socket first, the endpoint's own route if nothing answers:
+/// made at the first need (a helper on the socket reads no certificate).
+struct Via {
+    path: PathBuf,
+    endpoint: Endpoint,
+    spares: usize,
+    fallback: std::sync::OnceLock<std::result::Result<Dial, String>>,
 }
 
 impl Dial {
-    async fn dial(&self) -> io::Result<Stream> {
-        match self {
-            Dial::Tls(t) => t
-                .dial()
-                .await
-                .map(|s| Stream::Tls(Box::new(s), t.explain.clone())),
-            Dial::Ssh(s) => s.connection().map(|c| Stream::Ssh(Box::new(c))),
-        }
+    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Stream>> + Send + '_>> {
+        Box::pin(async move {
+            match self {
+                Dial::Tls(t) => t
+                    .dial()
+                    .await
+                    .map(|s| Stream::Tls(Box::new(s), t.explain.clone())),
+                Dial::Ssh(s) => s.connection().map(|c| Stream::Ssh(Box::new(c))),
+                Dial::Via(v) => match tokio::net::UnixStream::connect(&v.path).await {
+                    Ok(s) => Ok(Stream::Unix(s)),
+                    Err(e) => {
+                        let fallback = v.fallback.get_or_init(|| {
+                            crate::debug!(
+                                "{} does not answer ({e}); connecting through {} instead",
+                                v.path.display(),
+                                v.endpoint.transport()
+                            );
+                            own_dial(&v.endpoint, v.spares).map_err(|e| format!("{e:#}"))
+                        });
+                        match fallback {
+                            Ok(d) => d.dial().await,
+                            Err(msg) => Err(io::Error::other(msg.clone())),
+                        }
+                    }
+                },
+            }
+        })
     }
 }
 
@@ -357,6 +383,7 @@ enum Stream {
         Arc<Explain>,
     ),
     Ssh(Box<SshStream>),
+    Unix(tokio::net::UnixStream),
 }
 
 impl AsyncRead for Stream {
@@ -370,6 +397,7 @@ impl AsyncRead for Stream {
                 .poll_read(cx, buf)
                 .map_err(|e| ex.wrap(e)),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -385,12 +413,14 @@ impl AsyncWrite for Stream {
                 .poll_write(cx, buf)
                 .map_err(|e| ex.wrap(e)),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -400,6 +430,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -750,7 +781,6 @@ impl SshDial {
                  the docker CLI does, and there is no `ssh' on PATH; install openssh-client"
             )
         })?;
-        crate::debug!("each connection runs: ssh {}", args.join(" "));
         Ok(SshDial {
             program,
             args,
