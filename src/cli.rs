@@ -14,7 +14,9 @@ use std::path::PathBuf;
         --privileged, --memory, --cpus, --shm-size, --add-host, --platform, --cgroupns.\n\n\
         The daemon is found as the docker CLI finds it: --host, --context, DOCKER_HOST, \
         DOCKER_CONTEXT, the current context in $DOCKER_CONFIG/config.json, else \
-        unix:///var/run/docker.sock. TLS: DOCKER_TLS_VERIFY, DOCKER_TLS, DOCKER_CERT_PATH."
+        unix:///var/run/docker.sock. TLS: DOCKER_TLS_VERIFY, DOCKER_TLS, DOCKER_CERT_PATH. \
+        ssh:// logs in once a session, with the ssh client, and forwards the remote \
+        daemon's socket (-d says so, or why not)."
 )]
 pub struct Cli {
     /// Print debugging output, including which daemon and copy mode rdocker chose and why

@@ -25,6 +25,8 @@ const TESTBED_FAILURE: u8 = 255;
 struct Args {
     /// The server's endpoint, exactly (Endpoint::exec_args).
     endpoint: Endpoint,
+    /// The server's socket to the daemon (tunnel.rs, relay.rs), tried first.
+    via: Option<std::path::PathBuf>,
     api_version: String,
     container: String,
     /// The testbed's root as root.rs proved it: stdio then goes through
@@ -34,7 +36,7 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let (mut api_version, mut container, mut root) = (None, None, None);
+    let (mut api_version, mut container, mut root, mut via) = (None, None, None, None);
     let mut endpoint = ExecArgs::default();
     let mut it = args.iter();
     for a in it.by_ref() {
@@ -50,6 +52,10 @@ fn parse(args: &[String]) -> Result<Args> {
             container = Some(v.to_string());
         } else if let Some(v) = a.strip_prefix("--root=") {
             root = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("--via=") {
+            via = Some(v.into());
+        } else if a == "--debug" {
+            crate::DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
         } else {
             bail!("unexpected argument {a:?}");
         }
@@ -60,6 +66,7 @@ fn parse(args: &[String]) -> Result<Args> {
     }
     Ok(Args {
         endpoint: endpoint.endpoint()?,
+        via,
         api_version: api_version.ok_or_else(|| anyhow!("--api-version= missing"))?,
         container: container.ok_or_else(|| anyhow!("--container= missing"))?,
         root,
@@ -146,6 +153,20 @@ impl Sink for ThreadSink {
     fn stderr(&mut self, d: &[u8]) -> Result<()> {
         self.send(2, d)
     }
+}
+
+/// Whether stdin may carry input: not closed, not /dev/null (what
+/// autopkgtest gives every command), not an empty file.
+fn stdin_has_input() -> bool {
+    use nix::sys::stat::{fstat, stat, SFlag};
+    let Ok(st) = fstat(std::io::stdin()) else {
+        return false;
+    };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFCHR {
+        return !stat("/dev/null").is_ok_and(|null| null.st_rdev == st.st_rdev);
+    }
+    !(kind == SFlag::S_IFREG && st.st_size == 0)
 }
 
 /// Read our stdin on a plain thread; a blocking read cannot be cancelled,
@@ -249,7 +270,8 @@ impl Sink for ReadySink<'_> {
 }
 
 async fn run(args: Args) -> Result<u8> {
-    let client = Client::connect_with_version(&args.endpoint, &args.api_version)?;
+    let client =
+        Client::connect_with_version(&args.endpoint, &args.api_version, args.via.as_deref())?;
     let token = crate::docker::names::random_hex(8);
     // A handle from before a reboot names the last boot's PID 1: its start
     // time no longer matches (nor would a process that reused the number),
@@ -288,13 +310,16 @@ async fn run(args: Args) -> Result<u8> {
             }
             _ => {
                 let argv = exec::wrapped(&token, &args.command, "");
-                let stdin = stdin_pump();
+                // Without input, the exec's stream is never half-closed:
+                // some proxies cut a half-closed connection (socat's
+                // default, 0.5 s after), taking the output with it.
+                let stdin = stdin_has_input().then(stdin_pump);
                 let r = exec::run(
                     &client,
                     &args.container,
                     exec::As::Default,
                     argv,
-                    Some(stdin),
+                    stdin,
                     &mut sink,
                 )
                 .await;

@@ -83,6 +83,13 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         CopyMode::Shared { dir, why } => debug!("shared directory {}: {why}", dir.display()),
     }
 
+    // Before the runtime, on this thread (see Tunnel::open), and dropped
+    // after the reaper: removals dropped as the runtime ends use it.
+    let tunnel = endpoint
+        .host
+        .starts_with("ssh://")
+        .then(|| docker::daemon::tunnel::Tunnel::open(&endpoint.host))
+        .flatten();
     // Declared before the runtime, so dropped after it, on every path
     // (panics too): containers dropped as the runtime ends are removed.
     let _drain = DrainReaper;
@@ -94,8 +101,14 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let exit = rt.block_on(async {
         // Before anything exists that a signal could leak.
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
-        let client = docker::daemon::client::Client::connect(&endpoint).await?;
+        let mut client = connect(&endpoint, tunnel.as_ref()).await?;
         debug!("API version {}", client.api_version());
+        // Lives as long as the session; a helper whose relay is gone
+        // connects on its own.
+        let relay = relay(&endpoint);
+        if let Some(r) = &relay {
+            client.via = Some(r.socket().to_path_buf());
+        }
         let tb = docker::DockerTestbed::new(
             client,
             image,
@@ -111,7 +124,44 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     // blocking copy stuck on a fifo is not waited for.
     rt.shutdown_timeout(Duration::from_millis(500));
     docker::life::reaper::drain(REAPER_LIMIT);
+    // `now` may die of a signal, which runs no destructor.
+    drop(tunnel);
     Ok(exit?.now())
+}
+
+/// For a TLS daemon, the relay that spares exec helpers a handshake.
+fn relay(endpoint: &Endpoint) -> Option<docker::daemon::relay::Relay> {
+    use docker::daemon::{client::TlsDialer, relay::Relay};
+    let started = TlsDialer::new(endpoint).and_then(|d| d.map(Relay::start).transpose());
+    match started {
+        Ok(Some(r)) => {
+            debug!(
+                "exec helpers connect through {}, over TLS connections opened ahead",
+                r.socket().display()
+            );
+            Some(r)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            debug!("exec helpers make their own TLS connections: {e:#}");
+            None
+        }
+    }
+}
+
+/// Through the tunnel if there is one and it answers, else directly.
+async fn connect(
+    endpoint: &Endpoint,
+    tunnel: Option<&docker::daemon::tunnel::Tunnel>,
+) -> Result<docker::daemon::client::Client> {
+    use docker::daemon::client::Client;
+    if let Some(t) = tunnel {
+        match Client::connect(endpoint, Some(t.socket())).await {
+            Ok(c) => return Ok(c),
+            Err(e) => debug!("the ssh tunnel does not reach the daemon: {e:#}"),
+        }
+    }
+    Client::connect(endpoint, None).await
 }
 
 /// How long exiting waits for the removal of dropped containers: a little
@@ -143,7 +193,7 @@ fn reap(cli: &cli::Cli) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let client = docker::daemon::client::Client::connect(&endpoint).await?;
+        let client = docker::daemon::client::Client::connect(&endpoint, None).await?;
         docker::life::reap::reap(&client).await
     })?;
     Ok(ExitCode::SUCCESS)

@@ -810,6 +810,13 @@ impl Testbed for DockerTestbed {
             crate::exec_mode::FLAG.into(),
         ];
         argv.extend(self.client.endpoint.exec_args());
+        if let Some(via) = &self.client.via {
+            argv.push(format!("--via={}", via.display()));
+            // Its one debug line: that it went round a dead socket.
+            if crate::DEBUG.load(std::sync::atomic::Ordering::Relaxed) {
+                argv.push("--debug".into());
+            }
+        }
         argv.extend([
             format!("--api-version={}", self.client.api_version()),
             format!("--container={}", c.id),

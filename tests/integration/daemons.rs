@@ -301,6 +301,11 @@ impl Sshd {
         }
     }
 
+    /// How many ssh logins sshd has accepted so far.
+    fn logins(&self) -> usize {
+        self._bg.log().matches("Accepted publickey").count()
+    }
+
     /// The daemon address; with the test daemon's socket when it is not
     /// the remote docker CLI's default.
     fn url(&self) -> String {
@@ -585,7 +590,7 @@ fn ssh_session_and_exec_overhead() {
         err.contains(&format!("daemon: {url} (from DOCKER_HOST)")),
         "{err}"
     );
-    assert!(err.contains("docker system dial-stdio"), "{err}");
+    assert!(err.contains("one ssh connection for the session"), "{err}");
     assert!(err.contains("no shared directory"), "{err}");
     let err = fails(&["--shared-dir", "/tmp", &image()], &env);
     assert!(err.contains("--shared-dir") && err.contains(&url), "{err}");
@@ -643,6 +648,7 @@ fn ssh_session_and_exec_overhead() {
     let mut remote = Server::start_env(&[&image()], &env);
     remote.open();
     let remote_argv = remote.exec_argv();
+    let logins = sshd.logins();
     let (mut l, mut r) = (Vec::new(), Vec::new());
     for _ in 0..20 {
         let t = Instant::now();
@@ -652,6 +658,8 @@ fn ssh_session_and_exec_overhead() {
         exec_ok(&remote_argv, &env, "true");
         r.push(t.elapsed());
     }
+    // The commands ran over the session's one ssh connection.
+    assert_eq!(sshd.logins(), logins, "{}", sshd._bg.log());
     let (l, r) = (median(l), median(r));
     eprintln!(
         "daemons: per-exec cost, median of 20 `true': local socket {}, ssh {} (+{})",
@@ -660,7 +668,10 @@ fn ssh_session_and_exec_overhead() {
         ms(r.saturating_sub(l))
     );
     local.quit();
+    let remote_pid = remote.pid();
+    assert_ne!(tunnel_leftovers(remote_pid), (vec![], vec![]));
     remote.quit();
+    assert_eq!(tunnel_leftovers(remote_pid), (vec![], vec![]));
     // Nothing of ours is left running: no ssh, no dial-stdio.
     std::thread::sleep(Duration::from_millis(300));
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
@@ -671,6 +682,155 @@ fn ssh_session_and_exec_overhead() {
             .any(|l| l.contains(&port) && l.contains("dial-stdio")),
         "ssh processes left behind:\n{ps}"
     );
+}
+
+/// The ssh processes (by command line) and private directories of server
+/// `pid`'s tunnel.
+fn tunnel_leftovers(pid: u32) -> (Vec<String>, Vec<PathBuf>) {
+    let tag = format!("rdocker-run-{pid}-");
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let procs = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .map(str::to_string)
+        .collect();
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dirs = fs::read_dir(base)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
+        .map(|e| e.path())
+        .collect();
+    (procs, dirs)
+}
+
+/// Wait until `pid`'s tunnel has no ssh left; its directories as then.
+fn tunnel_gone(pid: u32) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (procs, dirs) = tunnel_leftovers(pid);
+        if procs.is_empty() {
+            return dirs;
+        }
+        assert!(Instant::now() < deadline, "ssh left running: {procs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The session's ssh connection and its directory go with the server,
+/// however it ends: SIGTERM removes both; SIGKILL leaves the directory,
+/// which the next server removes. An exec helper whose server is gone
+/// reaches the daemon on its own.
+#[test]
+fn ssh_tunnel_ends_with_the_server() {
+    let dir = TempDir::new("ssh-tunnel");
+    let sshd = Sshd::start(dir.path(), None);
+    let url = sshd.url();
+    let path = sshd.path();
+    let env = [("DOCKER_HOST", url.as_str()), ("PATH", path.as_str())];
+
+    let mut s = Server::start_env(&["-d", &image()], &env);
+    s.open();
+    let pid = s.pid();
+    let (procs, dirs) = tunnel_leftovers(pid);
+    assert_eq!((procs.len(), dirs.len()), (1, 1), "{procs:?} {dirs:?}");
+    let mode = fs::metadata(&dirs[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    // The connection lost mid-session: the server and its helpers go on,
+    // each connection over its own ssh.
+    let ps = Command::new("ps")
+        .args(["-eo", "pid,args"])
+        .output()
+        .unwrap();
+    let master: i32 = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .find(|l| l.contains(&format!("rdocker-run-{pid}-")))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(master),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tunnel_gone(pid);
+    s.ok("revert");
+    let o = exec(&s.exec_argv(), &env, "echo on its own", b"");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.stdout, b"on its own\n", "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+    assert!(s.stderr().contains("does not answer"), "{}", s.stderr());
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    s.wait(Duration::from_secs(60));
+    assert_eq!(tunnel_gone(pid), Vec::<PathBuf>::new());
+    assert_no_containers(pid);
+
+    let mut s = Server::start_env(&["-d", &image()], &env);
+    s.open();
+    let pid = s.pid();
+    let argv = s.exec_argv();
+    assert!(argv.iter().any(|a| a.starts_with("--via=")), "{argv:?}");
+    s.signal(nix::sys::signal::Signal::SIGKILL);
+    s.wait(Duration::from_secs(10));
+    let left = tunnel_gone(pid);
+    assert_eq!(left.len(), 1, "{left:?}");
+    // Its testbed is still there: the helper goes round the dead socket.
+    let o = exec(&argv, &env, "echo still here", b"");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.stdout, b"still here\n", "{err}");
+    assert!(err.contains("does not answer"), "{err}");
+    for id in containers_of(pid) {
+        remove_container(&id);
+    }
+    let s = Server::start_env(&[&image()], &env);
+    assert!(!left[0].exists(), "{} not swept", left[0].display());
+    s.quit();
+}
+
+/// A proxy that cuts a connection 0.5 s after one side half-closes it
+/// (socat's default): a command without input keeps its stream whole,
+/// and one whose input ended is reported as a testbed failure that names
+/// the cause, not as its own status.
+#[test]
+fn proxy_that_drops_half_closed_connections() {
+    let dir = TempDir::new("halfclose");
+    let socat = need("socat", "socat");
+    let port = free_port();
+    let mut bg = Bg::spawn(
+        Command::new(socat).args([
+            &format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"),
+            &local_daemon(),
+        ]),
+        dir.path().join("socat.log"),
+    );
+    bg.wait_port(port);
+    let host = format!("tcp://127.0.0.1:{port}");
+    let env = [("DOCKER_HOST", host.as_str())];
+    let mut s = Server::start_env(&[&image()], &env);
+    s.open();
+    let argv = s.exec_argv();
+    // As autopkgtest runs every command: stdin is /dev/null.
+    let o = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", "sleep 1.5; echo done; exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice()),
+        (Some(3), &b"done\n"[..]),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = exec(&argv, &env, "cat; sleep 1.5; echo done", b"input\n");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(255), "{err}");
+    assert!(err.contains("half-closed"), "{err}");
+    // Quick input still round-trips.
+    assert_eq!(exec(&argv, &env, "cat", b"echoed\n").stdout, b"echoed\n");
+    s.quit();
 }
 
 /// The project's test package through autopkgtest, over ssh: built in the
@@ -1068,7 +1228,15 @@ fn exec_helpers_use_the_servers_tls_not_their_environment() {
         ("DOCKER_TLS_VERIFY", ""),
     ];
     assert_eq!(exec_ok(&argv, &elsewhere, "echo over tls"), "over tls\n");
-    let bare: Vec<String> = argv
+    // Through the server's relay, and without it, on its own TLS.
+    assert!(argv.iter().any(|a| a.starts_with("--via=")), "{argv:?}");
+    let direct: Vec<String> = argv
+        .iter()
+        .filter(|a| !a.starts_with("--via="))
+        .cloned()
+        .collect();
+    assert_eq!(exec_ok(&direct, &elsewhere, "echo direct"), "direct\n");
+    let bare: Vec<String> = direct
         .iter()
         .filter(|a| !a.starts_with("--tls"))
         .cloned()
@@ -1080,5 +1248,20 @@ fn exec_helpers_use_the_servers_tls_not_their_environment() {
         "plain TCP to a TLS daemon worked: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Through the relay, a helper does no TLS of its own: it needs no key.
+    let key = argv
+        .iter()
+        .find_map(|a| a.strip_prefix("--tls-key="))
+        .unwrap();
+    fs::rename(key, format!("{key}.away")).unwrap();
+    assert_eq!(exec_ok(&argv, &elsewhere, "echo relayed"), "relayed\n");
+    assert_eq!(
+        exec(&direct, &elsewhere, "true", b"").status.code(),
+        Some(255)
+    );
+    // The relay's directory goes with the server.
+    let pid = s.pid();
+    assert_eq!(tunnel_leftovers(pid).1.len(), 1);
     s.quit();
+    assert_eq!(tunnel_leftovers(pid), (vec![], vec![]));
 }

@@ -389,6 +389,12 @@ pub enum As {
     Root,
 }
 
+/// Why an exec's stream is cut after its input ended, and what to do.
+const CUT: &str = "the connection to the daemon was cut after the command's input ended. \
+    The likely cause is a proxy between rdocker and the daemon that drops half-closed \
+    connections (socat does, 0.5 s after one side ends, unless given -t with a longer \
+    time): let it keep them open";
+
 /// Run `argv` in `container` as `user`, streaming `stdin` (None: no input)
 /// in and output to `sink`. Returns the exit status.
 pub async fn run(
@@ -427,17 +433,21 @@ pub async fn run(
         bail!("the daemon started the exec detached");
     };
 
-    let pump = async move {
-        if let Some(mut rx) = stdin {
-            while let Some(chunk) = rx.recv().await {
-                if input.write_all(&chunk).await.is_err() {
-                    // The command stopped reading; drop the rest, as a pipe would.
-                    return;
-                }
+    let half_closed = std::sync::atomic::AtomicBool::new(false);
+    let pump = async {
+        let Some(mut rx) = stdin else {
+            // Nothing attached: the stream stays whole both ways.
+            return std::future::pending().await;
+        };
+        while let Some(chunk) = rx.recv().await {
+            if input.write_all(&chunk).await.is_err() {
+                // The command stopped reading; drop the rest, as a pipe would.
+                return;
             }
         }
         // EOF for the command's stdin: a half-close of the hijacked stream.
         let _ = input.shutdown().await;
+        half_closed.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     let copy_out = async {
         while let Some(frame) = output.next().await {
@@ -452,22 +462,20 @@ pub async fn run(
         }
         Ok::<_, anyhow::Error>(())
     };
-    // The input waits for the output to end, as before; but a sink that
-    // refuses more output ends the exec at once: a command that does not
-    // read its input would otherwise keep the pump waiting for ever. The
-    // daemon kills an exec whose attach connection is closed.
+    // The exec is over when its output ends: input not yet read is
+    // dropped, as a pipe's would be. A sink that refuses more output ends
+    // it at once (the daemon kills an exec whose attach connection is
+    // closed).
     tokio::pin!(pump);
     tokio::pin!(copy_out);
     let copied = tokio::select! {
-        r = &mut copy_out => {
-            if r.is_ok() {
-                (&mut pump).await;
-            }
-            r
-        }
+        r = &mut copy_out => r,
         () = &mut pump => copy_out.await,
     };
-    let copied_err = copied.err();
+    let half_closed = half_closed.load(std::sync::atomic::Ordering::Relaxed);
+    let copied_err = copied
+        .err()
+        .map(|e| if half_closed { e.context(CUT) } else { e });
 
     // The output ends when the command's descriptors close; its status can
     // lag a moment behind.
@@ -482,6 +490,14 @@ pub async fn run(
                 return Err(e);
             }
             return match inspect.exit_code {
+                // The daemon's status for an exec whose connection went
+                // away: the wrapper maps nothing to 126 itself, but a
+                // command may exit 126 on its own, so only after a
+                // half-close, the cause seen in practice.
+                Some(126) if half_closed => Err(anyhow::Error::new(TestbedGone(format!(
+                    "the exec in testbed container {container} ended with status 126, the \
+                     daemon's status for an exec whose connection was closed: {CUT}"
+                )))),
                 Some(code) => Ok(code),
                 None => Err(anyhow::Error::new(TestbedGone(format!(
                     "the exec in testbed container {container} ended without an exit status"

@@ -30,15 +30,22 @@ const REQUEST_TIMEOUT_SECS: u64 = 3600;
 pub struct Client {
     pub docker: Docker,
     pub endpoint: Endpoint,
+    /// A local socket that reaches the same daemon (tunnel.rs's forward
+    /// of an ssh:// daemon), used instead of `endpoint`'s own route.
+    pub via: Option<PathBuf>,
 }
 
 impl Client {
     /// Connect and negotiate the API version with the daemon (Debian's
     /// docker.io 20.10 speaks 1.41, older than bollard's default).
-    pub async fn connect(endpoint: &Endpoint) -> Result<Client> {
-        crate::debug!("connecting through {}", endpoint.transport());
-        // A server lives long: always keep an ssh connection ready.
-        let docker = raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX)?;
+    pub async fn connect(endpoint: &Endpoint, via: Option<&Path>) -> Result<Client> {
+        match via {
+            Some(v) => crate::debug!("connecting through {}", v.display()),
+            None => crate::debug!("connecting through {}", endpoint.transport()),
+        }
+        // A server lives long: always keep an ssh connection ready (when
+        // ssh is the route taken).
+        let docker = raw_connect(endpoint, bollard::API_DEFAULT_VERSION, usize::MAX, via)?;
         let docker = match docker.negotiate_version().await {
             Ok(d) => d,
             Err(e) => return Err(unreachable_error(endpoint, e, diagnose(endpoint).await)),
@@ -46,18 +53,24 @@ impl Client {
         Ok(Client {
             docker,
             endpoint: endpoint.clone(),
+            via: via.map(Path::to_path_buf),
         })
     }
 
     /// Connect with an already negotiated version: the exec helper runs
     /// once per command, and a /version round trip would cost each one.
-    pub fn connect_with_version(endpoint: &Endpoint, version: &str) -> Result<Client> {
+    pub fn connect_with_version(
+        endpoint: &Endpoint,
+        version: &str,
+        via: Option<&Path>,
+    ) -> Result<Client> {
         let v = parse_version(version)?;
         Ok(Client {
             // An exec needs two connections (the hijacked stream, then the
-            // exit status): the second is dialed along with the first.
-            docker: raw_connect(endpoint, &v, 1)?,
+            // exit status): over ssh the second is dialed with the first.
+            docker: raw_connect(endpoint, &v, 1, via)?,
             endpoint: endpoint.clone(),
+            via: via.map(Path::to_path_buf),
         })
     }
 
@@ -78,18 +91,35 @@ fn parse_version(s: &str) -> Result<ClientVersion> {
 }
 
 /// `spares`: how many ssh connections to start ahead of need (see SshDial).
-fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> Result<Docker> {
+/// `via`: a local socket that reaches the same daemon (tunnel.rs,
+/// relay.rs), tried first for each connection; the endpoint's own route
+/// is the fallback, for when nothing answers there any more (the server
+/// or its ssh connection is gone).
+fn raw_connect(
+    endpoint: &Endpoint,
+    version: &ClientVersion,
+    spares: usize,
+    via: Option<&Path>,
+) -> Result<Docker> {
     let host = endpoint.host.as_str();
+    if let Some(path) = via {
+        if endpoint.tls.is_none() && !host.starts_with("ssh://") {
+            bail!("{host}: only ssh:// and TLS daemons are reached through a local socket");
+        }
+        let dial = Dial::Via(Box::new(Via {
+            path: path.to_path_buf(),
+            endpoint: endpoint.clone(),
+            spares,
+            fallback: std::sync::OnceLock::new(),
+        }));
+        return Ok(custom(dial, version));
+    }
     let docker = if let Some(path) = endpoint.unix_path() {
         Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, version)
-    } else if let Some(tls) = &endpoint.tls {
-        let dial = Dial::Tls(TlsDial::new(host, tls)?);
-        return Ok(custom(dial, version));
+    } else if endpoint.tls.is_some() || host.starts_with("ssh://") {
+        return Ok(custom(own_dial(endpoint, spares)?, version));
     } else if host.starts_with("tcp://") || host.starts_with("http://") {
         Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, version)
-    } else if host.starts_with("ssh://") {
-        let dial = Dial::Ssh(Box::new(SshDial::new(host, &endpoint.source, spares)?));
-        return Ok(custom(dial, version));
     } else {
         bail!(
             "unsupported daemon address {host} (from {}): rdocker reaches unix://, tcp:// \
@@ -99,6 +129,22 @@ fn raw_connect(endpoint: &Endpoint, version: &ClientVersion, spares: usize) -> R
         );
     };
     docker.map_err(|e| unreachable_error(endpoint, e, None))
+}
+
+/// The custom transport's dialer for a TLS or ssh:// endpoint.
+fn own_dial(endpoint: &Endpoint, spares: usize) -> Result<Dial> {
+    let host = endpoint.host.as_str();
+    if let Some(tls) = &endpoint.tls {
+        return Ok(Dial::Tls(TlsDial::new(host, tls)?));
+    }
+    let args = ssh_args(host)
+        .map_err(|e| anyhow!("bad daemon address {host} (from {}): {e}", endpoint.source))?;
+    crate::debug!("each connection runs: ssh {}", args.join(" "));
+    Ok(Dial::Ssh(Box::new(SshDial::new(
+        host,
+        &endpoint.source,
+        spares,
+    )?)))
 }
 
 /// Why a TLS daemon failed a request, if it says so after the handshake.
@@ -224,17 +270,46 @@ enum Dial {
     Tls(TlsDial),
     // Boxed: it is most of the enum's size.
     Ssh(Box<SshDial>),
+    Via(Box<Via>),
+}
+
+/// A local socket first, the endpoint's own route if nothing answers:
+/// made at the first need (a helper on the socket reads no certificate).
+struct Via {
+    path: PathBuf,
+    endpoint: Endpoint,
+    spares: usize,
+    fallback: std::sync::OnceLock<std::result::Result<Dial, String>>,
 }
 
 impl Dial {
-    async fn dial(&self) -> io::Result<Stream> {
-        match self {
-            Dial::Tls(t) => t
-                .dial()
-                .await
-                .map(|s| Stream::Tls(Box::new(s), t.explain.clone())),
-            Dial::Ssh(s) => s.connection().map(|c| Stream::Ssh(Box::new(c))),
-        }
+    fn dial(&self) -> Pin<Box<dyn Future<Output = io::Result<Stream>> + Send + '_>> {
+        Box::pin(async move {
+            match self {
+                Dial::Tls(t) => t
+                    .dial()
+                    .await
+                    .map(|s| Stream::Tls(Box::new(s), t.explain.clone())),
+                Dial::Ssh(s) => s.connection().map(|c| Stream::Ssh(Box::new(c))),
+                Dial::Via(v) => match tokio::net::UnixStream::connect(&v.path).await {
+                    Ok(s) => Ok(Stream::Unix(s)),
+                    Err(e) => {
+                        let fallback = v.fallback.get_or_init(|| {
+                            crate::debug!(
+                                "{} does not answer ({e}); connecting through {} instead",
+                                v.path.display(),
+                                v.endpoint.transport()
+                            );
+                            own_dial(&v.endpoint, v.spares).map_err(|e| format!("{e:#}"))
+                        });
+                        match fallback {
+                            Ok(d) => d.dial().await,
+                            Err(msg) => Err(io::Error::other(msg.clone())),
+                        }
+                    }
+                },
+            }
+        })
     }
 }
 
@@ -308,6 +383,7 @@ enum Stream {
         Arc<Explain>,
     ),
     Ssh(Box<SshStream>),
+    Unix(tokio::net::UnixStream),
 }
 
 impl AsyncRead for Stream {
@@ -321,6 +397,7 @@ impl AsyncRead for Stream {
                 .poll_read(cx, buf)
                 .map_err(|e| ex.wrap(e)),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -336,12 +413,14 @@ impl AsyncWrite for Stream {
                 .poll_write(cx, buf)
                 .map_err(|e| ex.wrap(e)),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(
@@ -351,12 +430,33 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Ssh(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
 
 // ---------------------------------------------------------------------------
 // TLS.
+
+/// TLS connections to a tcp:// daemon with TLS, for relay.rs: set up
+/// (certificates read and checked) once.
+pub struct TlsDialer(TlsDial);
+
+pub type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl TlsDialer {
+    /// None: the endpoint does not speak TLS.
+    pub fn new(endpoint: &Endpoint) -> Result<Option<TlsDialer>> {
+        match &endpoint.tls {
+            Some(tls) => Ok(Some(TlsDialer(TlsDial::new(&endpoint.host, tls)?))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn dial(&self) -> io::Result<TlsStream> {
+        self.0.dial().await
+    }
+}
 
 struct TlsDial {
     addr: String,
@@ -681,7 +781,6 @@ impl SshDial {
                  the docker CLI does, and there is no `ssh' on PATH; install openssh-client"
             )
         })?;
-        crate::debug!("each connection runs: ssh {}", args.join(" "));
         Ok(SshDial {
             program,
             args,
@@ -760,6 +859,27 @@ impl SshDial {
 /// `ssh [-l user] [-p port] -- host docker system dial-stdio`, with the
 /// docker CLI's options.
 fn ssh_args(url: &str) -> std::result::Result<Vec<String>, String> {
+    let login = ssh_login(url)?;
+    let mut args = login.options;
+    args.extend(["--".into(), login.host, "docker".into()]);
+    if let Some(path) = login.path {
+        // A socket path on the remote host, as newer docker CLIs allow.
+        args.push(format!("--host=unix://{path}"));
+    }
+    args.extend(["system".into(), "dial-stdio".into()]);
+    Ok(args)
+}
+
+/// How to log in to an ssh:// address, as the docker CLI does.
+pub struct SshLogin {
+    /// ssh's options, before `--`.
+    pub options: Vec<String>,
+    pub host: String,
+    /// The daemon's socket on the remote host, if the address names one.
+    pub path: Option<String>,
+}
+
+pub fn ssh_login(url: &str) -> std::result::Result<SshLogin, String> {
     let rest = url.strip_prefix("ssh://").ok_or("not an ssh:// address")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -789,13 +909,11 @@ fn ssh_args(url: &str) -> std::result::Result<Vec<String>, String> {
     if let Some(p) = port {
         args.extend(["-p".into(), p.to_string()]);
     }
-    args.extend(["--".into(), host, "docker".into()]);
-    if !path.is_empty() && path != "/" {
-        // A socket path on the remote host, as newer docker CLIs allow.
-        args.push(format!("--host=unix://{path}"));
-    }
-    args.extend(["system".into(), "dial-stdio".into()]);
-    Ok(args)
+    Ok(SshLogin {
+        options: args,
+        host,
+        path: (!path.is_empty() && path != "/").then(|| path.to_string()),
+    })
 }
 
 /// One `docker system dial-stdio` over ssh. Should it end before saying

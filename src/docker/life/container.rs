@@ -431,12 +431,13 @@ impl Drop for Container {
         }
         // Off this thread: it may be an async worker.
         let (endpoint, version) = (self.client.endpoint.clone(), self.client.api_version());
+        let via = self.client.via.clone();
         let (id, name) = (self.id.clone(), self.name.clone());
         super::reaper::remove(super::reaper::Job {
             name: self.name.clone(),
             work: Box::new(move || {
                 Box::pin(async move {
-                    let client = Client::connect_with_version(&endpoint, &version)?;
+                    let client = Client::connect_with_version(&endpoint, &version, via.as_deref())?;
                     Container::remove_once(client, id, name).await
                 })
             }),
