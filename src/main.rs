@@ -101,11 +101,11 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let exit = rt.block_on(async {
         // Before anything exists that a signal could leak.
         let sigs = signals::Terminations::listen().context("cannot install signal handlers")?;
-        let mut client = connect(&endpoint, tunnel.as_ref()).await?;
+        let mut client = docker::daemon::connect(&endpoint, tunnel.as_ref()).await?;
         debug!("API version {}", client.api_version());
         // Lives as long as the session; a helper whose relay is gone
         // connects on its own.
-        let relay = relay(&endpoint);
+        let relay = docker::daemon::relay_for(&endpoint);
         if let Some(r) = &relay {
             client.via = Some(r.socket().to_path_buf());
         }
@@ -127,41 +127,6 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     // `now` may die of a signal, which runs no destructor.
     drop(tunnel);
     Ok(exit?.now())
-}
-
-/// For a TLS daemon, the relay that spares exec helpers a handshake.
-fn relay(endpoint: &Endpoint) -> Option<docker::daemon::relay::Relay> {
-    use docker::daemon::{client::TlsDialer, relay::Relay};
-    let started = TlsDialer::new(endpoint).and_then(|d| d.map(Relay::start).transpose());
-    match started {
-        Ok(Some(r)) => {
-            debug!(
-                "exec helpers connect through {}, over TLS connections opened ahead",
-                r.socket().display()
-            );
-            Some(r)
-        }
-        Ok(None) => None,
-        Err(e) => {
-            debug!("exec helpers make their own TLS connections: {e:#}");
-            None
-        }
-    }
-}
-
-/// Through the tunnel if there is one and it answers, else directly.
-async fn connect(
-    endpoint: &Endpoint,
-    tunnel: Option<&docker::daemon::tunnel::Tunnel>,
-) -> Result<docker::daemon::client::Client> {
-    use docker::daemon::client::Client;
-    if let Some(t) = tunnel {
-        match Client::connect(endpoint, Some(t.socket())).await {
-            Ok(c) => return Ok(c),
-            Err(e) => debug!("the ssh tunnel does not reach the daemon: {e:#}"),
-        }
-    }
-    Client::connect(endpoint, None).await
 }
 
 /// How long exiting waits for the removal of dropped containers: a little
