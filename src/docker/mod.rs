@@ -23,7 +23,7 @@ use daemon::locality::CopyMode;
 use host::{agent, root as direct, tree};
 use life::container::{self, Container};
 use life::runopts::RunOptions;
-use life::{boot, platform, reboot};
+use life::{boot, platform, reboot, warm};
 
 /// Whether the testbed boots the image's init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,8 @@ struct Recipe {
     local: bool,
     init: bool,
     apt: Option<Arc<AptPlan>>,
+    /// A spare: warmed while the test before it runs (life/warm.rs).
+    warm: bool,
 }
 
 /// A started container, with everything rdocker learned about it.
@@ -212,6 +214,22 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
     apt?;
     let normal_user = user?;
     let direct = start_agent(&r.client, c, root, execs_as_root).await;
+    if r.warm {
+        let t = std::time::Instant::now();
+        // A cold cache costs the test's first apt call, not the testbed.
+        match warm::apt_cache(&r.client, &id).await {
+            Ok(true) => debug!(
+                "{}: apt's binary cache generated in {:.2?}",
+                c.name,
+                t.elapsed()
+            ),
+            Ok(false) => debug!(
+                "{}: no apt binary cache to generate (the image's apt writes none)",
+                c.name
+            ),
+            Err(e) => debug!("{}: not warmed: {e:#}", c.name),
+        }
+    }
     Ok((direct, execs_as_root, normal_user))
 }
 
@@ -338,6 +356,7 @@ impl DockerTestbed {
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
             init: self.init,
             apt: self.apt.clone(),
+            warm: false,
         })
     }
 
@@ -357,6 +376,7 @@ impl DockerTestbed {
         }
         let mut r = self.recipe()?;
         r.find_user = false;
+        r.warm = true;
         self.spare = Some(tokio::spawn(prepare(r)));
         Ok(())
     }

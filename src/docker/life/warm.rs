@@ -1,0 +1,44 @@
+//! Warming a spare testbed while the test before it runs: apt's binary
+//! cache (pkgcache.bin, srcpkgcache.bin) generated, as the testbed's own
+//! first apt call would generate it. autopkgtest 6.x reverts before every
+//! test, and its set-up's first apt call (`apt-cache policy`) then builds
+//! the cache from the image's package lists: 0.7 to 1 s on the critical
+//! path, moved here to the background (docs/performance.md).
+//!
+//! What a test can tell: nothing that an apt call before it (autopkgtest
+//! makes several) would not have left the same. Only files that the
+//! image's apt configuration names are written (`Dir::Cache::pkgcache`,
+//! `Dir::Cache::srcpkgcache`; an image that empties them, as Docker's
+//! official Debian images do, gets nothing), by apt itself, with the
+//! contents apt's next call would write; their mtimes are older than the
+//! handover. Run through api/exec.rs, as root.
+
+use anyhow::{bail, Result};
+
+use crate::docker::api::exec;
+use crate::docker::daemon::client::Client;
+
+/// Generate the binary cache only where the image's apt would write one:
+/// `apt-config` names the files (none when both are empty, or no apt).
+/// Exit 0 with nothing printed when there is nothing to do; `warmed` on
+/// stdout when apt wrote it.
+const SCRIPT: &str = "command -v apt-cache >/dev/null 2>&1 || exit 0
+eval \"$(apt-config shell P Dir::Cache::pkgcache S Dir::Cache::srcpkgcache)\" || exit 1
+[ -n \"${P:-}${S:-}\" ] || exit 0
+apt-cache -q gencaches >/dev/null || exit 1
+echo warmed";
+
+/// Whether apt's binary cache was generated (false: the image's apt
+/// writes none, or has no apt). An error says what failed; the testbed is
+/// still good, as its own first apt call will build the cache.
+pub async fn apt_cache(client: &Client, id: &str) -> Result<bool> {
+    let mut cap = exec::Captured::default();
+    let code = exec::run_script(client, id, SCRIPT, Vec::new(), None, &mut cap).await?;
+    if code != 0 {
+        bail!(
+            "apt-cache gencaches in the spare testbed exited {code}: {}",
+            cap.err.to_string().trim()
+        );
+    }
+    Ok(cap.out.to_string().contains("warmed"))
+}
