@@ -21,3 +21,4 @@ mod reap;
 mod reboot;
 mod revert;
 mod shell;
+mod warm;
