@@ -32,6 +32,15 @@ which.
 
     bench/prep_times.py --variant main=/path/a --variant warm=/path/b --rounds 3
     bench/prep_times.py --table-from target/test-logs/prep
+    bench/prep_times.py --first-apt-call 5
+
+--first-apt-call N measures the warming's candidates on their own, in
+fresh containers of the testbed image (no autopkgtest, no rdocker),
+alternating N rounds: how long autopkgtest's first apt call (`apt-cache
+policy ^base-files$`) and the one after it take when, before them, the
+container did nothing ("none"), generated apt's binary cache
+("gencaches", what rdocker's spare does) or read apt's and dpkg's files
+and binaries ("pagecache").
 
 Python 3 standard library only. Needs root (or the docker group) and the
 local daemon at /var/run/docker.sock. Removes its job container and its
@@ -167,6 +176,43 @@ def table(logs):
     return "\n".join(out)
 
 
+FIRST_CALL = {
+    "none": ":",
+    "gencaches": "apt-cache gencaches >/dev/null 2>&1",
+    "pagecache": "cat /var/lib/apt/lists/* /var/lib/dpkg/status /usr/bin/apt-cache "
+                 "/usr/lib/*/libapt-pkg.so.* >/dev/null 2>&1",
+}
+# Milliseconds of two apt-cache policy calls, after the variant's step.
+FIRST_CALL_SCRIPT = """%s
+t() { s=$(date +%%s%%N); apt-cache policy '^base-files$' >/dev/null 2>&1; echo $(( ($(date +%%s%%N) - s) / 1000000 )); }
+echo "$(t) $(t)"
+"""
+
+
+def first_apt_call(a):
+    """The warming's candidates on their own: see the module's doc."""
+    got = {v: ([], []) for v in FIRST_CALL}
+    for rnd in range(1, a.first_apt_call + 1):
+        for v, step in FIRST_CALL.items():
+            out = docker("run", "--rm", "--label", f"org.debian.autopkgtest.rdocker.bench.prep={os.getpid()}",
+                         a.testbed, "sh", "-c", FIRST_CALL_SCRIPT % step).split()
+            got[v][0].append(int(out[0]))
+            got[v][1].append(int(out[1]))
+            note(f"round {rnd}: {v}: first apt call {out[0]} ms, second {out[1]} ms")
+
+    def cell(xs):
+        return f"{statistics.median(xs):.0f} ms ({min(xs)} - {max(xs)})"
+
+    load = open("/proc/loadavg").read().split()[:3]
+    print(f"fresh containers of {a.testbed}, {a.first_apt_call} rounds alternating, load average "
+          f"at the end {' '.join(load)}")
+    print()
+    print("| before autopkgtest's first apt call | first `apt-cache policy` | second |")
+    print("|---|---:|---:|")
+    for v, (first, second) in got.items():
+        print(f"| {v} | {cell(first)} | {cell(second)} |")
+
+
 class Session:
     def __init__(self, a):
         self.a = a
@@ -227,9 +273,14 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--logs", default=os.path.join(ROOT, "target/test-logs/prep"))
     ap.add_argument("--table-from", metavar="DIR", help="print the table from the logs in DIR; run nothing")
+    ap.add_argument("--first-apt-call", type=int, metavar="N",
+                    help="measure the warming's candidates alone, N rounds; no autopkgtest")
     a = ap.parse_args()
     if a.table_from:
         print(table(a.table_from))
+        return
+    if a.first_apt_call:
+        first_apt_call(a)
         return
     variants = []
     for v in a.variant:
