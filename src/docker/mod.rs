@@ -216,18 +216,18 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
     let direct = start_agent(&r.client, c, root, execs_as_root).await;
     if r.warm {
         let t = std::time::Instant::now();
-        // A cold cache costs the test's first apt call, not the testbed.
-        match warm::apt_cache(&r.client, &id).await {
-            Ok(true) => debug!(
+        match warm::apt_cache(&r.client, &id).await? {
+            warm::Warmed::Done => debug!(
                 "{}: apt's binary cache generated in {:.2?}",
                 c.name,
                 t.elapsed()
             ),
-            Ok(false) => debug!(
-                "{}: no apt binary cache to generate (the image's apt writes none)",
+            warm::Warmed::Nothing => debug!(
+                "{}: no apt binary cache to generate (the image's apt keeps none)",
                 c.name
             ),
-            Err(e) => debug!("{}: not warmed: {e:#}", c.name),
+            // A cold cache costs the test's first apt call, not the testbed.
+            warm::Warmed::Failed(e) => debug!("{}: not warmed: {e}", c.name),
         }
     }
     Ok((direct, execs_as_root, normal_user))

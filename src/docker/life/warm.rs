@@ -14,6 +14,7 @@
 //! handover. Run through api/exec.rs, as root.
 
 use anyhow::{bail, Result};
+use std::time::Duration;
 
 use crate::docker::api::exec;
 use crate::docker::daemon::client::Client;
@@ -28,17 +29,40 @@ eval \"$(apt-config shell P Dir::Cache::pkgcache S Dir::Cache::srcpkgcache)\" ||
 apt-cache -q gencaches >/dev/null || exit 1
 echo warmed";
 
-/// Whether apt's binary cache was generated (false: the image's apt
-/// writes none, or has no apt). An error says what failed; the testbed is
-/// still good, as its own first apt call will build the cache.
-pub async fn apt_cache(client: &Client, id: &str) -> Result<bool> {
+/// The most a warming may take: revert waits for it, and a spare whose
+/// apt still runs could write its files during the test.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// What the warming did.
+pub enum Warmed {
+    /// apt's binary cache generated.
+    Done,
+    /// The image's apt writes none, or there is no apt.
+    Nothing,
+    /// apt failed: the testbed is as good as unwarmed (its own first apt
+    /// call will build the cache, or fail the same way).
+    Failed(String),
+}
+
+/// Warm the spare `id`. An error (the exec failed, or apt outran
+/// `LIMIT`) means the spare must not be handed out.
+pub async fn apt_cache(client: &Client, id: &str) -> Result<Warmed> {
     let mut cap = exec::Captured::default();
-    let code = exec::run_script(client, id, SCRIPT, Vec::new(), None, &mut cap).await?;
-    if code != 0 {
-        bail!(
-            "apt-cache gencaches in the spare testbed exited {code}: {}",
+    let ran = exec::run_script(client, id, SCRIPT, Vec::new(), None, &mut cap);
+    let code = match tokio::time::timeout(LIMIT, ran).await {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "apt-cache gencaches in the spare testbed still ran after {} s: the spare is \
+             dropped, and revert makes a fresh testbed",
+            LIMIT.as_secs()
+        ),
+    };
+    Ok(match code {
+        0 if cap.out.to_string().contains("warmed") => Warmed::Done,
+        0 => Warmed::Nothing,
+        c => Warmed::Failed(format!(
+            "apt-cache gencaches exited {c}: {}",
             cap.err.to_string().trim()
-        );
-    }
-    Ok(cap.out.to_string().contains("warmed"))
+        )),
+    })
 }
