@@ -377,7 +377,18 @@ impl DockerTestbed {
         let mut r = self.recipe()?;
         r.find_user = false;
         r.warm = true;
-        self.spare = Some(tokio::spawn(prepare(r)));
+        let t = std::time::Instant::now();
+        self.spare = Some(tokio::spawn(async move {
+            let ready = prepare(r).await;
+            if let Ok(sp) = &ready {
+                debug!(
+                    "spare testbed {} ready in {:.2?}",
+                    sp.container.name,
+                    t.elapsed()
+                );
+            }
+            ready
+        }));
         Ok(())
     }
 

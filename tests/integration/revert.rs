@@ -156,6 +156,7 @@ fn bind_mount_case(args: &[&str]) {
     if args.contains(&"--init") {
         said_times(&s, "booted in", 2);
     }
+    said_times(&s, "ready in", 1);
     std::thread::sleep(Duration::from_secs(1));
     let took = timed_revert(&mut s);
     let a = size();
@@ -182,6 +183,8 @@ fn nothing_shared_keeps_the_background_path() {
     let mut s = Server::start(&["-d", &image()]);
     s.open();
     owned(s.pid(), 2);
+    // Made and warmed (life/warm.rs): revert only swaps.
+    said_times(&s, "ready in", 1);
     let took = timed_revert(&mut s);
     assert!(s.stderr_says("ends in the background"), "{}", s.stderr());
     assert!(
