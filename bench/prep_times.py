@@ -82,9 +82,12 @@ def docker(*args):
 
 
 def phases(text):
-    """{test: {phase: seconds}} and {test: commands issued}, and the
-    verdicts, from a stamped log ("SECONDS LINE" per line)."""
-    out, cmds, verdicts = {}, {}, {}
+    """{test: {phase: seconds}} and {test: commands issued}, the
+    verdicts, and the seconds of each short testbed command (not one of
+    the apt phases') during preparations, from a stamped log ("SECONDS
+    LINE" per line)."""
+    out, cmds, verdicts, short = {}, {}, {}, []
+    started = None
     test = None
     marks = {}
     pending = None  # the phase whose command runs, till its exit
@@ -110,6 +113,12 @@ def phases(text):
             continue
         if test is None:
             continue
+        if "autopkgtest: DBG: testbed command [" in line:
+            started = t
+        elif "testbed command exited with code" in line and started is not None:
+            if not pending:
+                short.append(t - started)
+            started = None
         if "autopkgtest: DBG: testbed command [" in line or \
                 re.search(r"sending command to virtualisation server: (copyup|copydown)", line):
             cmds[test] += 1
@@ -143,7 +152,7 @@ def phases(text):
             r["rest"] = r["total"] - sum(r[p] for p in PHASES if p != "rest")
             out[test] = r
             test = None
-    return out, cmds, verdicts
+    return out, cmds, verdicts, short
 
 
 def table(logs):
@@ -152,9 +161,10 @@ def table(logs):
     for fn in sorted(glob.glob(os.path.join(logs, "*-*.log"))):
         v = os.path.basename(fn).rsplit("-", 1)[0]
         with open(fn) as f:
-            p, c, _ = phases(f.read())
-        d = variants.setdefault(v, {"runs": 0, "tests": [], "cmds": []})
+            p, c, _, short = phases(f.read())
+        d = variants.setdefault(v, {"runs": 0, "tests": [], "cmds": [], "short": []})
         d["runs"] += 1
+        d["short"] += short
         d["tests"] += list(p.values())
         d["cmds"] += list(c.values())
     if not variants:
@@ -164,15 +174,16 @@ def table(logs):
         return f"{statistics.median(xs):.2f} ({min(xs):.2f} - {max(xs):.2f})"
 
     cols = PHASES + ["total"]
-    out = ["| variant | runs | tests | " + " | ".join(cols) + " | commands |",
-           "|---|---:|---:|" + "---:|" * len(cols) + "---:|"]
+    out = ["| variant | runs | tests | " + " | ".join(cols) + " | commands | one short command |",
+           "|---|---:|---:|" + "---:|" * len(cols) + "---:|---:|"]
     for v, d in variants.items():
         out.append(f"| {v} | {d['runs']} | {len(d['tests'])} | "
                    + " | ".join(cell([t[c] for t in d["tests"]]) for c in cols)
-                   + f" | {statistics.median(d['cmds']):.0f} |")
+                   + f" | {statistics.median(d['cmds']):.0f} | {cell(d['short'])} |")
     out.append("")
     out.append("Seconds per test's preparation, median (min - max) over every test of every "
-               "round; commands: testbed commands and copies issued per preparation (median).")
+               "round; commands: testbed commands and copies issued per preparation (median); one short "
+               "command: each testbed command outside the three apt phases, exec to exit.")
     return "\n".join(out)
 
 
@@ -245,7 +256,7 @@ class Session:
             rc = p.wait()
         took = time.monotonic() - t0
         with open(logf) as f:
-            _, _, verdicts = phases(f.read())
+            _, _, verdicts, _ = phases(f.read())
         bad = {k: v for k, v in verdicts.items() if v != "PASS"}
         if rc != 0 or bad or len(verdicts) != self.a.tests:
             die(f"{variant} round {rnd}: autopkgtest exited {rc}, verdicts {verdicts} "
