@@ -39,8 +39,10 @@ fresh containers of the testbed image (no autopkgtest, no rdocker),
 alternating N rounds: how long autopkgtest's first apt call (`apt-cache
 policy ^base-files$`) and the one after it take when, before them, the
 container did nothing ("none"), generated apt's binary cache
-("gencaches", what rdocker's spare does) or read apt's and dpkg's files
-and binaries ("pagecache").
+("gencaches", what rdocker's spare does), read apt's and dpkg's files
+and binaries ("pagecache"), or, after gencaches, did what autopkgtest's
+set-up does before `apt-get satisfy`: added a local source and updated it
+alone ("local-update": the cache that satisfy then builds again).
 
 Python 3 standard library only. Needs root (or the docker group) and the
 local daemon at /var/run/docker.sock. Removes its job container and its
@@ -192,6 +194,12 @@ FIRST_CALL = {
     "gencaches": "apt-cache gencaches >/dev/null 2>&1",
     "pagecache": "cat /var/lib/apt/lists/* /var/lib/dpkg/status /usr/bin/apt-cache "
                  "/usr/lib/*/libapt-pkg.so.* >/dev/null 2>&1",
+    # As autopkgtest's set-up: the cache warm, then its local source added
+    # and updated alone, which leaves a cache of that source only.
+    "local-update": "apt-cache gencaches >/dev/null 2>&1; mkdir -p /tmp/repo; : >/tmp/repo/Packages; "
+                    "echo 'deb [ trusted=yes ] file:///tmp/repo /' >/etc/apt/sources.list.d/autopkgtest.list; "
+                    "apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/autopkgtest.list "
+                    "-o Dir::Etc::sourceparts=/dev/null update >/dev/null 2>&1",
 }
 # Milliseconds of two apt-cache policy calls, after the variant's step.
 FIRST_CALL_SCRIPT = """%s
