@@ -72,6 +72,8 @@ pub struct DockerTestbed {
     /// The next testbed, made while this one runs, so that revert costs
     /// only the swap (see `revert`).
     spare: Option<tokio::task::JoinHandle<Result<Ready>>>,
+    /// Ends the spare's warming: an ending session does not wait for it.
+    spare_stop: Option<Arc<tokio::sync::Notify>>,
     /// Reverted testbeds, killed, whose removal (the daemon deleting what
     /// the tests installed: seconds after a build) runs while the next
     /// testbed works. Awaited by `stop`.
@@ -98,8 +100,9 @@ struct Recipe {
     local: bool,
     init: bool,
     apt: Option<Arc<AptPlan>>,
-    /// A spare: warmed while the test before it runs (life/warm.rs).
-    warm: bool,
+    /// A spare: warmed while the test before it runs (life/warm.rs),
+    /// unless this is notified first (the session ends).
+    warm: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// A started container, with everything rdocker learned about it.
@@ -214,9 +217,14 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
     apt?;
     let normal_user = user?;
     let direct = start_agent(&r.client, c, root, execs_as_root).await;
-    if r.warm {
+    if let Some(stop) = &r.warm {
         let t = std::time::Instant::now();
-        match warm::apt_cache(&r.client, &id).await? {
+        let warmed = tokio::select! {
+            w = warm::apt_cache(&r.client, &id) => w?,
+            // prepare removes it: a spare that nobody will take.
+            _ = stop.notified() => bail!("the session ended while the spare testbed warmed"),
+        };
+        match warmed {
             warm::Warmed::Done => debug!(
                 "{}: apt's binary cache generated in {:.2?}",
                 c.name,
@@ -307,6 +315,7 @@ impl DockerTestbed {
             direct: None,
             execs_as_root: false,
             spare: None,
+            spare_stop: None,
             retiring: Vec::new(),
             apt_options,
             apt: None,
@@ -356,7 +365,7 @@ impl DockerTestbed {
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
             init: self.init,
             apt: self.apt.clone(),
-            warm: false,
+            warm: None,
         })
     }
 
@@ -376,7 +385,9 @@ impl DockerTestbed {
         }
         let mut r = self.recipe()?;
         r.find_user = false;
-        r.warm = true;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        r.warm = Some(stop.clone());
+        self.spare_stop = Some(stop);
         let t = std::time::Instant::now();
         self.spare = Some(tokio::spawn(async move {
             let ready = prepare(r).await;
@@ -394,6 +405,8 @@ impl DockerTestbed {
 
     /// The spare, if it was made and still runs.
     async fn take_spare(&mut self) -> Option<Ready> {
+        // Revert waits for a spare still warming: no stop.
+        self.spare_stop = None;
         let handle = self.spare.take()?;
         match handle.await {
             Ok(Ok(mut r)) => {
@@ -513,6 +526,9 @@ impl DockerTestbed {
     async fn tear_down(&mut self) -> Result<()> {
         self.direct = None;
         let current = self.container.take();
+        if let Some(stop) = self.spare_stop.take() {
+            stop.notify_one();
+        }
         let spare = self.spare.take();
         let retiring = std::mem::take(&mut self.retiring);
         let (a, b, c) = tokio::join!(
