@@ -2,8 +2,9 @@
 //! cache (pkgcache.bin, srcpkgcache.bin) generated, as the testbed's own
 //! first apt call would generate it. autopkgtest 6.x reverts before every
 //! test, and its set-up's first apt call (`apt-cache policy`) then builds
-//! the cache from the image's package lists: 0.7 to 1 s on the critical
-//! path, moved here to the background (docs/performance.md).
+//! the cache from the image's package lists: about a second on the
+//! critical path, moved here to the background, where it pays if a core
+//! is idle (docs/performance.md).
 //!
 //! What a test can tell: nothing that an apt call before it (autopkgtest
 //! makes several) would not have left the same. Only files that the
