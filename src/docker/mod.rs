@@ -662,7 +662,7 @@ impl Testbed for DockerTestbed {
 
     async fn revert(&mut self) -> Result<String> {
         // The spare made while this testbed ran takes its place, and the
-        // old one is ended at once and removed in the background: revert
+        // old one is removed by force in the background: revert
         // costs neither a create and start, nor the daemon unmounting and
         // deleting what the tests installed. Without a spare, the new
         // testbed is made meanwhile. They share no name, and a shared
