@@ -449,6 +449,8 @@ pub async fn run(
         let _ = input.shutdown().await;
         half_closed.store(true, std::sync::atomic::Ordering::Relaxed);
     };
+    // Only a stream lost, not a sink that refused output, can be the cut.
+    let lost = std::sync::atomic::AtomicBool::new(false);
     let copy_out = async {
         while let Some(frame) = output.next().await {
             match frame {
@@ -456,7 +458,8 @@ pub async fn run(
                 Ok(bollard::container::LogOutput::StdErr { message }) => sink.stderr(&message)?,
                 Ok(_) => {}
                 Err(e) => {
-                    return Err(anyhow::Error::new(e).context("lost the exec's output stream"))
+                    lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(anyhow::Error::new(e).context("lost the exec's output stream"));
                 }
             }
         }
@@ -473,9 +476,8 @@ pub async fn run(
         () = &mut pump => copy_out.await,
     };
     let half_closed = half_closed.load(std::sync::atomic::Ordering::Relaxed);
-    let copied_err = copied
-        .err()
-        .map(|e| if half_closed { e.context(CUT) } else { e });
+    let cut = half_closed && lost.load(std::sync::atomic::Ordering::Relaxed);
+    let copied_err = copied.err().map(|e| if cut { e.context(CUT) } else { e });
 
     // The output ends when the command's descriptors close; its status can
     // lag a moment behind.
