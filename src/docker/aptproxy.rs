@@ -151,9 +151,26 @@ impl AptPlan {
             };
             if let Some(ip) = ip {
                 let up = self.upstream.as_ref().map(|f| f.url.as_str());
-                match aptcache::start(ip, store.clone(), up).await {
+                let started = match aptcache::start(ip, store.clone(), up).await {
+                    Err(e) if matches!(reach, Reach::Gateway(_)) => {
+                        let g = ip.to_string();
+                        match apt::own_address_beside(client, id, &g).await {
+                            Some(me) => {
+                                debug!(
+                                    "apt cache: not on the gateway ({e:#}), but on {me}, this \
+                                     process's own address on the testbed's network (a \
+                                     container beside the testbeds)"
+                                );
+                                aptcache::start(me, store.clone(), up).await
+                            }
+                            None => Err(e),
+                        }
+                    }
+                    r => r,
+                };
+                match started {
                     Ok(p) => {
-                        let host = match ip {
+                        let host = match p.addr.ip() {
                             IpAddr::V6(v) => format!("[{v}]"),
                             v => v.to_string(),
                         };

@@ -214,6 +214,44 @@ pub async fn reach(client: &Client, id: &str, network: Option<&str>) -> Result<R
     )))
 }
 
+/// This process's own address on the testbed's network, when it has one
+/// there: rdocker in a CI job container on the same bridge as the testbed
+/// (the host's socket mounted in), where the bridge's gateway is not an
+/// address of ours to listen on. The address we reach `gateway` from,
+/// kept only when it is in the testbed's subnet, so that the testbed
+/// reaches it directly, without crossing bridges.
+pub async fn own_address_beside(client: &Client, id: &str, gateway: &str) -> Option<IpAddr> {
+    let gw: IpAddr = gateway.parse().ok()?;
+    let any: IpAddr = match gw {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    // A connected UDP socket sends nothing: it only asks for the route.
+    let sock = std::net::UdpSocket::bind((any, 0)).ok()?;
+    sock.connect((gw, 9)).ok()?;
+    let me = sock.local_addr().ok()?.ip();
+    let i = client.docker.inspect_container(id, None).await.ok()?;
+    let nets = i.network_settings?.networks?;
+    nets.values().find_map(|n| {
+        if n.gateway.as_deref() != Some(gateway) {
+            return None;
+        }
+        let ip: IpAddr = n.ip_address.as_deref()?.parse().ok()?;
+        same_subnet(ip, me, u32::try_from(n.ip_prefix_len?).ok()?).then_some(me)
+    })
+}
+
+/// Whether `a` and `b` are two addresses of one IPv4 subnet of `len` bits.
+pub fn same_subnet(a: IpAddr, b: IpAddr, len: u32) -> bool {
+    match (a, b) {
+        (IpAddr::V4(a), IpAddr::V4(b)) if (8..=32).contains(&len) && a != b => {
+            let mask = u32::MAX << (32 - len);
+            u32::from(a) & mask == u32::from(b) & mask
+        }
+        _ => false,
+    }
+}
+
 /// The proxy the host's apt uses, first found of: `Acquire::http::Proxy`
 /// (apt-config), `auto-apt-proxy`, an apt-cacher-ng on 127.0.0.1:3142.
 /// Blocking: runs host commands.
@@ -301,6 +339,16 @@ pub async fn write_conf(client: &Client, id: &str, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(same_subnet(ip("172.17.0.3"), ip("172.17.0.7"), 16));
+        assert!(!same_subnet(ip("172.17.0.3"), ip("172.18.0.7"), 16));
+        assert!(!same_subnet(ip("172.17.0.3"), ip("172.17.0.3"), 16));
+        assert!(!same_subnet(ip("10.0.0.1"), ip("10.0.0.2"), 0));
+        assert!(!same_subnet(ip("::1"), ip("::2"), 64));
+    }
 
     #[test]
     fn apt_config_shell_output() {
