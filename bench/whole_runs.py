@@ -29,12 +29,13 @@ a number comes only from such a run.
 
 autopkgtest's output is read line by line and each line stamped with the
 time since the run began (the .ts file beside the log); the profile
-splits the whole run by what the last line said was going on: apt-get
-update, apt resolving, downloads (apt's Get: lines), dpkg (unpacking,
-setting up, triggers), the build (dpkg-buildpackage), the tests
-themselves ("[-----" to "-----]"), the virtualisation server's own work
-(open, revert, copies: its lines and autopkgtest's "preparing testbed")
-and the rest (autopkgtest's own). The downloads: rdocker's -d cache
+splits the whole run by what the last line said was going on (see
+classify()): the server's open, revert and close; autopkgtest's own
+setup between the lines it shows; apt-get update; apt resolving;
+downloads (apt's Get: lines); dpkg (unpacking, setting up, triggers);
+the build (dpkg-buildpackage); the tests themselves ("[-----" to
+"-----]").
+The downloads: rdocker's -d cache
 summary ("N fetched and kept": what came from the mirror) at every revert
 and at close, and apt's "Fetched" lines (every byte apt received,
 from the mirror or from rdocker's cache) per test.
@@ -76,7 +77,7 @@ TS = re.compile(r"^autopkgtest \[(\d\d):(\d\d):(\d\d)\]: (.*)$")
 CACHE_LINE = re.compile(r"autopkgtest-virt-rdocker: DBG: apt cache(?: so far)?: (\d+) \.debs from the cache "
                         r"\(([\d.]+) MiB\), (\d+) fetched and kept \(([\d.]+) MiB\)")
 FETCHED = re.compile(r"^Fetched ([\d.,]+) ([kMG]?)B in ")
-PHASES = ["apt-get update", "apt resolve", "download", "dpkg", "build", "tests", "virt", "other"]
+PHASES = ["virt", "setup", "apt-get update", "apt resolve", "download", "dpkg", "build", "tests"]
 
 
 def die(msg):
@@ -99,7 +100,7 @@ def sh(*args, check=True):
 def classify(line, state):
     """The phase that LINE starts (what goes on until the next line), or
     None to keep the phase of the line before. STATE is a dict carried
-    over the lines (in a test, in the build, in apt-get update)."""
+    over the lines (in a test, in the build)."""
     s = line.rstrip("\n")
     m = TS.match(s)
     if m:
@@ -109,19 +110,20 @@ def classify(line, state):
             return "tests"
         if re.match(r"test \S+: -+\]$", msg):
             state["test"] = False
-            return "other"
+            return "setup"
         if re.search(r": preparing testbed$", msg):
             state["build"] = False
             return "virt"
-        if "@@@@@@@@@@@@@@@@@@@@ summary" in msg:
-            return "other"
-        return None
+        # autopkgtest's own steps: "test bed setup", "build needed for
+        # binaries", "testbed dpkg architecture", the summary, ...
+        return "setup"
     if state.get("test"):
         return None
-    if s.startswith("autopkgtest-virt-rdocker: DBG:") or s.startswith("autopkgtest-virt-docker: DBG:"):
-        # its own lines: where it waits on itself (revert, copies)
-        if re.search(r"executing (revert|open|copydown|copyup|close)\b", s):
+    if s.startswith(("autopkgtest-virt-rdocker: DBG:", "autopkgtest-virt-docker: DBG:")):
+        if re.search(r"executing (revert|open|close)\b", s):
             return "virt"
+        if re.search(r"executing (copydown|copyup|print-execute-command|capabilities)\b", s):
+            return "setup"
         return None
     if re.match(r"dpkg-buildpackage: info: source package", s) or s.startswith(" dpkg-buildpackage "):
         state["build"] = True
@@ -129,7 +131,7 @@ def classify(line, state):
     if state.get("build"):
         if re.match(r"dpkg-buildpackage: info: (binary-only upload|full upload|binary and diff)", s):
             state["build"] = False
-            return "other"
+            return "setup"
         return None
     if re.match(r"(Hit|Get|Ign|Err):\d+ \S+ \S+ (\S+ )?(InRelease|Release|Packages|Sources|Translation)", s) \
             or re.match(r"(Hit|Get|Ign):\d+ (copy|file):", s):
@@ -137,10 +139,11 @@ def classify(line, state):
     if re.match(r"Get:\d+ ", s):
         return "download"
     if FETCHED.match(s):
-        return "other"
+        return "dpkg"
     if s.startswith(("Reading package lists", "Building dependency tree", "Reading state information",
                      "The following", "Need to get", "After this operation", "Starting pkgProblemResolver",
-                     "Starting 2 pkgProblemResolver", "Correcting dependencies", "Calculating upgrade")):
+                     "Starting 2 pkgProblemResolver", "Correcting dependencies", "Calculating upgrade",
+                     "Note, using directory", "Solving dependencies")):
         return "apt resolve"
     if s.startswith(("Preconfiguring packages", "Selecting previously unselected", "(Reading database",
                      "Preparing to unpack", "Unpacking ", "Setting up ", "Processing triggers",
@@ -230,14 +233,14 @@ def run_stamped(argv, logf, env=None):
         for raw in p.stdout:
             t = time.monotonic() - t0
             f.write(raw)
-            ts.write(f"{t:.3f}\t{raw.decode('utf-8', 'replace').rstrip()}\n")
+            ts.write(f"{t:.3f}\t{raw.decode('utf-8', 'replace').rstrip().replace(chr(13), ' ')}\n")
     rc = p.wait()
     return rc, time.monotonic() - t0
 
 
 def read_stamped(logf):
     out = []
-    with open(logf + ".ts") as f:
+    with open(logf + ".ts", newline="\n") as f:
         for line in f:
             t, _, rest = line.rstrip("\n").partition("\t")
             out.append((float(t), rest))
@@ -406,7 +409,7 @@ def tables(logs):
                "cold is one run each, warm the rounds after it.")
     out.append("")
     # 2. profile, warm medians
-    out.append("| warm, median s | " + " | ".join(PHASES) + " | whole |")
+    out.append("| median s | " + " | ".join(PHASES) + " | whole |")
     out.append("|---|" + "---:|" * (len(PHASES) + 1))
     for pkg in pkgs:
         for rel in rels:
@@ -419,10 +422,14 @@ def tables(logs):
                     out.append(f"| {pkg} {rel} {TITLES[s]} {st} | " + " | ".join(cells)
                                + f" | {statistics.median([r['wall'] for r in sel]):.1f} |")
     out.append("")
-    out.append("Seconds per phase, each line's time going to what the line before it said was going on "
-               "(bench/whole_runs.py's classify()): apt-get update; apt resolving; downloads (apt's Get: "
-               "lines); dpkg; the build (dpkg-buildpackage to its last line); the tests themselves; the "
-               "server's own work (open, revert, copies); the rest is autopkgtest's own.")
+    out.append("Seconds per phase, medians over the runs of the row; each line's time goes to what the line "
+               "before it said was going on (bench/whole_runs.py's classify()): virt, the server's open, revert "
+               "and close (from autopkgtest's \"preparing testbed\" or the server's \"executing revert\" to "
+               "the next line); setup, autopkgtest's own work between the lines it shows (its quiet commands in "
+               "the testbed: the apt-get update whose output it saves, the apt-utils install for its local "
+               "repository, copies); apt-get update's visible lines; apt resolving; downloads (apt's Get: "
+               "lines); dpkg (from apt's Fetched line through unpacking, setting up, triggers); the build "
+               "(dpkg-buildpackage to its last line); the tests themselves (\"[-----\" to \"-----]\").")
     out.append("")
     # 3. downloads per test (6.0 and 5.28, rdocker)
     out.append("| downloads per step | server | state | " + "build, then each test: MiB from the mirror "

@@ -25,7 +25,9 @@
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
-#                (ci/e2e-releases.sh bench, about 15 minutes)
+#                (ci/e2e-releases.sh bench, about 15 minutes), and whole
+#                runs of hello from the mirror's source, cold and warm,
+#                under 5.28 and 6.0 (bench/whole_runs.py, 30 to 60 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -118,6 +120,13 @@ if [ -n "$SLOW" ]; then
     step "timing: a five-test package under sid's autopkgtest, rdocker and autopkgtest-virt-docker"
     ci/e2e-releases.sh bench
     done_step "timing done"
+    # Prints measurements; fails only when a run fails or the two servers'
+    # verdicts differ (never on a time). The .deb installed above is this
+    # tree's build; the job images are the ones the bench scenario built.
+    step "timing: whole runs of hello (apt-get source) under autopkgtest 5.28 and 6.0, cold and warm, rdocker and autopkgtest-virt-docker"
+    python3 bench/whole_runs.py --rdocker /usr/bin/autopkgtest-virt-rdocker --packages hello \
+        --logs "$LOGS/whole-runs" | tee "$LOGS/whole-runs.md"
+    done_step "whole runs done"
 fi
 
 step "upstream autopkgtest suite with rdocker"
