@@ -23,9 +23,11 @@ Cold and warm:
              the page cache have seen it all once).
 
 Round 0 is cold, rounds 1..N warm; each round runs rdocker, then the
-reference. Every run must exit 0 or 2 (2: some test was skipped) and give
-the same verdicts with both servers, or the script stops and says which;
-a number comes only from such a run.
+reference. Every run must end with a summary, exit 0, 2 (a test skipped)
+or 4 (a test failed: hello's upstream-tests under 5.28, which writes into
+the build tree, owned by root, as the normal user) and give the same
+verdicts with both servers, or the script stops and says which; a number
+comes only from such a pair.
 
 autopkgtest's output is read line by line and each line stamped with the
 time since the run began (the .ts file beside the log); the profile
@@ -34,11 +36,10 @@ classify()): the server's open, revert and close; autopkgtest's own
 setup between the lines it shows; apt-get update; apt resolving;
 downloads (apt's Get: lines); dpkg (unpacking, setting up, triggers);
 the build (dpkg-buildpackage); the tests themselves ("[-----" to
-"-----]").
-The downloads: rdocker's -d cache
-summary ("N fetched and kept": what came from the mirror) at every revert
-and at close, and apt's "Fetched" lines (every byte apt received,
-from the mirror or from rdocker's cache) per test.
+"-----]"). The downloads, per step (the build, each test): rdocker's -d
+cache summary ("N fetched and kept": what came from the mirror) at every
+revert and at close, and apt's "Fetched" lines (every byte apt received,
+from the mirror or from rdocker's cache).
 
     bench/whole_runs.py                            # hello and figlet, 5.28 and 6.0, 2 warm rounds
     bench/whole_runs.py --packages hello --releases 6.0 --rounds 1
