@@ -446,7 +446,7 @@ def tables(logs):
                     r = sel[0]
                     parts = []
                     for name, fetched, n, size in r["downloads"]:
-                        mirror = "?" if n is None else f"{n} debs {size:.1f}"
+                        mirror = "(with the next)" if n is None else f"{n} debs {size:.1f}"
                         if s != "rdocker":
                             mirror = f"{fetched:.1f}"
                         parts.append(f"{name}: {mirror} / {fetched:.1f}")
