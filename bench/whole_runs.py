@@ -208,6 +208,23 @@ def downloads(text):
     return rows
 
 
+def preparations(stamped):
+    """Seconds from each test's "preparing testbed" to its "[-----" (the
+    revert, autopkgtest's setup of the new testbed, the test's installs)."""
+    out, start = [], {}
+    for t, line in stamped:
+        m = TS.match(line)
+        if not m:
+            continue
+        p = re.match(r"test (\S+): preparing testbed$", m[4])
+        if p:
+            start[p[1]] = t
+        p = re.match(r"test (\S+): \[-+$", m[4])
+        if p and p[1] in start:
+            out.append(t - start.pop(p[1]))
+    return out
+
+
 def verdicts_of(text):
     out, in_summary = {}, False
     for line in text.splitlines():
@@ -375,7 +392,7 @@ def load(logs):
         wall = walls.get(base, {}).get("wall", stamped[-1][0] if stamped else 0.0)
         runs.append(dict(pkg=pkg, release=release, server=server, rnd=int(rnd),
                          state="cold" if int(rnd) == 0 else "warm", wall=wall,
-                         profile=profile(stamped), downloads=downloads(text),
+                         profile=profile(stamped), downloads=downloads(text), prep=preparations(stamped),
                          verdicts=verdicts_of(text)))
     return runs
 
@@ -410,8 +427,8 @@ def tables(logs):
                "cold is one run each, warm the rounds after it.")
     out.append("")
     # 2. profile, warm medians
-    out.append("| median s | " + " | ".join(PHASES) + " | whole |")
-    out.append("|---|" + "---:|" * (len(PHASES) + 1))
+    out.append("| median s | " + " | ".join(PHASES) + " | whole | preparing one test |")
+    out.append("|---|" + "---:|" * (len(PHASES) + 2))
     for pkg in pkgs:
         for rel in rels:
             for s in SERVERS:
@@ -421,7 +438,8 @@ def tables(logs):
                         continue
                     cells = [f"{statistics.median([r['profile'][p] for r in sel]):.1f}" for p in PHASES]
                     out.append(f"| {pkg} {rel} {TITLES[s]} {st} | " + " | ".join(cells)
-                               + f" | {statistics.median([r['wall'] for r in sel]):.1f} |")
+                               + f" | {statistics.median([r['wall'] for r in sel]):.1f} "
+                               + f"| {cell(sum((r['prep'] for r in sel), []), prec=1)} |")
     out.append("")
     out.append("Seconds per phase, medians over the runs of the row; each line's time goes to what the line "
                "before it said was going on (bench/whole_runs.py's classify()): virt, the server's open, revert "
@@ -430,7 +448,9 @@ def tables(logs):
                "the testbed: the apt-get update whose output it saves, the apt-utils install for its local "
                "repository, copies); apt-get update's visible lines; apt resolving; downloads (apt's Get: "
                "lines); dpkg (from apt's Fetched line through unpacking, setting up, triggers); the build "
-               "(dpkg-buildpackage to its last line); the tests themselves (\"[-----\" to \"-----]\").")
+               "(dpkg-buildpackage to its last line); the tests themselves (\"[-----\" to \"-----]\"). "
+               "Preparing one test: \"test T: preparing testbed\" to \"test T: [-----\", over all tests "
+               "of the row's runs (median, min - max).")
     out.append("")
     # 3. downloads per test (6.0 and 5.28, rdocker)
     out.append("| downloads per step | server | state | " + "build, then each test: MiB from the mirror "
