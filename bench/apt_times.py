@@ -5,6 +5,7 @@ and through both. Each round is a fresh testbed (revert); `apt-get update`
 runs first and is not timed. Prints a markdown table of medians.
 
     python3 bench/apt_times.py [--rdocker PATH] [--rounds N] [--image IMAGE] [--download-only]
+        [--packages "PKG ..."] [--modes 1,2]
 
 Needs the daemon, the test image and, for the apt-cacher-ng rows, an
 apt-cacher-ng on port 3142 (ci/provision.sh makes all three).
@@ -84,7 +85,15 @@ def main():
     ap.add_argument("--image", default="rdocker-test/autopkgtest:bookworm")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--download-only", action="store_true", help="time apt-get install --download-only: the fetch alone, without dpkg")
+    ap.add_argument("--packages", help="one set of packages (space-separated) instead of the two default sets")
+    ap.add_argument("--modes", help="the rows to run, by number from 1 (default: all)")
     a = ap.parse_args()
+    if a.packages:
+        SETS.clear()
+        SETS[a.packages] = a.packages
+    if a.modes:
+        keep = [MODES[int(i) - 1] for i in a.modes.split(",")]
+        MODES[:] = keep
     global DOWNLOAD_ONLY
     DOWNLOAD_ONLY = a.download_only
     rows = []
