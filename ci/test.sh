@@ -27,7 +27,7 @@
 #                autopkgtest, rdocker against autopkgtest-virt-docker
 #                (ci/e2e-releases.sh bench, about 15 minutes), and whole
 #                runs of hello from the mirror's source, cold and warm,
-#                under 5.28 and 6.0 (bench/whole_runs.py, 30 to 60 minutes)
+#                under 5.28 and 6.0 (bench/whole_runs.py, about 35 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
