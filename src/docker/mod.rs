@@ -74,6 +74,8 @@ pub struct DockerTestbed {
     spare: Option<tokio::task::JoinHandle<Result<Ready>>>,
     /// Ends the spare's warming: an ending session does not wait for it.
     spare_stop: Option<Arc<tokio::sync::Notify>>,
+    /// Whether this session has reverted: only then are spares warmed.
+    reverted: bool,
     /// Reverted testbeds, killed, whose removal (the daemon deleting what
     /// the tests installed: seconds after a build) runs while the next
     /// testbed works. Awaited by `stop`.
@@ -316,6 +318,7 @@ impl DockerTestbed {
             execs_as_root: false,
             spare: None,
             spare_stop: None,
+            reverted: false,
             retiring: Vec::new(),
             apt_options,
             apt: None,
@@ -385,9 +388,15 @@ impl DockerTestbed {
         }
         let mut r = self.recipe()?;
         r.find_user = false;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        r.warm = Some(stop.clone());
-        self.spare_stop = Some(stop);
+        // Warmed once the session has reverted: autopkgtest 6.x reverts
+        // before every test, so each spare is taken; before that (5.x
+        // reverts seldom, a short run never) the warming would mostly
+        // spend a core beside the running test for nothing.
+        if self.reverted {
+            let stop = Arc::new(tokio::sync::Notify::new());
+            r.warm = Some(stop.clone());
+            self.spare_stop = Some(stop);
+        }
         let t = std::time::Instant::now();
         self.spare = Some(tokio::spawn(async move {
             let ready = prepare(r).await;
@@ -721,6 +730,7 @@ impl Testbed for DockerTestbed {
             debug!("apt cache so far: {s}");
         }
         self.install(next);
+        self.reverted = true;
         self.make_spare()?;
         Ok(downtmp)
     }

@@ -61,7 +61,7 @@ fn a_reverted_testbed_has_apt_s_cache_as_its_first_apt_call_leaves_it() {
     let image = user_image();
     let mut s = Server::start(&["-d", image.as_str()]);
     s.open();
-    // The first testbed is not warmed: the image as it is.
+    // The first testbed is the image as it is.
     let argv = s.exec_argv();
     let fresh = apt_cache_listing(&argv);
     assert!(
@@ -72,6 +72,11 @@ fn a_reverted_testbed_has_apt_s_cache_as_its_first_apt_call_leaves_it() {
     let after_apt = apt_cache_listing(&argv);
     assert!(after_apt.contains("./pkgcache.bin "), "{after_apt}");
 
+    // The spare made at open is not warmed (a session that never reverts
+    // would waste it); the one made after the first revert is.
+    s.ok("revert");
+    assert_eq!(apt_cache_listing(&s.exec_argv()), fresh);
+    assert!(!s.stderr_says("apt's binary cache generated"));
     s.ok("revert");
     let argv = s.exec_argv();
     assert_eq!(
@@ -102,6 +107,7 @@ fn an_image_whose_apt_keeps_no_binary_cache_gets_none() {
     let mut s = Server::start(&["-d", image.as_str()]);
     s.open();
     let fresh = apt_cache_listing(&s.exec_argv());
+    s.ok("revert");
     s.ok("revert");
     let argv = s.exec_argv();
     assert_eq!(apt_cache_listing(&argv), fresh);
