@@ -212,7 +212,7 @@ pub async fn start(ip: IpAddr, store: Arc<Store>, upstream: Option<&str>) -> Res
 }
 
 /// An absolute `http://` URL, as a proxy receives it.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, Clone)]
 pub struct Target {
     pub host: String,
     pub port: u16,
@@ -435,6 +435,7 @@ async fn serve(conn: TcpStream, ctx: Arc<Ctx>) -> Result<()> {
 /// miss. Dropping it aborts that.
 struct Queued {
     head: Head,
+    route: Route,
     ahead: Option<Ahead>,
 }
 
@@ -459,12 +460,14 @@ async fn read_requests(
             Ok(Ok(None)) | Err(_) => return Ok(()),
             Ok(Err(e)) => return Err(e),
         };
-        let ahead = match route(&head) {
+        let route = route(&head);
+        let ahead = match &route {
             Route::Forward {
                 method,
                 target,
                 key,
             } if !cached(&ctx, key.as_deref()).await => {
+                let (method, target) = (method.clone(), target.clone());
                 let (head, ctx) = (head.clone(), ctx.clone());
                 Some(Ahead(tokio::spawn(async move {
                     fetch(&method, &target, &head, &ctx).await
@@ -472,7 +475,7 @@ async fn read_requests(
             }
             _ => None,
         };
-        if tx.send(Queued { head, ahead }).await.is_err() {
+        if tx.send(Queued { head, route, ahead }).await.is_err() {
             let mut sink = [0u8; 4096];
             while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
             return Ok(());
@@ -555,7 +558,7 @@ fn route(head: &Head) -> Route {
 
 /// Answer one request; whether the connection may serve another.
 async fn answer<W: AsyncWrite + Unpin>(q: Queued, w: &mut W, ctx: &Ctx) -> Result<bool> {
-    let (method, target, key) = match route(&q.head) {
+    let (method, target, key) = match q.route {
         Route::Refuse(status, why) => return reply(w, status, &why).await,
         Route::Forward {
             method,
