@@ -10,6 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::docker::api::exec::{self, Sink, TestbedGone};
+use crate::docker::api::hub;
 use crate::docker::daemon::client::Client;
 use crate::docker::daemon::endpoint::{Endpoint, ExecArgs};
 use crate::docker::host::root::Root;
@@ -27,6 +28,8 @@ struct Args {
     endpoint: Endpoint,
     /// The server's socket to the daemon (tunnel.rs, relay.rs), tried first.
     via: Option<std::path::PathBuf>,
+    /// The server's socket to the testbed's stream agent (api/hub.rs).
+    hub: Option<std::path::PathBuf>,
     api_version: String,
     container: String,
     /// The testbed's root as root.rs proved it: stdio then goes through
@@ -36,7 +39,8 @@ struct Args {
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let (mut api_version, mut container, mut root, mut via) = (None, None, None, None);
+    let (mut api_version, mut container, mut root, mut via, mut hub) =
+        (None, None, None, None, None);
     let mut endpoint = ExecArgs::default();
     let mut it = args.iter();
     for a in it.by_ref() {
@@ -54,6 +58,8 @@ fn parse(args: &[String]) -> Result<Args> {
             root = Some(v.to_string());
         } else if let Some(v) = a.strip_prefix("--via=") {
             via = Some(v.into());
+        } else if let Some(v) = a.strip_prefix("--hub=") {
+            hub = Some(v.into());
         } else if a == "--debug" {
             crate::DEBUG.store(true, std::sync::atomic::Ordering::Relaxed);
         } else {
@@ -67,6 +73,7 @@ fn parse(args: &[String]) -> Result<Args> {
     Ok(Args {
         endpoint: endpoint.endpoint()?,
         via,
+        hub,
         api_version: api_version.ok_or_else(|| anyhow!("--api-version= missing"))?,
         container: container.ok_or_else(|| anyhow!("--container= missing"))?,
         root,
@@ -245,6 +252,37 @@ async fn through_agent(
     }
 }
 
+/// Run the command through the server's stream agent (api/hub.rs). None:
+/// no agent took it, and it has not run.
+async fn through_hub(
+    hub: &std::path::Path,
+    client: &Client,
+    args: &Args,
+    token: &str,
+    sink: &mut ThreadSink,
+) -> Option<(Result<i64>, bool)> {
+    let argv = exec::wrapped(token, &args.command, hub::PRELUDE);
+    match hub::run(hub, &args.container, &argv, sink).await {
+        Ok(hub::Outcome::Exit(code)) => Some((Ok(code), true)),
+        Ok(hub::Outcome::NoAgent(why)) => {
+            crate::debug!("through docker exec: {why}");
+            None
+        }
+        // Killed with the agent, or orphaned by it: nothing of it may run
+        // on. Reported as the exec API reports a SIGKILLed command (and
+        // as a testbed failure if the testbed is gone).
+        Ok(hub::Outcome::Lost(why)) => {
+            crate::debug!("the agent ended before the command did: {why}");
+            kill(client, &args.container, token).await;
+            Some((Ok(137), true))
+        }
+        Err(e) => {
+            kill(client, &args.container, token).await;
+            Some((Err(e), true))
+        }
+    }
+}
+
 /// The exec's own stdout carries only the fifo wrapper's `R`.
 struct ReadySink<'a> {
     inner: &'a mut ThreadSink,
@@ -309,11 +347,17 @@ async fn run(args: Args) -> Result<u8> {
                 (r, s.seen)
             }
             _ => {
+                let has_input = stdin_has_input();
+                if let (Some(hub), false) = (&args.hub, has_input) {
+                    if let Some(done) = through_hub(hub, &client, &args, &token, &mut sink).await {
+                        return done;
+                    }
+                }
                 let argv = exec::wrapped(&token, &args.command, "");
                 // Without input, the exec's stream is never half-closed:
                 // some proxies cut a half-closed connection (socat's
                 // default, 0.5 s after), taking the output with it.
-                let stdin = stdin_has_input().then(stdin_pump);
+                let stdin = has_input.then(stdin_pump);
                 let r = exec::run(
                     &client,
                     &args.container,

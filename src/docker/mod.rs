@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::debug;
 use crate::testbed::{Console, Testbed};
-use api::{copy, exec, tty};
+use api::{copy, exec, hub, tty};
 use aptproxy::{AptOptions, AptPlan};
 use daemon::client::Client;
 use daemon::context;
@@ -84,6 +84,9 @@ pub struct DockerTestbed {
     /// The testbeds' apt proxy and package cache, decided at the first
     /// open of a session (aptproxy.rs).
     apt: Option<Arc<AptPlan>>,
+    /// Where exec helpers reach the stream agents of testbeds without a
+    /// direct route (api/hub.rs); made at the first open.
+    hub: Option<hub::Hub>,
 }
 
 /// What it takes to make a testbed; owned, so that a spare can be made
@@ -102,6 +105,8 @@ struct Recipe {
     local: bool,
     init: bool,
     apt: Option<Arc<AptPlan>>,
+    /// Where a testbed without a direct route lists its stream agent.
+    agents: Option<hub::Agents>,
     /// A spare: warmed while the test before it runs (life/warm.rs),
     /// unless this is notified first (the session ends).
     warm: Option<Arc<tokio::sync::Notify>>,
@@ -214,7 +219,21 @@ async fn set_up(r: &Recipe, c: &Container) -> Result<SetUp> {
             None => Ok(()),
         }
     };
-    let (made, user, apt) = tokio::join!(mk, user, apt);
+    // Without the direct route, commands go through the stream agent
+    // where it starts.
+    let stream_agent = async {
+        let Some(agents) = r.agents.as_ref().filter(|_| root.is_none()) else {
+            return;
+        };
+        match hub::start_agent(&r.client, &id, agents).await {
+            Ok(()) => debug!(
+                "{}: commands start through the agent in the testbed",
+                c.name
+            ),
+            Err(e) => debug!("{}: commands start through docker exec: {e:#}", c.name),
+        }
+    };
+    let (made, user, apt, ()) = tokio::join!(mk, user, apt, stream_agent);
     made?;
     apt?;
     let normal_user = user?;
@@ -322,6 +341,7 @@ impl DockerTestbed {
             retiring: Vec::new(),
             apt_options,
             apt: None,
+            hub: None,
         })
     }
 
@@ -368,6 +388,7 @@ impl DockerTestbed {
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
             init: self.init,
             apt: self.apt.clone(),
+            agents: self.hub.as_ref().map(|h| h.agents()),
             warm: None,
         })
     }
@@ -518,6 +539,12 @@ impl DockerTestbed {
                 .context("looking for the host's apt proxy panicked")??;
             self.apt = Some(Arc::new(plan));
         }
+        if self.hub.is_none() {
+            match hub::Hub::start() {
+                Ok(h) => self.hub = Some(h),
+                Err(e) => debug!("commands start through docker exec: no agents: {e:#}"),
+            }
+        }
         let recipe = self.recipe()?;
         if let Some(p) = &recipe.run.platform {
             platform::check(
@@ -534,6 +561,9 @@ impl DockerTestbed {
     /// once.
     async fn tear_down(&mut self) -> Result<()> {
         self.direct = None;
+        if let Some(h) = &self.hub {
+            h.agents().lock().expect("agents").clear();
+        }
         let current = self.container.take();
         if let Some(stop) = self.spare_stop.take() {
             stop.notify_one();
@@ -679,6 +709,9 @@ impl Testbed for DockerTestbed {
         // handed out.
         let old = self.container.take();
         self.direct = None;
+        if let (Some(h), Some(c)) = (&self.hub, &old) {
+            hub::forget(&h.agents(), &c.id);
+        }
         let spare = self.take_spare().await;
         let recipe = self.recipe()?;
         let downtmp = recipe.downtmp.clone();
@@ -880,6 +913,9 @@ impl Testbed for DockerTestbed {
         ]);
         if let (Some(root), true) = (&self.direct, self.execs_as_root) {
             argv.push(format!("--root={}", root.handle()));
+        }
+        if let Some(h) = self.hub.as_ref().filter(|h| h.serves(&c.id)) {
+            argv.push(format!("--hub={}", h.socket().display()));
         }
         argv.push("--".into());
         Ok(argv)

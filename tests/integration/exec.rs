@@ -7,137 +7,160 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn open() -> (Server, Vec<String>) {
-    let mut s = Server::start(&[&image()]);
+    open_on(&[])
+}
+
+fn open_on(extra: &[&str]) -> (Server, Vec<String>) {
+    let mut args = extra.to_vec();
+    let img = image();
+    args.push(&img);
+    let mut s = Server::start(&args);
     s.open();
     let argv = s.exec_argv();
     (s, argv)
 }
 
+/// Beside this daemon (fifos, agent.rs's agent), and through the Engine
+/// API alone (api/agent.rs's stream agent, docker exec for input).
+const ROUTES: [&[&str]; 2] = [&[], &["--remote"]];
+
 #[test]
 fn exit_codes() {
-    let (s, argv) = open();
-    assert_eq!(sh(&argv, "true").status.code(), Some(0));
-    assert_eq!(sh(&argv, "exit 7").status.code(), Some(7));
-    // 255 is reserved for testbed failures: the reference maps it to 253.
-    assert_eq!(sh(&argv, "exit 255").status.code(), Some(253));
-    // Killed by a signal: 128+N, as a shell reports it.
-    assert_eq!(sh(&argv, "kill -9 $$").status.code(), Some(137));
-    assert_eq!(sh(&argv, "kill -TERM $$").status.code(), Some(143));
-    // A missing command is the shell's 127, not a testbed failure.
-    let o = sh(&argv, "no-such-command-here");
-    assert_eq!(o.status.code(), Some(127));
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        assert_eq!(sh(&argv, "true").status.code(), Some(0));
+        assert_eq!(sh(&argv, "exit 7").status.code(), Some(7));
+        // 255 is reserved for testbed failures: the reference maps it to 253.
+        assert_eq!(sh(&argv, "exit 255").status.code(), Some(253));
+        // Killed by a signal: 128+N, as a shell reports it.
+        assert_eq!(sh(&argv, "kill -9 $$").status.code(), Some(137));
+        assert_eq!(sh(&argv, "kill -TERM $$").status.code(), Some(143));
+        // A missing command is the shell's 127, not a testbed failure.
+        let o = sh(&argv, "no-such-command-here");
+        assert_eq!(o.status.code(), Some(127));
+        s.quit();
+    }
 }
 
 #[test]
 fn stdout_and_stderr_are_kept_apart() {
-    let (s, argv) = open();
-    let o = sh(&argv, "echo out1; echo err1 >&2; echo out2; echo err2 >&2");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "out1\nout2\n");
-    assert_eq!(String::from_utf8_lossy(&o.stderr), "err1\nerr2\n");
-    // Binary data passes through unchanged.
-    let o = sh(&argv, "printf '\\000\\377\\r\\n'");
-    assert_eq!(o.stdout, b"\0\xff\r\n");
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        let o = sh(&argv, "echo out1; echo err1 >&2; echo out2; echo err2 >&2");
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "out1\nout2\n");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), "err1\nerr2\n");
+        // Binary data passes through unchanged.
+        let o = sh(&argv, "printf '\\000\\377\\r\\n'");
+        assert_eq!(o.stdout, b"\0\xff\r\n");
+        s.quit();
+    }
 }
 
 #[test]
 fn stdin_is_streamed() {
-    let (s, argv) = open();
-    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let o = sh_stdin(&argv, "cat", &data);
-    assert!(o.status.success());
-    assert!(
-        o.stdout == data,
-        "stdin came back changed ({} bytes)",
-        o.stdout.len()
-    );
-    // EOF on stdin reaches the command.
-    let o = sh_stdin(&argv, "wc -c", b"hello");
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let o = sh_stdin(&argv, "cat", &data);
+        assert!(o.status.success());
+        assert!(
+            o.stdout == data,
+            "stdin came back changed ({} bytes)",
+            o.stdout.len()
+        );
+        // EOF on stdin reaches the command.
+        let o = sh_stdin(&argv, "wc -c", b"hello");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+        s.quit();
+    }
 }
 
 #[test]
 fn output_is_streamed_not_buffered() {
-    let (s, argv) = open();
-    // The first line must arrive while the command still runs.
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["sh", "-c", "echo first; sleep 5; echo second"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let mut out = child.stdout.take().unwrap();
-    let mut buf = [0u8; 6];
-    out.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"first\n");
-    assert!(
-        t.elapsed() < Duration::from_secs(4),
-        "first line took {:?}",
-        t.elapsed()
-    );
-    child.wait().unwrap();
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        // The first line must arrive while the command still runs.
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["sh", "-c", "echo first; sleep 5; echo second"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let mut out = child.stdout.take().unwrap();
+        let mut buf = [0u8; 6];
+        out.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"first\n");
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "first line took {:?}",
+            t.elapsed()
+        );
+        child.wait().unwrap();
+        s.quit();
+    }
 }
 
 #[test]
 fn environment_is_clean_and_from_the_testbed() {
-    let (s, argv) = open();
-    sh_ok(
-        &argv,
-        "echo 'RDOCKER_FROM_ETC_ENVIRONMENT=yes' >> /etc/environment",
-    );
-    let o = Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["env"])
-        .env("RDOCKER_HOST_SECRET", "leaked")
-        .env("LANG", "xx_XX.UTF-8")
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    let env = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        !env.contains("RDOCKER_HOST_SECRET"),
-        "host variable leaked: {env}"
-    );
-    assert!(!env.contains("xx_XX"), "host LANG leaked: {env}");
-    assert!(
-        env.contains("RDOCKER_FROM_ETC_ENVIRONMENT=yes"),
-        "/etc/environment not read: {env}"
-    );
-    assert!(
-        env.lines().any(|l| l.starts_with("PATH=")),
-        "no PATH: {env}"
-    );
-    // /etc/default/locale too, when present.
-    sh_ok(&argv, "echo 'LANG=C.UTF-8' > /etc/default/locale");
-    assert_eq!(sh_ok(&argv, "echo $LANG"), "C.UTF-8\n");
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        sh_ok(
+            &argv,
+            "echo 'RDOCKER_FROM_ETC_ENVIRONMENT=yes' >> /etc/environment",
+        );
+        let o = Command::new(&argv[0])
+            .args(&argv[1..])
+            .args(["env"])
+            .env("RDOCKER_HOST_SECRET", "leaked")
+            .env("LANG", "xx_XX.UTF-8")
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let env = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            !env.contains("RDOCKER_HOST_SECRET"),
+            "host variable leaked: {env}"
+        );
+        assert!(!env.contains("xx_XX"), "host LANG leaked: {env}");
+        assert!(
+            env.contains("RDOCKER_FROM_ETC_ENVIRONMENT=yes"),
+            "/etc/environment not read: {env}"
+        );
+        assert!(
+            env.lines().any(|l| l.starts_with("PATH=")),
+            "no PATH: {env}"
+        );
+        // /etc/default/locale too, when present.
+        sh_ok(&argv, "echo 'LANG=C.UTF-8' > /etc/default/locale");
+        assert_eq!(sh_ok(&argv, "echo $LANG"), "C.UTF-8\n");
+        s.quit();
+    }
 }
 
 #[test]
 fn background_process_holding_stdout_does_not_hang() {
-    let (s, argv) = open();
-    let t = Instant::now();
-    let o = sh(&argv, "sleep 1000 & echo started");
-    assert!(o.status.success());
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
-    assert!(
-        t.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        t.elapsed()
-    );
-    // And it was killed rather than left running.
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        count_procs(&argv, "^sleep 1000 $"),
-        0,
-        "the background sleep survived"
-    );
-    s.quit();
+    for route in ROUTES {
+        let (s, argv) = open_on(route);
+        let t = Instant::now();
+        let o = sh(&argv, "sleep 1000 & echo started");
+        assert!(o.status.success());
+        assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t.elapsed()
+        );
+        // And it was killed rather than left running.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            count_procs(&argv, "^sleep 1000 $"),
+            0,
+            "the background sleep survived"
+        );
+        s.quit();
+    }
 }
 
 #[test]
@@ -146,49 +169,51 @@ fn sigterm_kills_the_command_in_the_testbed() {
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
     ] {
-        let (s, argv) = open();
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            .args(["sh", "-c", "sleep 777 & sleep 778; echo not-killed"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Wait until the command runs in the container.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while count_procs(&argv, "^sleep 77[78] $") != 2 {
-            assert!(Instant::now() < deadline, "command never started");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-        let t = Instant::now();
-        let st = child.wait().unwrap();
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "exec mode took {:?} to die",
-            t.elapsed()
-        );
-        assert!(!st.success(), "{st:?}");
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        assert!(!out.contains("not-killed"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if count_procs(&argv, "^sleep 77[78] $") == 0 {
-                break;
+        for route in ROUTES {
+            let (s, argv) = open_on(route);
+            let mut child = Command::new(&argv[0])
+                .args(&argv[1..])
+                .args(["sh", "-c", "sleep 777 & sleep 778; echo not-killed"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Wait until the command runs in the container.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while count_procs(&argv, "^sleep 77[78] $") != 2 {
+                assert!(Instant::now() < deadline, "command never started");
+                std::thread::sleep(Duration::from_millis(100));
             }
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+            let t = Instant::now();
+            let st = child.wait().unwrap();
             assert!(
-                Instant::now() < deadline,
-                "{sig}: processes survived in the testbed"
+                t.elapsed() < Duration::from_secs(10),
+                "exec mode took {:?} to die",
+                t.elapsed()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            assert!(!st.success(), "{st:?}");
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            assert!(!out.contains("not-killed"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if count_procs(&argv, "^sleep 77[78] $") == 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{sig}: processes survived in the testbed"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            s.quit();
         }
-        s.quit();
     }
 }
 
@@ -234,7 +259,11 @@ fn stdio_route_follows_the_daemon() {
     // Without /run the exec still runs, through its own streams.
     sh_ok(&argv, "mv /run /run.away");
     let got = sh_ok(&argv, links);
-    assert!(got.lines().all(|l| l.starts_with("pipe:")), "{got}");
+    let pipes = |got: &str| {
+        let l: Vec<&str> = got.lines().collect();
+        l.len() == 3 && l[0] == "/dev/null" && l[1..].iter().all(|l| l.starts_with("pipe:"))
+    };
+    assert!(pipes(&got), "{got}");
     assert_eq!(sh_stdin(&argv, "cat", b"still here").stdout, b"still here");
     sh_ok(&argv, "mv /run.away /run");
     s.quit();
@@ -244,7 +273,7 @@ fn stdio_route_follows_the_daemon() {
     let argv = s.exec_argv();
     let got = sh_ok(&argv, links);
     assert!(
-        got.lines().all(|l| l.starts_with("pipe:")),
+        pipes(&got),
         "--remote must not use the testbed's root: {got}"
     );
     assert_eq!(sh_stdin(&argv, "cat", b"remote").stdout, b"remote");
@@ -477,5 +506,129 @@ echo not-killed
     let out = signal_when_ready(&argv, &mut child, "/tmp/ready");
     assert!(!out.contains("not-killed"), "{out}");
     assert_gone(&argv, "^sleep 454[56] $");
+    s.quit();
+}
+
+/// Through the Engine API alone, a command without input starts through
+/// the stream agent kept in the testbed (api/agent.rs), not a docker exec
+/// each: the wrapper's parent is the agent. It gets what a docker exec
+/// gives: no blocked signals, the same ignored ones, a session of its
+/// own. Output beyond the agent's window arrives whole through a slow
+/// reader, commands at once each get their own, and a command with input
+/// takes docker exec. Killing the agent ends the command it ran (137, its
+/// processes gone), and later commands take docker exec.
+#[test]
+fn commands_start_through_the_stream_agent_on_the_api_route() {
+    let (s, argv) = open_on(&["--remote"]);
+    assert!(
+        argv.iter().any(|a| a.starts_with("--hub=")),
+        "no agent listed in {argv:?}"
+    );
+    let parent = "p=$(cut -d' ' -f4 /proc/$PPID/stat); tr '\\0' ' ' </proc/$p/cmdline";
+    let got = sh_ok(&argv, parent);
+    assert!(
+        got.contains("rdocker-agent"),
+        "not started by the agent: {got:?}"
+    );
+    // With input: docker exec, whose wrapper's parent is outside (pid 0).
+    assert_eq!(sh_stdin(&argv, parent, b"x").stdout, b"");
+
+    let signals = "grep -E '^Sig(Ign|Blk):' /proc/self/status";
+    let through_agent = sh_ok(&argv, signals);
+    let through_exec = sh_stdin(&argv, signals, b"x");
+    assert_eq!(through_agent.as_bytes(), &through_exec.stdout[..]);
+    assert!(
+        through_agent.starts_with("SigBlk:\t0000000000000000\n"),
+        "{through_agent}"
+    );
+    // The wrapper leads its own session.
+    let ids = sh_ok(&argv, "echo $(cut -d' ' -f6 /proc/$$/stat) $PPID");
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    assert_eq!(ids[0], ids[1], "the wrapper is not its session's leader");
+
+    // 24 MiB, read slowly: the agent waits for credit, nothing is lost.
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args([
+            "sh",
+            "-c",
+            "head -c 25165824 /dev/zero | tr '\\0' 'a'; echo done >&2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut slow = 0;
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|b| *b == b'a'));
+        total += n;
+        if slow < 5 {
+            slow += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(total, 25165824);
+    assert_eq!(o.stderr, b"done\n");
+
+    // Four at once, each with its own output and status.
+    let kids: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(&argv[0])
+                .args(&argv[1..])
+                .args(["sh", "-c", &format!("sleep 0.5; seq {i} 20000; exit {i}")])
+                .stdin(Stdio::null())
+                .output()
+        })
+        .collect();
+    for (i, k) in kids.into_iter().enumerate() {
+        let o = k.unwrap();
+        assert_eq!(o.status.code(), Some(i as i32));
+        let want: String = (i..=20000).map(|n| format!("{n}\n")).collect();
+        assert!(
+            o.stdout == want.as_bytes(),
+            "command {i}'s output is not its own"
+        );
+    }
+
+    // The agent killed under a running command: that command ends as
+    // SIGKILLed, with nothing of it left running.
+    let agent = "grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3";
+    let agent_pid = sh_ok(&argv, agent);
+    let agent_pid = agent_pid.trim();
+    assert!(agent_pid.parse::<u32>().is_ok(), "one agent: {agent_pid:?}");
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", "sleep 779; echo not-killed"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_procs(&argv, "^sleep 779 $") != 1 {
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sh_stdin(&argv, &format!("kill -9 {agent_pid}"), b"x");
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(137));
+    assert_eq!(count_procs(&argv, "^sleep 779 $"), 0);
+    // From then on, docker exec, with the same results.
+    let got = sh(&argv, parent).stdout;
+    assert_eq!(got, b"", "still through an agent: {got:?}");
+    let o = sh(&argv, "echo out; echo err >&2; exit 4");
+    assert_eq!(
+        (o.status.code(), &o.stdout[..], &o.stderr[..]),
+        (Some(4), &b"out\n"[..], &b"err\n"[..])
+    );
     s.quit();
 }

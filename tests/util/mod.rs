@@ -493,9 +493,15 @@ pub fn quote(s: &str) -> String {
     out
 }
 
-/// Run a shell command in the testbed through the exec argv.
+/// Run a shell command in the testbed through the exec argv, with
+/// /dev/null as its stdin, as autopkgtest runs every command.
 pub fn sh(argv: &[String], script: &str) -> Output {
-    sh_stdin(argv, script, b"")
+    Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run the exec argv")
 }
 
 pub fn sh_stdin(argv: &[String], script: &str, input: &[u8]) -> Output {

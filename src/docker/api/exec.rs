@@ -149,6 +149,10 @@ for round in 1 2 3 4 5; do
         exit 0
     fi
     found=1
+    # The wrapper's parent holds its pipes' other ends when it is
+    # api/agent.rs's agent, which runs other commands too.
+    pp=""
+    for p in $w; do set -- $(fields "$p"); pp="$pp $2"; done
     set --
     for fd in 1 2; do
         l=$(readlink "/proc/$w/fd/$fd" 2>/dev/null) || continue
@@ -165,7 +169,10 @@ for round in 1 2 3 4 5; do
             p=${f#/proc/}; all="$all ${p%%/*}"
         done
     fi
-    for p in $all; do [ "$p" != $$ ] && kill -9 "$p" 2>/dev/null; done
+    for p in $all; do
+        case " $pp $$ " in *" $p "*) continue;; esac
+        kill -9 "$p" 2>/dev/null
+    done
     # The wrapper cannot remove its file now.
     [ -z "$(find /run/rdocker-pids -maxdepth 0 -type d -user 0 -perm 700 2>/dev/null)" ] ||
         rm -f -- "/run/rdocker-pids/$t"

@@ -4,6 +4,8 @@
 //! the daemon; nothing here touches the testbed's files from the host,
 //! and nothing imports the host wing.
 
+pub mod agent;
 pub mod copy;
 pub mod exec;
+pub mod hub;
 pub mod tty;
