@@ -703,6 +703,8 @@ fn tunnel_leftovers(pid: u32) -> (Vec<String>, Vec<PathBuf>) {
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(&tag))
         .map(|e| e.path())
+        // The hub's (api/hub.rs), beside it, is not the tunnel's.
+        .filter(|p| !p.join("agents.sock").exists())
         .collect();
     (procs, dirs)
 }

@@ -601,3 +601,76 @@ fn the_apt_proxy_is_no_way_out_through_the_host() {
     }
     s.quit();
 }
+
+/// Through the Engine API alone, commands start through the stream agent
+/// (api/agent.rs), whose frames come from the testbed. A command that
+/// writes without end while its reader is stopped cannot make the server
+/// hold its output (the agent waits for credit), and frames forged into
+/// the agent's stream (one claiming 4 GiB) are refused before anything is
+/// buffered: the command on the agent ends as killed, nothing of it runs
+/// on, and later commands take docker exec.
+#[test]
+fn the_stream_agent_cannot_make_the_server_hold_output_or_obey_forged_frames() {
+    let mut s = Server::start(&["--remote", &image()]);
+    s.open();
+    let argv = s.exec_argv();
+    assert!(argv.iter().any(|a| a.starts_with("--hub=")), "{argv:?}");
+    let before = rss_kib(s.pid());
+    let mut child = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", "head -c 1073741824 /dev/zero; echo done >&2"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let helper = nix::unistd::Pid::from_raw(child.id() as i32);
+    // Let it start, then stop its reader for 3 s while it writes.
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let mut peak = 0;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(rss_kib(s.pid()));
+    }
+    nix::sys::signal::kill(helper, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let n = std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    eprintln!("server RSS {before} KiB before, {peak} KiB at most while the reader was stopped");
+    assert!(o.status.success(), "{:?}", o.status);
+    assert_eq!((n, &o.stderr[..]), (1 << 30, &b"done\n"[..]));
+    assert!(
+        peak < before + 8 * 1024,
+        "the server grew to {peak} KiB from {before}"
+    );
+
+    // A forged frame for a running command's channel, claiming 4 GiB.
+    let mut victim = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", "sleep 781; echo not-killed"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count_procs(&argv, "^sleep 781 $") != 1 {
+        assert!(Instant::now() < deadline, "command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let forge = "a=$(grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3) && \
+                 for c in 1 2 3 4 5 6 7 8 9; do \
+                 printf \"O\\000\\000\\000\\00$c\\377\\377\\377\\377\"; done >/proc/$a/fd/1";
+    // Through docker exec (it has input), not through the agent itself.
+    let o = sh_stdin(&argv, forge, b"x");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let st = victim.wait().unwrap();
+    assert_eq!(st.code(), Some(137));
+    assert_eq!(count_procs(&argv, "^sleep 781 $"), 0);
+    assert!(rss_kib(s.pid()) < before + 8 * 1024);
+    // Later commands: docker exec, the same results.
+    echo_ok(&argv, 3);
+    let o = sh(&argv, "echo err >&2; exit 5");
+    assert_eq!((o.status.code(), &o.stderr[..]), (Some(5), &b"err\n"[..]));
+    s.quit();
+}
