@@ -803,6 +803,14 @@ impl Testbed for DockerTestbed {
         let local = matches!(self.copy_mode, CopyMode::Api { local: true, .. });
         let (root, as_root) = find_root(&self.client, c, local).await;
         let direct = start_agent(&self.client, c, root, as_root).await;
+        // The stream agent died with the boot too (its exec's stream ended).
+        if let (Some(h), true) = (&self.hub, direct.is_none()) {
+            hub::forget(&h.agents(), &c.id);
+            match hub::start_agent(&self.client, &c.id, &h.agents()).await {
+                Ok(()) => debug!("{}: commands start through the agent again", c.name),
+                Err(e) => debug!("{}: commands start through docker exec: {e:#}", c.name),
+            }
+        }
         if let Some(e) = boot::died(&self.client, c, self.run.platform.as_deref()).await {
             return Err(e);
         }

@@ -211,3 +211,35 @@ fn a_hung_shutdown_is_cut_short() {
     assert_eq!(sh_ok(&after, "cat /etc/kept"), "kept\n");
     s.quit();
 }
+
+/// Through the Engine API alone, the stream agent (api/agent.rs) dies
+/// with the boot and is started again: commands after the reboot, with
+/// the argv handed out before or after, start through the new one.
+#[test]
+fn reboot_through_the_api_starts_the_stream_agent_again() {
+    let image = systemd_image();
+    let mut args = vec!["-d", "--remote", "--init", image.as_str()];
+    args.extend(SYSTEMD_RUN_OPTIONS);
+    let mut s = Server::start(&args);
+    s.open();
+    let before = s.exec_argv();
+    assert!(before.iter().any(|a| a.starts_with("--hub=")), "{before:?}");
+    let agent = "grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3";
+    let parent = "p=$(cut -d' ' -f4 /proc/$PPID/stat); tr '\\0' ' ' </proc/$p/cmdline";
+    assert_eq!(sh_ok(&before, agent).lines().count(), 1);
+    assert!(sh_ok(&before, parent).contains("rdocker-agent"));
+    assert_eq!(s.ok("reboot"), Vec::<String>::new());
+    let after = s.exec_argv();
+    assert!(after.iter().any(|a| a.starts_with("--hub=")), "{after:?}");
+    assert_booted(&after);
+    for argv in [&before, &after] {
+        assert!(
+            sh_ok(argv, parent).contains("rdocker-agent"),
+            "not through the agent after the reboot"
+        );
+    }
+    // One agent: the boot's (the old one went with its PID namespace).
+    let second = sh_ok(&after, agent);
+    assert_eq!(second.lines().count(), 1, "{second:?}");
+    s.quit();
+}
