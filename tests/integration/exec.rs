@@ -171,19 +171,12 @@ fn sigterm_kills_the_command_in_the_testbed() {
     ] {
         for route in ROUTES {
             let (s, argv) = open_on(route);
-            let mut child = Command::new(&argv[0])
-                .args(&argv[1..])
-                .args(["sh", "-c", "sleep 777 & sleep 778; echo not-killed"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            // Wait until the command runs in the container.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while count_procs(&argv, "^sleep 77[78] $") != 2 {
-                assert!(Instant::now() < deadline, "command never started");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let mut child = start_running(
+                &argv,
+                "sleep 777 & sleep 778; echo not-killed",
+                "^sleep 77[78] $",
+                2,
+            );
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
             let t = Instant::now();
             let st = child.wait().unwrap();
@@ -606,18 +599,7 @@ fn commands_start_through_the_stream_agent_on_the_api_route() {
     let agent_pid = sh_ok(&argv, agent);
     let agent_pid = agent_pid.trim();
     assert!(agent_pid.parse::<u32>().is_ok(), "one agent: {agent_pid:?}");
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["sh", "-c", "sleep 779; echo not-killed"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count_procs(&argv, "^sleep 779 $") != 1 {
-        assert!(Instant::now() < deadline, "command never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut child = start_running(&argv, "sleep 779; echo not-killed", "^sleep 779 $", 1);
     sh_stdin(&argv, &format!("kill -9 {agent_pid}"), b"x");
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(137));

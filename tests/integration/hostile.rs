@@ -646,18 +646,7 @@ fn the_stream_agent_cannot_make_the_server_hold_output_or_obey_forged_frames() {
     );
 
     // A forged frame for a running command's channel, claiming 4 GiB.
-    let mut victim = std::process::Command::new(&argv[0])
-        .args(&argv[1..])
-        .args(["sh", "-c", "sleep 781; echo not-killed"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count_procs(&argv, "^sleep 781 $") != 1 {
-        assert!(Instant::now() < deadline, "command never started");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut victim = start_running(&argv, "sleep 781; echo not-killed", "^sleep 781 $", 1);
     let forge = "a=$(grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3) && \
                  for c in 1 2 3 4 5 6 7 8 9; do \
                  printf \"O\\000\\000\\000\\00$c\\377\\377\\377\\377\"; done >/proc/$a/fd/1";

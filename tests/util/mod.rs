@@ -563,6 +563,30 @@ impl Drop for TempDir {
     }
 }
 
+/// Start `script` through the exec argv as autopkgtest would (stdin
+/// /dev/null, stdout piped), and wait until `n` processes in the testbed
+/// match `pattern` (count_procs).
+pub fn start_running(
+    argv: &[String],
+    script: &str,
+    pattern: &str,
+    n: usize,
+) -> std::process::Child {
+    let child = Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot run the exec argv");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_procs(argv, pattern) != n {
+        assert!(Instant::now() < deadline, "`{script}' never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
 /// How many processes in the testbed have a command line matching this
 /// extended regexp (args joined by spaces). Reads /proc: minimal images
 /// have no ps.
