@@ -17,8 +17,10 @@ use super::exec::Sink;
 use crate::docker::daemon::client::Client;
 use crate::docker::daemon::rundir::RunDir;
 
-/// The agents of this session's testbeds, by container id.
-pub type Agents = Arc<Mutex<HashMap<String, Arc<Agent>>>>;
+/// The agents of this session's testbeds, by container id, each with a
+/// number of its own: an agent that ended takes only itself off the list,
+/// never the one started after it in the same container (a reboot).
+pub type Agents = Arc<Mutex<HashMap<String, (u64, Arc<Agent>)>>>;
 
 /// The largest request: the agent reads no longer frame.
 const MAX_REQUEST: usize = 1 << 20;
@@ -79,25 +81,33 @@ impl Hub {
 
 fn live(agents: &Agents, container: &str) -> Option<Arc<Agent>> {
     let a = agents.lock().expect("agents");
-    a.get(container).filter(|a| a.alive()).cloned()
+    a.get(container)
+        .map(|(_, a)| a)
+        .filter(|a| a.alive())
+        .cloned()
 }
 
 /// Start `container`'s agent and list it; it is taken off the list when
 /// it ends.
 pub async fn start_agent(client: &Client, container: &str, agents: &Agents) -> Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (list, id) = (agents.clone(), container.to_string());
     let agent = Agent::start(client, container, move || {
-        list.lock().expect("agents").remove(&id);
+        let mut l = list.lock().expect("agents");
+        if l.get(&id).is_some_and(|(m, _)| *m == n) {
+            l.remove(&id);
+        }
     })
     .await?;
     let agent = Arc::new(agent);
     agents
         .lock()
         .expect("agents")
-        .insert(container.to_string(), agent.clone());
+        .insert(container.to_string(), (n, agent.clone()));
     // It may have ended before it was listed.
     if !agent.alive() {
-        agents.lock().expect("agents").remove(container);
+        forget(agents, container);
         bail!("the agent ended as soon as it started");
     }
     Ok(())
@@ -111,13 +121,13 @@ pub fn forget(agents: &Agents, container: &str) {
 async fn read_frame(
     conn: &mut (impl AsyncReadExt + Unpin),
     dec: &mut Decoder,
+    buf: &mut [u8],
 ) -> Result<Option<(u8, u32, bytes::Bytes)>> {
-    let mut buf = vec![0u8; 64 * 1024];
     loop {
         if let Some(f) = dec.next()? {
             return Ok(Some(f));
         }
-        let n = conn.read(&mut buf).await?;
+        let n = conn.read(buf).await?;
         if n == 0 {
             return Ok(None);
         }
@@ -129,7 +139,8 @@ async fn read_frame(
 async fn serve(conn: UnixStream, agents: Agents) {
     let (mut rd, mut wr) = conn.into_split();
     let mut dec = Decoder::new(MAX_REQUEST);
-    let Ok(Some((b'S', _, req))) = read_frame(&mut rd, &mut dec).await else {
+    let mut buf = vec![0u8; 4096];
+    let Ok(Some((b'S', _, req))) = read_frame(&mut rd, &mut dec, &mut buf).await else {
         return;
     };
     let mut words = req
@@ -206,8 +217,9 @@ pub async fn run(
         .await
         .context("cannot send the command to the server")?;
     let mut dec = Decoder::new(MAX_REPLY);
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let Some((kind, _, data)) = read_frame(&mut conn, &mut dec)
+        let Some((kind, _, data)) = read_frame(&mut conn, &mut dec, &mut buf)
             .await
             .context("lost the server's answer")?
         else {
