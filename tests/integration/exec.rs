@@ -177,22 +177,7 @@ fn sigterm_kills_the_command_in_the_testbed() {
                 "^sleep 77[78] $",
                 2,
             );
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-            let t = Instant::now();
-            let st = child.wait().unwrap();
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "exec mode took {:?} to die",
-                t.elapsed()
-            );
-            assert!(!st.success(), "{st:?}");
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
+            let out = signal_and_reap(&mut child, sig, Duration::from_secs(10));
             assert!(!out.contains("not-killed"));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
@@ -355,15 +340,25 @@ fn signal_when_ready(argv: &[String], child: &mut std::process::Child, ready: &s
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+    signal_and_reap(
+        child,
         nix::sys::signal::Signal::SIGTERM,
+        Duration::from_secs(15),
     )
-    .unwrap();
+}
+
+/// Send `sig` to an exec argv's process, which must then die of it
+/// within `within`; returns what it printed on stdout.
+fn signal_and_reap(
+    child: &mut std::process::Child,
+    sig: nix::sys::signal::Signal,
+    within: Duration,
+) -> String {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
     let t = Instant::now();
     let st = child.wait().unwrap();
     assert!(
-        t.elapsed() < Duration::from_secs(15),
+        t.elapsed() < within,
         "exec mode took {:?} to die",
         t.elapsed()
     );
