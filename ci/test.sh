@@ -23,6 +23,7 @@
 #   --reference  also run the upstream suite with autopkgtest-virt-docker,
 #                for comparison (about 20 minutes more)
 #   --slow       the slow tier: 1000 open/exec/revert cycles instead of 100,
+#                the property tests with 10000 cases each instead of 256,
 #                and the timing of a five-test package under sid's
 #                autopkgtest, rdocker against autopkgtest-virt-docker
 #                (ci/e2e-releases.sh bench, about 15 minutes), and whole
@@ -73,6 +74,14 @@ done_step "lint clean"
 step "cargo test (unit and integration, against the real daemon)"
 cargo test --locked
 done_step "cargo test passed"
+
+if [ -n "$SLOW" ]; then
+    # The property tests of hostile input (frames, protocol lines, HTTP
+    # heads, tar) with a budget 40 times CI's.
+    step "property tests, long budget"
+    PROPTEST_CASES=10000 cargo test --locked --lib -- proptest
+    done_step "long property tests passed"
+fi
 
 step "Debian package: build, lintian, install; man page"
 ci/build-deb.sh --install
