@@ -8,12 +8,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use tar::{EntryType, Header, HeaderMode};
 
 /// Set-id bits never reach the host: a testbed is untrusted, and a set-uid
@@ -237,140 +239,116 @@ fn set_times(path: &Path, mtime: u64) {
     );
 }
 
-/// The most a tar stream may put in one metadata entry (a pax header, a
-/// GNU long name or link). The tar reader holds such an entry in memory
-/// whole, and the stream is the testbed's when its tar sends it: a header
-/// claiming 4 GiB of "long name" would take 4 GiB of ours.
-const META_LIMIT: u64 = 1 << 20;
+/// The most the tar reader may read for one member's header, its
+/// extensions included (GNU long names and links, pax records, old-GNU
+/// sparse maps). It holds long names and pax records whole in memory, and
+/// the stream is the testbed's: a "long name" of 4 GiB would take 4 GiB of
+/// ours. GNU tar's own are far smaller (a path is at most 4 KiB).
+const HEADER_LIMIT: u64 = 1 << 20;
 
-/// Follows a tar stream's headers as it passes through, and fails it at
-/// a metadata entry bigger than META_LIMIT, before the tar reader reads
-/// that entry into memory.
-struct MetaGuard<R> {
+/// What the tar reader may still read before it has the next member's
+/// header: None while it reads a member's data.
+#[derive(Default)]
+struct Meter {
+    left: Cell<Option<u64>>,
+    over: Cell<bool>,
+}
+
+fn header_too_big() -> String {
+    format!(
+        "the testbed's archive has a header of more than {} KiB (long names, pax records and \
+         sparse maps included): not a tar that GNU tar makes; the testbed's tar may have been \
+         replaced, so restore it (or reset the testbed) and copy again",
+        HEADER_LIMIT >> 10
+    )
+}
+
+/// The stream under the tar reader, counting what the reader takes while
+/// the meter runs. The tar crate stays the one parser of the stream: this
+/// counts bytes, it does not read them.
+struct Metered<R> {
     inner: R,
-    /// The header block being read, and how much of it has passed.
-    head: [u8; 512],
-    got: usize,
-    /// Bytes of the current entry's data (padded) still to pass.
-    left: u64,
-    /// A GNU sparse extension block comes next (each says whether
-    /// another follows it).
-    ext: bool,
-    /// A pax header's data, kept (it is small) for its `size` record,
-    /// which overrides the next header's size field.
-    pax: Option<Vec<u8>>,
-    next_size: Option<u64>,
+    meter: Rc<Meter>,
 }
 
-fn octal_or_binary(f: &[u8]) -> Option<u64> {
-    if f.first().is_some_and(|b| b & 0x80 != 0) {
-        // GNU base-256: big-endian after the marker bit.
-        return Some(f[1..].iter().fold(0u64, |n, b| {
-            n.saturating_mul(256).saturating_add(u64::from(*b))
-        }));
-    }
-    let t = std::str::from_utf8(f).ok()?;
-    let t = t.trim_matches(|c: char| c == '\0' || c == ' ');
-    if t.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(t, 8).ok()
-}
-
-/// The `size` record of pax extended header data.
-fn pax_size(data: &[u8]) -> Option<u64> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let sp = rest.iter().position(|b| *b == b' ')?;
-        let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
-        if len <= sp || len > rest.len() {
-            return None;
-        }
-        let rec = &rest[sp + 1..len];
-        if let Some(v) = rec.strip_prefix(b"size=") {
-            let v = v.strip_suffix(b"\n").unwrap_or(v);
-            return std::str::from_utf8(v).ok()?.parse().ok();
-        }
-        rest = &rest[len..];
-    }
-    None
-}
-
-impl<R> MetaGuard<R> {
-    fn new(inner: R) -> Self {
-        MetaGuard {
-            inner,
-            head: [0; 512],
-            got: 0,
-            left: 0,
-            ext: false,
-            pax: None,
-            next_size: None,
-        }
-    }
-
-    /// A whole header (or extension) block has passed: what follows it.
-    fn block(&mut self) -> io::Result<()> {
-        let h = &self.head;
-        if self.ext {
-            self.ext = h[504] != 0;
-            return Ok(());
-        }
-        if h.iter().all(|b| *b == 0) {
-            return Ok(());
-        }
-        let kind = h[156];
-        let field = octal_or_binary(&h[124..136])
-            .ok_or_else(|| io::Error::other("the archive from the testbed has a bad header"))?;
-        let meta = matches!(kind, b'x' | b'g' | b'L' | b'K');
-        let size = if meta {
-            field
-        } else {
-            self.next_size.take().unwrap_or(field)
-        };
-        if meta && size > META_LIMIT {
-            return Err(io::Error::other(format!(
-                "the archive from the testbed has a metadata entry of {size} bytes (at most \
-                 {META_LIMIT}): not a tar a working GNU tar makes; the testbed's tar may have \
-                 been replaced"
-            )));
-        }
-        if kind == b'x' {
-            self.pax = Some(Vec::new());
-        }
-        if kind == b'S' {
-            self.ext = h[482] != 0;
-        }
-        self.left = size.div_ceil(512).saturating_mul(512);
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for MetaGuard<R> {
+impl<R: Read> Read for Metered<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left > 0 {
-            let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-            let n = self.inner.read(&mut buf[..want])?;
-            self.left -= n as u64;
-            if let Some(p) = &mut self.pax {
-                p.extend_from_slice(&buf[..n]);
-                if self.left == 0 {
-                    self.next_size = pax_size(p);
-                    self.pax = None;
-                }
-            }
-            return Ok(n);
+        let Some(left) = self.meter.left.get() else {
+            return self.inner.read(buf);
+        };
+        if left == 0 && !buf.is_empty() {
+            self.meter.over.set(true);
+            return Err(io::Error::other(header_too_big()));
         }
-        // A header block: pass it on as it comes, and read it once whole.
-        let want = (512 - self.got).min(buf.len());
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
-        self.head[self.got..self.got + n].copy_from_slice(&buf[..n]);
-        self.got += n;
-        if self.got == 512 {
-            self.got = 0;
-            self.block()?;
-        }
+        self.meter.left.set(Some(left - n as u64));
         Ok(n)
+    }
+}
+
+/// A tar stream from the testbed, read by the tar crate with every header
+/// metered.
+struct Members<R: Read> {
+    archive: tar::Archive<Metered<R>>,
+    meter: Rc<Meter>,
+}
+
+impl<R: Read> Members<R> {
+    fn new(input: R) -> Self {
+        let meter = Rc::new(Meter::default());
+        let archive = tar::Archive::new(Metered {
+            inner: input,
+            meter: meter.clone(),
+        });
+        Members { archive, meter }
+    }
+
+    fn iter(&mut self) -> Result<MemberIter<'_, R>> {
+        Ok(MemberIter {
+            entries: self
+                .archive
+                .entries()
+                .context("cannot read the archive from the testbed")?,
+            meter: &self.meter,
+        })
+    }
+}
+
+/// The crate reads a member's header and extensions in `Entries::next`,
+/// and its data only as the member is read. The caller reads each member
+/// to its end (`drain`) before the next, so that all `next` reads is
+/// headers, their extensions and padding: that is what is metered.
+struct MemberIter<'a, R: Read> {
+    entries: tar::Entries<'a, Metered<R>>,
+    meter: &'a Meter,
+}
+
+impl<'a, R: Read> MemberIter<'a, R> {
+    fn next(&mut self) -> Result<Option<tar::Entry<'a, Metered<R>>>> {
+        self.meter.left.set(Some(HEADER_LIMIT));
+        let next = self.entries.next();
+        self.meter.left.set(None);
+        if self.meter.over.get() {
+            bail!("{}", header_too_big());
+        }
+        next.transpose()
+            .context("cannot read the archive from the testbed")
+    }
+}
+
+/// Read the rest of a member: what it has left is data, not header.
+fn drain<R: Read>(entry: &mut tar::Entry<R>, buf: &mut Vec<u8>) -> Result<()> {
+    if buf.is_empty() {
+        buf.resize(256 * 1024, 0);
+    }
+    loop {
+        match entry.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("cannot read the archive from the testbed"),
+        }
     }
 }
 
@@ -378,17 +356,14 @@ impl<R: Read> Read for MetaGuard<R> {
 /// what is there. The archive's first path component is the testbed
 /// directory's own name and is dropped.
 pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
-    let mut archive = tar::Archive::new(MetaGuard::new(input));
+    let mut members = Members::new(input);
     let mut dir_times = Vec::new();
     let mut dirs = Dirs::default();
     let mut buf = Vec::new();
     let mut room = Room::default();
     fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
-    for entry in archive
-        .entries()
-        .context("cannot read the archive from the testbed")?
-    {
-        let mut entry = entry.context("cannot read the archive from the testbed")?;
+    let mut iter = members.iter()?;
+    while let Some(mut entry) = iter.next()? {
         let raw = entry.path()?.into_owned();
         let header = entry.header();
         let kind = header.entry_type();
@@ -399,6 +374,7 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
                 fs::set_permissions(dst, fs::Permissions::from_mode(mode | 0o700))?;
                 dir_times.push((dst.to_path_buf(), mode, mtime));
             }
+            drain(&mut entry, &mut buf)?;
             continue;
         };
         let path = dirs.parent_of(dst, &rel)?;
@@ -493,6 +469,7 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
             }
             _ => {}
         }
+        drain(&mut entry, &mut buf)?;
     }
     // Last, so that creating entries does not disturb them; deepest first.
     for (path, mode, mtime) in dir_times.into_iter().rev() {
@@ -683,14 +660,11 @@ pub enum SingleFile {
 /// goes to a temporary name first, so that a failed copy leaves no partial
 /// target behind.
 pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
-    let mut archive = tar::Archive::new(MetaGuard::new(input));
-    let mut entries = archive
-        .entries()
-        .context("cannot read the archive from the testbed")?;
-    let mut entry = entries
-        .next()
-        .ok_or_else(|| anyhow!("the testbed sent an empty archive"))?
-        .context("cannot read the archive from the testbed")?;
+    let mut members = Members::new(input);
+    let mut entry = members
+        .iter()?
+        .next()?
+        .ok_or_else(|| anyhow!("the testbed sent an empty archive"))?;
     let header = entry.header();
     match header.entry_type() {
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {}
@@ -927,36 +901,88 @@ mod tests {
         assert!(md.blocks() * 512 <= 1 << 20, "{} blocks", md.blocks());
     }
 
+    /// An extension header with `n` bytes of data (zeros), then `tail`.
+    fn extension_bomb(kind: EntryType, n: usize, tail: &[u8]) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.set_path("x").unwrap();
+        h.set_entry_type(kind);
+        h.set_size(n as u64);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.resize(512 + n.div_ceil(512) * 512, 0);
+        tar.extend_from_slice(tail);
+        tar
+    }
+
+    /// An old-GNU sparse member followed by `n` extension blocks, each
+    /// saying another follows.
+    fn sparse_map_bomb(n: usize) -> Vec<u8> {
+        let mut h = Header::new_gnu();
+        h.set_path("d/s").unwrap();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_size(0);
+        let g = h.as_gnu_mut().unwrap();
+        g.set_real_size(0);
+        g.set_is_extended(true);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        let mut e = tar::GnuExtSparseHeader::new();
+        e.set_is_extended(true);
+        for _ in 0..n {
+            tar.extend_from_slice(e.as_bytes());
+        }
+        tar
+    }
+
     #[test]
-    fn metadata_entries_are_bounded_before_they_are_read() {
-        // A pax header claiming 1 GiB, and then only a little of it.
+    fn headers_are_bounded_as_the_crate_reads_them() {
+        let dst = tmpdir("header-bomb");
+        let too_big = |r: Result<()>| {
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains("a header of more than 1024 KiB"), "{e}");
+        };
+        let mut pax = b"9 a=bbbb\n".repeat((2 << 20) / 9);
+        pax.truncate(2 << 20);
+        let mut tar = Vec::new();
         let mut h = Header::new_ustar();
         h.set_entry_type(EntryType::XHeader);
         h.set_size(1 << 30);
         h.set_path("PaxHeader/x").unwrap();
         h.set_cksum();
-        let mut tar = h.as_bytes().to_vec();
-        tar.extend(std::iter::repeat_n(b'a', 64 << 10));
-        let dst = tmpdir("pax-bomb");
-        let e = format!("{:#}", extract_tree(&tar[..], &dst).unwrap_err());
-        assert!(e.contains("metadata entry of 1073741824 bytes"), "{e}");
-        // A GNU long name too.
-        let mut h = Header::new_gnu();
-        h.set_entry_type(EntryType::GNULongName);
-        h.set_size(8 << 20);
-        h.set_cksum();
-        let tar = h.as_bytes().to_vec();
-        let e = format!(
-            "{:#}",
-            extract_file(&tar[..], &dst.join("f")).err().unwrap()
-        );
-        assert!(e.contains("metadata entry"), "{e}");
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend_from_slice(&pax);
+        too_big(extract_tree(&tar[..], &dst));
+        for kind in [EntryType::GNULongName, EntryType::GNULongLink] {
+            let tar = extension_bomb(kind, 2 << 20, b"");
+            too_big(extract_tree(&tar[..], &dst));
+            too_big(extract_file(&tar[..], &dst.join("f")).map(drop));
+        }
+        // Two extensions of one member count together.
+        let mut tar = extension_bomb(EntryType::GNULongName, 600 << 10, b"");
+        tar.extend(extension_bomb(EntryType::GNULongLink, 600 << 10, b""));
+        too_big(extract_tree(&tar[..], &dst));
+        too_big(extract_tree(&sparse_map_bomb(3000)[..], &dst));
+        // A body of any size is data, and read as such.
+        let big = crafted(&[
+            ("d/", EntryType::Directory, "", b""),
+            ("d/big", EntryType::Regular, "", &vec![1u8; 3 << 20]),
+        ]);
+        extract_tree(&big[..], &dst).unwrap();
+        assert_eq!(fs::metadata(dst.join("big")).unwrap().len(), 3 << 20);
+        // So is a global pax header's: the crate gives it as a member.
+        let g = crafted(&[
+            ("d/", EntryType::Directory, "", b""),
+            ("d/g", EntryType::XGlobalHeader, "", &vec![b'\n'; 3 << 20]),
+            ("d/after", EntryType::Regular, "", b"after"),
+        ]);
+        extract_tree(&g[..], &dst).unwrap();
+        assert_eq!(fs::read(dst.join("after")).unwrap(), b"after");
     }
 
     #[test]
-    fn the_guard_follows_real_archives() {
+    fn real_gnu_tar_archives_unpack() {
         // GNU tar's own: long names, pax records, sparse files, big files.
-        let src = tmpdir("guard-src");
+        let src = tmpdir("real-src");
         let long = "n".repeat(200);
         fs::create_dir_all(src.join("d").join(&long)).unwrap();
         fs::write(src.join("d").join(&long).join("f"), vec![7u8; 3 << 20]).unwrap();
@@ -972,7 +998,7 @@ mod tests {
                 .output()
                 .expect("GNU tar");
             assert!(out.status.success());
-            let dst = tmpdir(&format!("guard-dst-{format}"));
+            let dst = tmpdir(&format!("real-dst-{format}"));
             extract_tree(&out.stdout[..], &dst).unwrap();
             assert_eq!(
                 fs::read(dst.join(&long).join("f")).unwrap(),
