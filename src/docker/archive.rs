@@ -728,7 +728,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn tmpdir(tag: &str) -> PathBuf {
+    pub(super) fn tmpdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "rdocker-archive-{tag}-{}-{:?}",
             std::process::id(),
@@ -1078,5 +1078,430 @@ mod tests {
             0o664,
             "no write for others"
         );
+    }
+}
+
+/// Property tests: archives in every header form the tar crate reads,
+/// whole, cut short, with bytes changed, or with a header of any size.
+/// Read through the meter, each reads exactly as the crate alone reads it
+/// or fails on the bound; extracted, each gives what its generator meant
+/// or fails cleanly. PROPTEST_CASES sets the budget.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::hash::{DefaultHasher, Hasher};
+
+    #[derive(Debug, Clone)]
+    enum Form {
+        Plain,
+        /// Base-256 size, with bytes the crate ignores before the last 8.
+        Base256([u8; 3]),
+        /// A pax `x` header with the path and the size (the header's own
+        /// size is wrong).
+        PaxPath,
+        /// A pax `x` (whose size record is the next header's only) then a
+        /// global `g`, then the member.
+        PaxThenGlobal,
+        /// GNU `L`.
+        LongName,
+        /// GNU `K`: a symlink with a long target.
+        LongLink,
+        /// Old-GNU sparse: the data in 512-byte chunks with holes
+        /// (in 512-byte units) before each, and one after.
+        Sparse(Vec<u8>, u16),
+    }
+
+    #[derive(Debug, Clone)]
+    struct Member {
+        form: Form,
+        name_len: usize,
+        data: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Want {
+        File(Vec<u8>),
+        Link(String),
+    }
+
+    fn form() -> impl Strategy<Value = Form> {
+        prop_oneof![
+            Just(Form::Plain),
+            any::<[u8; 3]>().prop_map(Form::Base256),
+            Just(Form::PaxPath),
+            Just(Form::PaxThenGlobal),
+            Just(Form::LongName),
+            Just(Form::LongLink),
+            (prop::collection::vec(0u8..64, 0..40), 0u16..16).prop_map(|(g, t)| Form::Sparse(g, t)),
+        ]
+    }
+
+    fn member() -> impl Strategy<Value = Member> {
+        (
+            form(),
+            1usize..250,
+            prop::collection::vec(any::<u8>(), 0..16000),
+        )
+            .prop_map(|(form, name_len, data)| Member {
+                form,
+                name_len,
+                data,
+            })
+    }
+
+    fn header(name: &str, kind: EntryType, size: u64) -> Header {
+        let mut h = Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_mtime(1_000_000_000);
+        h.set_size(size);
+        h
+    }
+
+    fn put(out: &mut Vec<u8>, mut h: Header, data: &[u8]) {
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    fn pax(records: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (k, v) in records {
+            let body = format!(" {k}={v}\n");
+            let mut n = body.len() + 1;
+            while format!("{n}{body}").len() != n {
+                n += 1;
+            }
+            out.extend_from_slice(format!("{n}{body}").as_bytes());
+        }
+        out
+    }
+
+    /// The archive of `members` below `d/`, and what it should unpack to.
+    fn build(members: &[Member]) -> (Vec<u8>, Vec<(String, Want)>) {
+        let mut out = Vec::new();
+        let mut want = Vec::new();
+        put(&mut out, header("d/", EntryType::Directory, 0), b"");
+        for (i, m) in members.iter().enumerate() {
+            let long = format!("{i}-{}", "n".repeat(m.name_len));
+            let short = format!("{i}-{}", "n".repeat(m.name_len.min(90)));
+            let data = &m.data[..];
+            let len = data.len() as u64;
+            match &m.form {
+                Form::Plain => {
+                    put(
+                        &mut out,
+                        header(&format!("d/{short}"), EntryType::Regular, len),
+                        data,
+                    );
+                    want.push((short, Want::File(data.to_vec())));
+                }
+                Form::Base256(junk) => {
+                    let mut h = header(&format!("d/{short}"), EntryType::Regular, 0);
+                    let size = &mut h.as_old_mut().size;
+                    size[0] = 0x80;
+                    size[1..4].copy_from_slice(junk);
+                    size[4..].copy_from_slice(&len.to_be_bytes());
+                    put(&mut out, h, data);
+                    want.push((short, Want::File(data.to_vec())));
+                }
+                Form::PaxPath => {
+                    let x = pax(&[("path", &format!("d/{long}")), ("size", &len.to_string())]);
+                    put(
+                        &mut out,
+                        header(
+                            &format!("PaxHeader/{i}"),
+                            EntryType::XHeader,
+                            x.len() as u64,
+                        ),
+                        &x,
+                    );
+                    let mut h = header(&format!("d/short{i}"), EntryType::Regular, len + 7);
+                    h.set_cksum();
+                    out.extend_from_slice(h.as_bytes());
+                    out.extend_from_slice(data);
+                    out.resize(out.len().div_ceil(512) * 512, 0);
+                    want.push((long, Want::File(data.to_vec())));
+                }
+                Form::PaxThenGlobal => {
+                    let x = pax(&[("path", &format!("d/ignored{i}")), ("size", "3")]);
+                    put(
+                        &mut out,
+                        header(
+                            &format!("PaxHeader/{i}"),
+                            EntryType::XHeader,
+                            x.len() as u64,
+                        ),
+                        &x,
+                    );
+                    let g = pax(&[("comment", &format!("global {i}"))]);
+                    put(
+                        &mut out,
+                        header("GlobalHead", EntryType::XGlobalHeader, g.len() as u64),
+                        &g,
+                    );
+                    put(
+                        &mut out,
+                        header(&format!("d/{short}"), EntryType::Regular, len),
+                        data,
+                    );
+                    want.push((short, Want::File(data.to_vec())));
+                }
+                Form::LongName => {
+                    let mut name = format!("d/{long}").into_bytes();
+                    name.push(0);
+                    put(
+                        &mut out,
+                        header("././@LongLink", EntryType::GNULongName, name.len() as u64),
+                        &name,
+                    );
+                    put(
+                        &mut out,
+                        header(&format!("d/{short}"), EntryType::Regular, len),
+                        data,
+                    );
+                    want.push((long, Want::File(data.to_vec())));
+                }
+                Form::LongLink => {
+                    let target = "t".repeat(m.name_len);
+                    let mut link = target.clone().into_bytes();
+                    link.push(0);
+                    put(
+                        &mut out,
+                        header("././@LongLink", EntryType::GNULongLink, link.len() as u64),
+                        &link,
+                    );
+                    let mut h = header(&format!("d/{short}"), EntryType::Symlink, 0);
+                    let n = target.len().min(100);
+                    h.as_old_mut().linkname[..n].copy_from_slice(&target.as_bytes()[..n]);
+                    put(&mut out, h, b"");
+                    want.push((short, Want::Link(target)));
+                }
+                Form::Sparse(gaps, tail) => {
+                    let mut chunks = Vec::new();
+                    let mut end = 0u64;
+                    for (k, c) in data.chunks(512).enumerate() {
+                        let off = end + u64::from(gaps.get(k).copied().unwrap_or(0)) * 512;
+                        chunks.push((off, c.len() as u64));
+                        end = off + c.len() as u64;
+                    }
+                    let real = end + u64::from(*tail) * 512;
+                    if real > end || chunks.is_empty() {
+                        chunks.push((real, 0));
+                    }
+                    let mut file = vec![0u8; real as usize];
+                    for ((off, l), c) in chunks.iter().zip(data.chunks(512)) {
+                        file[*off as usize..(*off + *l) as usize].copy_from_slice(c);
+                    }
+                    let mut h = header(&format!("d/{short}"), EntryType::GNUSparse, len);
+                    let g = h.as_gnu_mut().unwrap();
+                    for (s, (o, l)) in g.sparse.iter_mut().zip(&chunks) {
+                        s.set_offset(*o);
+                        s.set_length(*l);
+                    }
+                    g.set_real_size(real);
+                    g.set_is_extended(chunks.len() > 4);
+                    h.set_cksum();
+                    out.extend_from_slice(h.as_bytes());
+                    let ext: Vec<_> = chunks.iter().skip(4).collect();
+                    let n = ext.chunks(21).count();
+                    for (k, part) in ext.chunks(21).enumerate() {
+                        let mut e = tar::GnuExtSparseHeader::new();
+                        for (s, (o, l)) in e.sparse.iter_mut().zip(part) {
+                            s.set_offset(*o);
+                            s.set_length(*l);
+                        }
+                        e.set_is_extended(k + 1 < n);
+                        out.extend_from_slice(e.as_bytes());
+                    }
+                    out.extend_from_slice(data);
+                    out.resize(out.len().div_ceil(512) * 512, 0);
+                    want.push((short, Want::File(file)));
+                }
+            }
+        }
+        out.extend([0u8; 1024]);
+        (out, want)
+    }
+
+    /// One member as read: path, type, link, data length and hash.
+    type Seen = (Vec<u8>, u8, Option<Vec<u8>>, u64, u64);
+
+    fn describe<R: Read>(e: &mut tar::Entry<R>) -> io::Result<Seen> {
+        let path = e.path_bytes().into_owned();
+        let link = e.link_name_bytes().map(|l| l.into_owned());
+        let kind = e.header().entry_type().as_byte();
+        let (mut len, mut hash, mut buf) = (0u64, DefaultHasher::new(), [0u8; 8192]);
+        loop {
+            let n = e.read(&mut buf)?;
+            if n == 0 {
+                return Ok((path, kind, link, len, hash.finish()));
+            }
+            hash.write(&buf[..n]);
+            len += n as u64;
+        }
+    }
+
+    /// What the tar crate alone reads.
+    fn plain(tar: &[u8]) -> Result<Vec<Seen>, String> {
+        let mut a = tar::Archive::new(tar);
+        let mut out = Vec::new();
+        for e in a.entries().map_err(|e| e.to_string())? {
+            out.push(describe(&mut e.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    /// What it reads through the meter.
+    fn metered(tar: impl Read) -> Result<Vec<Seen>, String> {
+        let mut m = Members::new(tar);
+        let mut it = m.iter().map_err(|e| format!("{e:#}"))?;
+        let mut out = Vec::new();
+        while let Some(mut e) = it.next().map_err(|e| format!("{e:#}"))? {
+            out.push(describe(&mut e).map_err(|e| e.to_string())?);
+        }
+        Ok(out)
+    }
+
+    fn fresh(tag: &str) -> PathBuf {
+        super::tests::tmpdir(&format!("prop-{tag}"))
+    }
+
+    /// Unpacked as meant: exactly the members, with their data or targets.
+    fn check_unpacked(dst: &Path, want: &[(String, Want)]) -> Result<(), TestCaseError> {
+        let mut names: Vec<_> = fs::read_dir(dst)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut meant: Vec<_> = want.iter().map(|(n, _)| n.clone()).collect();
+        meant.sort();
+        prop_assert_eq!(names, meant);
+        for (name, w) in want {
+            let p = dst.join(name);
+            let got = if fs::symlink_metadata(&p).unwrap().is_symlink() {
+                Want::Link(
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_string()
+                        .unwrap(),
+                )
+            } else {
+                Want::File(fs::read(&p).unwrap())
+            };
+            prop_assert!(&got == w, "{name}: {got:?} is not {w:?}");
+        }
+        Ok(())
+    }
+
+    /// PROPTEST_CASES if set, else `n`: the defaults keep the three
+    /// under 10 s in a debug build.
+    fn cases(n: u32) -> ProptestConfig {
+        let mut c = ProptestConfig::default();
+        if std::env::var_os("PROPTEST_CASES").is_none() {
+            c.cases = n;
+        }
+        c
+    }
+
+    proptest! {
+        #![proptest_config(cases(128))]
+        #[test]
+        fn whole_archives_unpack_as_meant(members in prop::collection::vec(member(), 0..6)) {
+            let (tar, want) = build(&members);
+            prop_assert_eq!(metered(&tar[..]), plain(&tar));
+            let dst = fresh("whole");
+            let r = extract_tree(&tar[..], &dst);
+            prop_assert!(r.is_ok(), "{:#}", r.unwrap_err());
+            check_unpacked(&dst, &want)?;
+            let _ = fs::remove_dir_all(&dst);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(cases(128))]
+        #[test]
+        fn cut_or_changed_archives_read_as_the_crate_reads_them(
+            members in prop::collection::vec(member(), 1..6),
+            cut in any::<prop::sample::Index>(),
+            cutting in any::<bool>(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        ) {
+            let (mut tar, _) = build(&members);
+            for (at, b) in &flips {
+                let at = at.index(tar.len());
+                tar[at] = *b;
+            }
+            if cutting {
+                tar.truncate(cut.index(tar.len()));
+            }
+            let (ours, theirs) = (metered(&tar[..]), plain(&tar));
+            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} / {:?}", ours, theirs);
+            match (&ours, &theirs) {
+                (Ok(o), Ok(t)) => prop_assert_eq!(o, t),
+                // Smaller than the bound: any failure is the crate's own.
+                (Err(e), _) => prop_assert!(!e.contains(&header_too_big()), "{}", e),
+                _ => {}
+            }
+            // Never a panic: unpacked or refused.
+            let dst = fresh("cut");
+            let _ = extract_tree(&tar[..], &dst);
+            let _ = extract_file(&tar[..], &dst.join("single"));
+            let _ = fs::remove_dir_all(&dst);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(cases(32))]
+        #[test]
+        fn a_header_of_any_size_is_read_within_the_bound(
+            before in prop::collection::vec(member(), 0..3),
+            kind in 0..4u8,
+            n in prop_oneof![0..(HEADER_LIMIT - 4096) as usize, HEADER_LIMIT as usize..(HEADER_LIMIT as usize + (256 << 10))],
+        ) {
+            // After members in odd forms, where a second parser could
+            // lose its place.
+            let (mut tar, _) = build(&before);
+            tar.truncate(tar.len() - 1024);
+            match kind {
+                0..=2 => {
+                    let t = [EntryType::GNULongName, EntryType::GNULongLink, EntryType::XHeader];
+                    let mut body = b"9 a=bbbb\n".repeat(n / 9 + 1);
+                    body.truncate(n);
+                    put(&mut tar, header("././@LongLink", t[kind as usize], n as u64), &body);
+                }
+                _ => {
+                    let mut h = header("d/s", EntryType::GNUSparse, 0);
+                    let g = h.as_gnu_mut().unwrap();
+                    g.set_real_size(0);
+                    g.set_is_extended(true);
+                    h.set_cksum();
+                    tar.extend_from_slice(h.as_bytes());
+                    let blocks = n / 512 + 1;
+                    for k in 0..blocks {
+                        let mut e = tar::GnuExtSparseHeader::new();
+                        e.set_is_extended(k + 1 < blocks);
+                        tar.extend_from_slice(e.as_bytes());
+                    }
+                }
+            }
+            put(&mut tar, header("d/after", EntryType::Regular, 5), b"after");
+            tar.extend([0u8; 1024]);
+            let ours = metered(&tar[..]);
+            let dst = fresh("bomb");
+            let unpacked = extract_tree(&tar[..], &dst).map_err(|e| format!("{e:#}"));
+            let _ = fs::remove_dir_all(&dst);
+            if n as u64 >= HEADER_LIMIT {
+                let too_big = header_too_big();
+                prop_assert!(matches!(&ours, Err(e) if e.contains(&too_big)), "{:?}", ours);
+                prop_assert!(matches!(&unpacked, Err(e) if e.contains(&too_big)), "{:?}", unpacked);
+            } else {
+                prop_assert_eq!(ours, plain(&tar));
+            }
+        }
     }
 }
