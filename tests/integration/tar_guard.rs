@@ -188,3 +188,74 @@ fn a_tar_with_a_huge_long_name_after_odd_headers_cannot_exhaust_memory() {
     }
     s.quit();
 }
+
+/// The costliest header the bound lets through: an old-GNU sparse map of
+/// just under 1 MiB, 42,970 chunks of data and holes, which the crate
+/// keeps as a list while it reads the member. The copy succeeds, holes
+/// kept, with the server still under +8 MiB.
+#[test]
+fn a_sparse_map_as_big_as_the_bound_stays_within_memory() {
+    const EXT: usize = 2046;
+    let chunks: Vec<(u64, u64)> = (0..4 + 21 * EXT as u64).map(|i| (i * 1024, 512)).collect();
+    let body = 512 * chunks.len() as u64;
+    let real = chunks.last().map_or(0, |(o, l)| o + l);
+    let mut prefix = block(&mut Header::new_gnu(), "t/", EntryType::Directory, 0);
+    let mut h = Header::new_gnu();
+    h.set_path("t/map").unwrap();
+    h.set_entry_type(EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(body);
+    {
+        let g = h.as_gnu_mut().unwrap();
+        for (s, (o, l)) in g.sparse.iter_mut().zip(&chunks[..4]) {
+            s.set_offset(*o);
+            s.set_length(*l);
+        }
+        g.set_real_size(real);
+        g.set_is_extended(true);
+    }
+    h.set_cksum();
+    prefix.extend_from_slice(h.as_bytes());
+    for (k, part) in chunks[4..].chunks(21).enumerate() {
+        let mut e = GnuExtSparseHeader::new();
+        for (s, (o, l)) in e.sparse.iter_mut().zip(part) {
+            s.set_offset(*o);
+            s.set_length(*l);
+        }
+        e.set_is_extended(k + 1 < EXT);
+        prefix.extend_from_slice(e.as_bytes());
+    }
+
+    let mut s = Server::start_env(
+        &["--remote", &image()],
+        &[("AUTOPKGTEST_VIRT_COPY_TIMEOUT", "60")],
+    );
+    s.open();
+    let argv = s.exec_argv();
+    let o = sh_stdin(&argv, "cat > /tmp/map.tar", &prefix);
+    assert!(o.status.success(), "{o:?}");
+    sh_ok(
+        &argv,
+        &format!(
+            "printf '#!/bin/sh\\ncat /tmp/map.tar\\nhead -c {} /dev/zero\\n' \
+             > /usr/bin/tar.map && chmod 755 /usr/bin/tar.map && mv /usr/bin/tar.map /usr/bin/tar",
+            body + 1024
+        ),
+    );
+    let host = TempDir::new("tar-map");
+    let before = rss_kib(s.pid());
+    let (reply, peak) = s.cmd_peak_rss(&format!("copyup /etc/ {}/", host.path().display()));
+    eprintln!("copyup: {reply}, RSS {before} KiB before, peak {peak} KiB");
+    assert_eq!(reply, "ok", "{}", s.stderr());
+    assert!(
+        peak < before + 8 * 1024,
+        "the server went from {before} to {peak} KiB"
+    );
+    let md = fs::metadata(host.path().join("map")).unwrap();
+    assert_eq!(md.len(), real);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&md) * 512 < 1 << 20,
+        "the holes were filled"
+    );
+    s.quit();
+}
