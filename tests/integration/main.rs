@@ -21,4 +21,5 @@ mod reap;
 mod reboot;
 mod revert;
 mod shell;
+mod timeout_kill;
 mod warm;
