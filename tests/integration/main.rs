@@ -20,6 +20,7 @@ mod pull;
 mod reap;
 mod reboot;
 mod revert;
+mod shared_dir;
 mod shell;
 mod timeout_kill;
 mod warm;
