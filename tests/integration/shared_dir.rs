@@ -237,3 +237,30 @@ fn what_the_test_leaves_is_out_of_reach_of_host_users() {
     }
     s.quit();
 }
+
+/// A tree far deeper than rdocker holds directories open, a wide
+/// directory, and links out at the bottom: revert empties it all, in
+/// bounded memory, and follows none of the links.
+#[test]
+fn a_deep_and_wide_tree_is_cleaned_in_bounded_memory() {
+    let shared = TempDir::new("shared");
+    let v = victim();
+    let before = state(v.path());
+    let (mut s, scratch) = start(shared.path());
+    let argv = s.exec_argv();
+    let script = r#"S=$1 V=$2
+cd "$S" && mkdir w && (cd w && seq 10000 | xargs touch) || exit 1
+for i in $(seq 150); do mkdir d && cd d || exit 1; ln -s "$V" l; done
+mkfifo f && ln -s "$V/keep" k && chmod 0 .
+"#;
+    let o = run_sh(&argv, script, &[&scratch, &v.path().display().to_string()]);
+    assert!(o.status.success(), "{o:?}");
+    let (reply, peak) = s.cmd_peak_rss("revert");
+    assert!(reply.starts_with("ok "), "{reply}: {}", s.stderr());
+    eprintln!("revert: peak {peak} KiB");
+    assert!(peak < 32 * 1024, "the server reached {peak} KiB");
+    assert_eq!(state(v.path()), before);
+    let argv = s.exec_argv();
+    assert_eq!(sh_ok(&argv, &format!("ls -A {scratch} | wc -l")), "0\n");
+    s.quit();
+}

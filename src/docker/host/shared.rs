@@ -53,6 +53,8 @@ impl SharedDir {
     /// (made if missing: it is the caller's).
     pub fn make(dir: &Path) -> Result<SharedDir> {
         let what = || format!("cannot set up the shared directory {}", dir.display());
+        // The daemon binds absolute paths only.
+        let dir = &std::path::absolute(dir).with_context(what)?;
         std::fs::create_dir_all(dir).with_context(what)?;
         let top = nix::fcntl::open(
             dir,
