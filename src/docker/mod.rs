@@ -20,6 +20,7 @@ use aptproxy::{AptOptions, AptPlan};
 use daemon::client::Client;
 use daemon::context;
 use daemon::locality::CopyMode;
+use host::shared::{self, SharedDir};
 use host::{agent, root as direct, tree};
 use life::container::{self, Container};
 use life::runopts::RunOptions;
@@ -87,6 +88,9 @@ pub struct DockerTestbed {
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
     hub: Option<hub::Hub>,
+    /// `--shared-dir`'s scratch directory (host/shared.rs), made at the
+    /// first open and kept, by descriptor, until the session ends.
+    shared: Option<SharedDir>,
 }
 
 /// What it takes to make a testbed; owned, so that a spare can be made
@@ -342,6 +346,7 @@ impl DockerTestbed {
             apt_options,
             apt: None,
             hub: None,
+            shared: None,
         })
     }
 
@@ -362,17 +367,15 @@ impl DockerTestbed {
     /// path is chosen at the first open and kept.
     fn recipe(&mut self) -> Result<Recipe> {
         let mut binds = Vec::new();
-        if let Some(dir) = self.shared_dir() {
-            // Same path on both sides, so that downtmp-host maps 1:1.
-            std::fs::create_dir_all(dir.join("downtmp"))
-                .with_context(|| format!("cannot create shared directory {}", dir.display()))?;
-            use std::os::unix::fs::PermissionsExt;
-            // The testbed's normal user must be able to write downtmp.
-            std::fs::set_permissions(dir.join("downtmp"), std::fs::Permissions::from_mode(0o777))?;
-            binds.push(format!("{0}:{0}", dir.display()));
+        if let (Some(dir), None) = (self.shared_dir(), &self.shared) {
+            self.shared = Some(SharedDir::make(dir)?);
         }
-        let downtmp = match (self.shared_dir(), &self.downtmp) {
-            (Some(dir), _) => dir.join("downtmp").to_string_lossy().into_owned(),
+        if let Some(sd) = &self.shared {
+            // Same path on both sides, so that downtmp-host maps 1:1.
+            binds.push(sd.bind());
+        }
+        let downtmp = match (&self.shared, &self.downtmp) {
+            (Some(sd), _) => sd.path().to_string_lossy().into_owned(),
             (None, Some(d)) => d.clone(),
             (None, None) => format!("/tmp/autopkgtest.{}", names::random_hex(3)),
         };
@@ -382,7 +385,7 @@ impl DockerTestbed {
             image: self.image.clone(),
             run: self.run.clone(),
             binds,
-            make_downtmp: self.shared_dir().is_none(),
+            make_downtmp: self.shared.is_none(),
             downtmp,
             find_user: self.normal_user.is_none(),
             local: matches!(self.copy_mode, CopyMode::Api { local: true, .. }),
@@ -601,7 +604,7 @@ impl DockerTestbed {
         for r in c {
             r.map_err(|e| anyhow!("a container removal failed: {e}"))??;
         }
-        self.clean_shared_dir()
+        self.remove_shared_dir()
     }
 
     /// Leave the removal of a reverted (and killed) testbed to a task of
@@ -654,16 +657,44 @@ impl DockerTestbed {
         why
     }
 
+    /// Empty the shared scratch directory for the next testbed, once the
+    /// last one that wrote in it is dead.
     fn clean_shared_dir(&self) -> Result<()> {
-        if let Some(dir) = self.shared_dir() {
-            let d = dir.join("downtmp");
-            if d.exists() {
-                std::fs::remove_dir_all(&d).with_context(|| {
-                    format!("cannot clean the shared directory {}", d.display())
-                })?;
-            }
+        match &self.shared {
+            Some(sd) => sd.reset(),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Remove the shared scratch directory: the session ends.
+    fn remove_shared_dir(&mut self) -> Result<()> {
+        match self.shared.take() {
+            Some(sd) => sd.remove(),
+            None => Ok(()),
+        }
+    }
+
+    /// A copy whose host path is in the shared scratch directory is the
+    /// testbed's to make (host/shared.rs).
+    async fn copy_shared(
+        &self,
+        host: &Path,
+        testbed: &str,
+        dir: bool,
+        up: bool,
+    ) -> Option<Result<()>> {
+        let sd = self.shared.as_ref().filter(|sd| sd.holds(host))?;
+        debug!(
+            "{} {} through {}: made in the testbed",
+            if up { "copyup to" } else { "copydown from" },
+            host.display(),
+            sd.path().display()
+        );
+        let id = match self.container() {
+            Ok(c) => c.id.clone(),
+            Err(e) => return Some(Err(e)),
+        };
+        Some(shared::copy_in_testbed(&self.client, &id, host, testbed, dir, up).await)
     }
 }
 
@@ -755,9 +786,8 @@ impl Testbed for DockerTestbed {
             retired?;
         }
         let next = next?;
+        // Emptied and made writable again, on rdocker's descriptors.
         self.clean_shared_dir()?;
-        // In the shared directory, downtmp must be there again.
-        self.recipe()?;
         debug!("testbed container is now {}", next.container.name);
         if let Some(s) = self.apt.as_ref().and_then(|p| p.summary()) {
             debug!("apt cache so far: {s}");
@@ -839,6 +869,9 @@ impl Testbed for DockerTestbed {
     }
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {
+        if let Some(r) = self.copy_shared(host, testbed, dir, false).await {
+            return r;
+        }
         let id = self.container()?.id.clone();
         if let Some(root) = self.direct.clone() {
             let (h, t) = (host.to_path_buf(), testbed.to_string());
@@ -872,6 +905,9 @@ impl Testbed for DockerTestbed {
     }
 
     async fn pull(&mut self, testbed: &str, host: &Path, dir: bool) -> Result<()> {
+        if let Some(r) = self.copy_shared(host, testbed, dir, true).await {
+            return r;
+        }
         let id = self.container()?.id.clone();
         if let Some(root) = self.direct.clone() {
             let (h, t) = (host.to_path_buf(), testbed.to_string());
@@ -979,8 +1015,8 @@ impl Testbed for DockerTestbed {
         if let Some(u) = &self.normal_user {
             caps.push(format!("suggested-normal-user={u}"));
         }
-        if let (Some(dir), Some(_)) = (self.shared_dir(), &self.container) {
-            caps.push(format!("downtmp-host={}", dir.join("downtmp").display()));
+        if let (Some(sd), Some(_)) = (&self.shared, &self.container) {
+            caps.push(format!("downtmp-host={}", sd.path().display()));
         }
         caps
     }

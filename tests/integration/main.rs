@@ -20,6 +20,8 @@ mod pull;
 mod reap;
 mod reboot;
 mod revert;
+mod shared_dir;
 mod shell;
 mod tar_guard;
+mod timeout_kill;
 mod warm;

@@ -82,21 +82,44 @@ fi
 exit $rc
 "#;
 
-/// Kills the wrapper whose token is "rdocker-exec-$1", all its descendants,
-/// and whatever holds its stdout or stderr: what a timed-out test leaves.
-/// The wrapper is the PID it recorded as root, if that process (same
-/// start time) still carries the token; else a process with the token
-/// whose parent is outside the container, as a docker exec's is: a normal
-/// user's decoys with the same command line have neither. The pattern is
-/// written `rdocker[-]exec-` so that grep's own command line does not
-/// match it.
+/// Kills the wrapper whose token is "rdocker-exec-$1", its session, all
+/// their descendants, and whatever holds its stdout or stderr: what a
+/// timed-out test leaves. The wrapper is the PID it recorded as root, if
+/// that process (same start time) still carries the token; else a process
+/// with the token whose parent is outside the container, as a docker
+/// exec's is, or whose session leader is rdocker's: a root test that
+/// deletes the records does not escape. Each command runs in a session of
+/// its own (runc's, or the agents' setsid), whose leader carries the
+/// token (the wrapper itself) or the agent's cmd path
+/// (`sh /run/rdocker-exec-T/cmd`), and was started by root (real uid 0)
+/// or from outside the container: a normal user's decoys, with the same
+/// command line in a session of their own, have none of these, and a
+/// process cannot join another session. A process that leaves the
+/// session on purpose (setsid) is out of reach, as it is of the
+/// reference's kill. The pattern is written `rdocker[-]exec-` so that
+/// grep's own command line does not match it.
 pub const KILL_SCRIPT: &str = r#"set -f
 unset IFS
 t=$1
 case $t in ''|*[!0-9a-f]*) echo "rdocker-kill: bad token $t" >&2; exit 2;; esac
 tok=rdocker-exec-$t
-# The fields of /proc/$1/stat after the command name: the state is $1.
+# The fields of /proc/$1/stat after the command name: the state is $1,
+# the parent $2, the session $4.
 fields() { read -r s <"/proc/$1/stat" && printf '%s\n' "${s##*) }"; } 2>/dev/null
+set -- $(fields $$); mysid=$4; set --
+# Whether the session $1 is one of rdocker's commands': its leader is
+# the wrapper or the agent's cmd shell, root's or docker exec's.
+leader() {
+    case $1 in ''|*[!0-9]*|0|1|"$mysid") return 1;; esac
+    grep -qzx -e "rdocker[-]exec-$t" -e "/run/rdocker[-]exec-$t/cmd" "/proc/$1/cmdline" \
+        2>/dev/null || return 1
+    set -- "$1" $(fields "$1")
+    [ "$3" = 0 ] && return 0
+    while read -r k r rest; do
+        [ "$k" = Uid: ] && { [ "$r" = 0 ]; return; }
+    done <"/proc/$1/status" 2>/dev/null
+    return 1
+}
 wrapper() {
     if [ -n "$(find /run/rdocker-pids -maxdepth 0 -type d -user 0 -perm 700 2>/dev/null)" ] &&
         read -r p start <"/run/rdocker-pids/$t" 2>/dev/null; then
@@ -114,7 +137,7 @@ wrapper() {
     for c in $(grep -lzx -e "rdocker[-]exec-$t" "$@" 2>/dev/null); do
         p=${c#/proc/}; p=${p%/cmdline}
         set -- $(fields "$p")
-        [ "$2" = 0 ] && echo "$p"
+        if [ "$2" = 0 ] || leader "$4"; then echo "$p"; fi
     done
 }
 # $1 and all its descendants.
@@ -134,16 +157,36 @@ tree() {
     done
     echo "$all"
 }
+# The live processes of the sessions $sessions.
+members() {
+    [ -n "$sessions" ] || return 0
+    set +f; stats=$(echo /proc/[0-9]*/stat); set -f
+    for s in $stats; do
+        c=${s#/proc/}; c=${c%/stat}
+        set -- $(fields "$c")
+        [ -n "$4" ] && [ "$1" != Z ] || continue
+        case " $sessions " in *" $4 "*) echo "$c";; esac
+    done
+}
 glob() {
     case $1 in
         *\[*|*\]*|*\**|*\?*|*\\*) printf '%s\n' "$1" | sed 's/[][*?\\]/\\&/g';;
         *) printf '%s\n' "$1";;
     esac
 }
-found=""
+found=""; sessions=""
 for round in 1 2 3 4 5; do
     w=$(wrapper)
-    if [ -z "$w" ]; then
+    # Sessions are remembered: a session's number is not reused while a
+    # process of it lives, and its members outlive the wrapper.
+    for p in $w; do
+        set -- $(fields "$p")
+        case " $sessions " in *" $4 "*) continue;; esac
+        if leader "$4"; then sessions="$sessions $4"; fi
+    done
+    set --
+    m=$(members)
+    if [ -z "$w$m" ]; then
         # Not started yet (the agent takes a moment), or gone.
         [ -z "$found" ] && [ $round -lt 3 ] && { sleep 0.2; continue; }
         exit 0
@@ -155,14 +198,16 @@ for round in 1 2 3 4 5; do
     for p in $w; do set -- $(fields "$p"); pp="$pp $2"; done
     set --
     for fd in 1 2; do
-        l=$(readlink "/proc/$w/fd/$fd" 2>/dev/null) || continue
-        case $l in
-            pipe:\[*\]) n=${l#pipe:[}; n=${n%]}
-                case $n in ''|*[!0-9]*) ;; *) set -- "$@" -o -lname "pipe:?$n?";; esac;;
-            "/run/$tok/"*) set -- "$@" -o -lname "$(glob "$l")";;
-        esac
+        for p in $w; do
+            l=$(readlink "/proc/$p/fd/$fd" 2>/dev/null) || continue
+            case $l in
+                pipe:\[*\]) n=${l#pipe:[}; n=${n%]}
+                    case $n in ''|*[!0-9]*) ;; *) set -- "$@" -o -lname "pipe:?$n?";; esac;;
+                "/run/$tok/"*) set -- "$@" -o -lname "$(glob "$l")";;
+            esac
+        done
     done
-    all=$(for p in $w; do tree "$p"; done)
+    all=$(tree "$(echo $w $m)")
     if [ $# -gt 0 ]; then
         set +f; fds=$(echo /proc/[0-9]*/fd); set -f
         for f in $(find $fds -maxdepth 1 \( -false "$@" \) 2>/dev/null); do

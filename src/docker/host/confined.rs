@@ -274,6 +274,128 @@ pub fn open_fifo(e: &Entry, m: Made, flags: OFlag) -> Result<std::result::Result
     Ok(e.reopen(flags))
 }
 
+/// How deep `empty_dir` descends before it moves a directory up to the
+/// top: descriptors held stay few, however deep the tree.
+const EMPTY_DEPTH: usize = 32;
+
+/// Remove everything in the directory `top` (opened by `open_dir`), never
+/// through a symlink: each entry is unlinked by name relative to the
+/// directory that holds it, and a directory is entered only as one
+/// (`child`, then `open_dir`). Directories are read as streams, and at
+/// most EMPTY_DEPTH are open at once: deeper ones are moved up to `top`
+/// and emptied from there. So memory and descriptors stay bounded,
+/// however wide or deep the tree.
+pub fn empty_dir(top: BorrowedFd) -> Result<()> {
+    let mut moved = 0u64;
+    empty_below(top, top, 0, &mut moved)
+}
+
+fn empty_below(top: BorrowedFd, dir: BorrowedFd, depth: usize, moved: &mut u64) -> Result<()> {
+    loop {
+        // Read again until a pass finds nothing: a stream read while its
+        // entries go may skip some.
+        let mut d = nix::dir::Dir::openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let (mut any, mut progress, mut stuck) = (false, false, None);
+        for e in d.iter() {
+            let e = e?;
+            let name = e.file_name();
+            if name.to_bytes() == b"." || name.to_bytes() == b".." {
+                continue;
+            }
+            any = true;
+            if empty_entry(top, dir, name, depth, moved)? {
+                progress = true;
+            } else if stuck.is_none() {
+                stuck = Some(name.to_string_lossy().into_owned());
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        if !progress {
+            bail!(
+                "cannot empty a directory: {} stays",
+                stuck.unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// Remove the entry `name` of `dir`, a directory with all it holds.
+/// Ok(false): it changed type under us; the next pass sees it again.
+fn empty_entry(
+    top: BorrowedFd,
+    dir: BorrowedFd,
+    name: &std::ffi::CStr,
+    depth: usize,
+    moved: &mut u64,
+) -> Result<bool> {
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    let what = name.to_string_lossy();
+    // Anything but a directory: the name goes, whatever it is.
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(true),
+        Err(Errno::EISDIR) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {what}")),
+    }
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => return Ok(true),
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {what}")),
+    }
+    if depth + 1 >= EMPTY_DEPTH {
+        loop {
+            let up = format!(".rdocker-deep-{moved}");
+            *moved += 1;
+            match nix::fcntl::renameat2(
+                dir,
+                name,
+                top,
+                up.as_str(),
+                nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Err(Errno::EEXIST) => continue,
+                r => r.with_context(|| format!("cannot move {what} up to empty it"))?,
+            }
+            return Ok(true);
+        }
+    }
+    let e = child(dir, name).with_context(|| format!("cannot look at {what}"))?;
+    if e.kind() != SFlag::S_IFDIR {
+        return Ok(false);
+    }
+    let sub = e.open_dir(&what)?;
+    empty_below(top, sub.as_fd(), depth + 1, moved)?;
+    match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(true),
+        // Refilled meanwhile: the next pass.
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {what}")),
+    }
+}
+
+/// Remove the empty directory `name` in `dir` if it is the one recorded
+/// as `m`.
+pub fn remove_dir(dir: BorrowedFd, name: &str, m: Made) -> Result<()> {
+    let e = child(dir, name).with_context(|| format!("cannot find {name}"))?;
+    let st = e.stat();
+    if e.kind() != SFlag::S_IFDIR
+        || (Made {
+            dev: st.st_dev,
+            ino: st.st_ino,
+        }) != m
+    {
+        bail!("{name} is no longer the directory rdocker made; rdocker leaves it alone");
+    }
+    nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
+        .with_context(|| format!("cannot remove {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
