@@ -79,7 +79,7 @@ if [ -n "$SLOW" ]; then
     # The property tests of hostile input (frames, protocol lines, HTTP
     # heads, tar) with a budget many times CI's (about 10 minutes).
     step "property tests, long budget"
-    PROPTEST_CASES=2000 cargo test --locked --lib
+    PROPTEST_CASES=2000 cargo test --locked --bins
     done_step "long property tests passed"
 fi
 

@@ -80,7 +80,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
                 ""
             }
         ),
-        CopyMode::Shared { dir, why } => debug!("shared directory {}: {why}", dir.display()),
+        CopyMode::Shared { dir, why, .. } => debug!("shared directory {}: {why}", dir.display()),
     }
 
     // Before the runtime, on this thread (see Tunnel::open), and dropped

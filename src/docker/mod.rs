@@ -368,7 +368,11 @@ impl DockerTestbed {
     fn recipe(&mut self) -> Result<Recipe> {
         let mut binds = Vec::new();
         if let (Some(dir), None) = (self.shared_dir(), &self.shared) {
-            self.shared = Some(SharedDir::make(dir)?);
+            let doubt = match &self.copy_mode {
+                CopyMode::Shared { doubt, .. } => doubt.clone(),
+                CopyMode::Api { .. } => None,
+            };
+            self.shared = Some(SharedDir::make(dir, doubt)?);
         }
         if let Some(sd) = &self.shared {
             // Same path on both sides, so that downtmp-host maps 1:1.
@@ -557,6 +561,9 @@ impl DockerTestbed {
         }
         let downtmp = recipe.downtmp.clone();
         self.install(prepare(recipe).await?);
+        if let (Some(sd), Some(c)) = (&mut self.shared, &self.container) {
+            sd.check_seen(&self.client, &c.id).await?;
+        }
         Ok(downtmp)
     }
 

@@ -264,3 +264,44 @@ mkfifo f && ln -s "$V/keep" k && chmod 0 .
     assert_eq!(sh_ok(&argv, &format!("ls -A {scratch} | wc -l")), "0\n");
     s.quit();
 }
+
+/// Where the daemon binds a directory of its own machine under the same
+/// name (rdocker in a container beside the host's socket), the test
+/// would get another directory than the one rdocker cleans and
+/// autopkgtest reads: open fails saying so, and leaves no container.
+/// The server runs in a mount namespace of its own with a tmpfs over the
+/// shared directory, which the daemon does not see.
+#[test]
+fn a_daemon_that_binds_another_directory_fails_open() {
+    let shared = TempDir::new("shared-elsewhere");
+    let dir = shared.path().display().to_string();
+    let mut s = Server::start_under(
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"mount -t tmpfs rdocker-test "$0" && exec "$@""#,
+            &dir,
+        ],
+        &["--shared-dir", &dir, &image()],
+    );
+    s.send("open");
+    let st = s.wait(std::time::Duration::from_secs(60));
+    assert_eq!(st.code(), Some(12), "{}", s.stderr());
+    assert!(
+        s.stderr_says("the testbed does not see the shared directory"),
+        "{}",
+        s.stderr()
+    );
+    assert_no_containers(s.pid());
+    // The daemon made the missing bind source on its side: the directory
+    // the test would have had instead.
+    let made: Vec<_> = std::fs::read_dir(shared.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+}

@@ -212,9 +212,39 @@ impl Server {
         Server::spawn_with(args, env, |_| {})
     }
 
+    /// Start the server as the last word of `under` (unshare, setpriv,
+    /// ...), then IMAGE and options; checks the banner.
+    pub fn start_under(under: &[&str], args: &[&str]) -> Server {
+        let mut s = Server::spawn_cmd(under, args, &[], |_| {});
+        let banner = s.line(REPLY_TIMEOUT);
+        assert_eq!(
+            banner.as_deref(),
+            Some("ok"),
+            "no banner; stderr: {}",
+            s.stderr()
+        );
+        s
+    }
+
     fn spawn_with(args: &[&str], env: &[(&str, &str)], setup: impl FnOnce(&mut Command)) -> Server {
+        Server::spawn_cmd(&[], args, env, setup)
+    }
+
+    fn spawn_cmd(
+        under: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&mut Command),
+    ) -> Server {
         docker();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match under.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

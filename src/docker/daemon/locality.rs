@@ -81,21 +81,26 @@ pub enum CopyMode {
     /// (which it cannot from a CI job container, say).
     Api { why: String, local: bool },
     /// Through a directory bind-mounted at the same path in the testbed.
+    /// `doubt`: why we may be in a container; the first testbed then
+    /// proves that it sees our directory (host/shared.rs), as a marker
+    /// file alone cannot tell a host's /.dockerenv from a container's.
     Shared {
         dir: std::path::PathBuf,
         why: String,
+        doubt: Option<String>,
     },
 }
 
 /// Decide the copy mode. A shared directory needs a daemon that sees our
-/// filesystem: a unix socket, and we are not in a container.
+/// filesystem: a unix socket, and, where we may be in a container, a
+/// testbed that proves it sees our directory.
 pub fn choose_copy_mode(
     endpoint: &Endpoint,
     evidence: &Evidence,
     remote_flag: bool,
     shared_dir: Option<&Path>,
 ) -> Result<CopyMode, String> {
-    let remote_reason = if remote_flag {
+    let far = if remote_flag {
         Some("--remote was given".to_string())
     } else if endpoint.unix_path().is_none() {
         Some(format!(
@@ -103,22 +108,27 @@ pub fn choose_copy_mode(
             endpoint.host, endpoint.source
         ))
     } else {
-        evidence
-            .container_reason()
-            .map(|r| format!("rdocker runs inside a container ({r})"))
+        None
     };
-    match (shared_dir, remote_reason) {
-        (Some(dir), Some(why)) => Err(format!(
+    let inside = evidence
+        .container_reason()
+        .map(|r| format!("rdocker runs inside a container ({r})"));
+    if let (Some(dir), Some(why)) = (shared_dir, &far) {
+        return Err(format!(
             "--shared-dir {} needs a daemon that sees this machine's filesystem, \
              but {why}; drop --shared-dir to copy through the Engine API",
             dir.display()
-        )),
-        (Some(dir), None) => Ok(CopyMode::Shared {
+        ));
+    }
+    let remote_reason = far.or(inside.clone());
+    match (shared_dir, remote_reason) {
+        (Some(dir), _) => Ok(CopyMode::Shared {
             dir: dir.to_path_buf(),
             why: format!(
                 "--shared-dir was given and the daemon is local ({})",
                 endpoint.host
             ),
+            doubt: inside,
         }),
         (None, Some(why)) => Ok(CopyMode::Api {
             why: format!("{why}, so no shared directory"),
@@ -223,7 +233,17 @@ mod tests {
             containerenv: true,
             ..Default::default()
         };
-        let err = choose_copy_mode(&local(), &inside, false, Some(dir)).unwrap_err();
-        assert!(err.contains("inside a container"), "{err}");
+        // Maybe in a container: allowed, with the doubt for the first
+        // testbed to settle.
+        match choose_copy_mode(&local(), &inside, false, Some(dir)) {
+            Ok(CopyMode::Shared { doubt: Some(d), .. }) => {
+                assert!(d.contains("inside a container"), "{d}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            choose_copy_mode(&local(), &none, false, Some(dir)),
+            Ok(CopyMode::Shared { doubt: None, .. })
+        ));
     }
 }

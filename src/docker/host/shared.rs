@@ -46,12 +46,16 @@ pub struct SharedDir {
     scratch: OwnedFd,
     scratch_made: Made,
     path: PathBuf,
+    /// Why the daemon may not see this directory (we may be in a
+    /// container), until a testbed has proved it does; None once seen.
+    doubt: Option<String>,
+    seen: bool,
 }
 
 impl SharedDir {
     /// Make the private directory and the scratch directory in `dir`
     /// (made if missing: it is the caller's).
-    pub fn make(dir: &Path) -> Result<SharedDir> {
+    pub fn make(dir: &Path, doubt: Option<String>) -> Result<SharedDir> {
         let what = || format!("cannot set up the shared directory {}", dir.display());
         // The daemon binds absolute paths only.
         let dir = &std::path::absolute(dir).with_context(what)?;
@@ -97,6 +101,8 @@ impl SharedDir {
             private_made,
             scratch,
             scratch_made,
+            doubt,
+            seen: false,
         };
         sd.reset()?;
         Ok(sd)
@@ -150,6 +156,55 @@ impl SharedDir {
         confined::remove_dir(self.private.as_fd(), SCRATCH, self.scratch_made)
             .with_context(what)?;
         confined::remove_dir(self.top.as_fd(), &self.name, self.private_made).with_context(what)
+    }
+
+    /// Prove, once a session, that the testbed `container` sees this very
+    /// directory: a marker made here must be there. A daemon that binds
+    /// its own machine's path of the same name (rdocker in a container
+    /// with the host's socket) would hand the test another directory.
+    pub async fn check_seen(&mut self, client: &Client, container: &str) -> Result<()> {
+        if self.seen {
+            return Ok(());
+        }
+        let marker = format!(".rdocker-seen-{}", crate::docker::names::random_hex(4));
+        drop(
+            confined::create_new(self.scratch.as_fd(), marker.as_str()).with_context(|| {
+                format!(
+                    "cannot write in the shared directory {}",
+                    self.path.display()
+                )
+            })?,
+        );
+        let probe = self.path.join(&marker).to_string_lossy().into_owned();
+        let mut cap = Captured::quiet_stdout();
+        let code = exec::run_script(
+            client,
+            container,
+            r#"test -f "$1"; exit $?"#,
+            vec![probe],
+            None,
+            &mut cap,
+        )
+        .await;
+        let _ = nix::unistd::unlinkat(
+            self.scratch.as_fd(),
+            marker.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        if code? != 0 {
+            bail!(
+                "the testbed does not see the shared directory {}: the daemon binds a \
+                 directory of its own machine{}; drop --shared-dir to copy through the \
+                 Engine API",
+                self.path.display(),
+                self.doubt
+                    .as_deref()
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            );
+        }
+        self.seen = true;
+        Ok(())
     }
 
     /// Whether the host path `host` is in the scratch directory: then a
@@ -254,7 +309,7 @@ mod tests {
         let outside = base.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("f"), "f").unwrap();
-        let sd = SharedDir::make(&base.join("sd")).unwrap();
+        let sd = SharedDir::make(&base.join("sd"), None).unwrap();
         let private = sd.path().parent().unwrap().to_path_buf();
         let md = std::fs::metadata(&private).unwrap();
         assert_eq!(md.mode() & 0o7777, 0o700);
