@@ -56,7 +56,8 @@ pub struct Cli {
     #[arg(long)]
     pub remote: bool,
 
-    /// Share this host directory with the testbed (local daemon only); the scratch directory lives in it
+    /// Share a directory of this host directory with the testbed as its scratch directory
+    /// (PATH/.rdocker-XXXXXXXX/downtmp, in a 0700 directory of rdocker's; a local daemon only)
     #[arg(long, value_name = "PATH")]
     pub shared_dir: Option<PathBuf>,
 
