@@ -4,6 +4,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod agent_bounds;
 mod apt;
 mod cleanup;
 mod copy;
