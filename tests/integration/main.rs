@@ -20,6 +20,7 @@ mod protocol;
 mod pull;
 mod reap;
 mod reboot;
+mod reboot_plain;
 mod revert;
 mod shell;
 mod warm;
