@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 /// The agent's PID in the testbed, through docker exec (it has input).
 const AGENT: &str = "a=$(grep -lzx 'rdocker[-]agent' /proc/[0-9]*/cmdline | cut -d/ -f3)";
 
-/// Steal the first frame waiting on the stopped agent's input (the
-/// victim's command) to learn its channel, then forge one-byte output
+/// Steal the frames waiting on the stopped agent's input up to the first
+/// command (the victim's) to learn its channel, then forge one-byte output
 /// frames for that channel into the agent's output: $1 x 1000 in bursts a
 /// caller can take (each within the window), so that the server credits
 /// them back to an agent that reads nothing; then $2 x 65536 at once.
 const FORGE: &str = r#"exec perl -e '
     open(my $in, "<", "/proc/$ARGV[0]/fd/0") or die "agent input: $!";
-    my $h = "";
-    while (length $h < 9) { sysread($in, $h, 9 - length $h, length $h) or die "read: $!" }
-    my (undef, $c) = unpack("a N N", $h);
+    sub take { my $b = ""; while (length $b < $_[0]) { sysread($in, $b, $_[0] - length $b, length $b) or die "read: $!" } $b }
+    my ($t, $c, $l);
+    do { ($t, $c, $l) = unpack("a N N", take(9)); take($l) } until $t eq "S";
     open(my $out, ">", "/proc/$ARGV[0]/fd/1") or die "agent output: $!";
     binmode $out;
     my $f = pack("a N N a", "O", $c, 1, "x") x 1000;
