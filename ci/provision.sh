@@ -107,7 +107,9 @@ if ! docker image inspect "$USER_IMAGE" >/dev/null 2>&1; then
     docker rm "$cid" >/dev/null
 fi
 
-# The same image with systemd as /sbin/init, for --init.
+# The same image with systemd as /sbin/init, for --init. Plain on purpose:
+# no dbus, no libpam-systemd (no recommends), as a minimal systemd image
+# is; tests/integration/reboot_plain.rs checks what rdocker says of it.
 if ! docker image inspect "$SYSTEMD_IMAGE" >/dev/null 2>&1; then
     log "building $SYSTEMD_IMAGE"
     cid=$(docker run -d "$TEST_IMAGE" sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive \

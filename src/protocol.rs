@@ -273,23 +273,12 @@ mod tests {
         assert_eq!(execute_command_reply(&argv), "ok /usr/bin/rd,a%2Cb");
     }
 
-    /// A small deterministic generator: the property test needs no crate.
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
 
-    /// Lines built from the pieces that matter to the parser: command
-    /// names, escapes (valid, truncated, bad), whitespace, NUL, high bytes.
-    fn random_line(r: &mut XorShift) -> Vec<u8> {
+        /// The pieces that matter to the parser: command names, escapes
+        /// (valid, truncated, bad), whitespace, NUL, high bytes.
         const PIECES: &[&[u8]] = &[
             b"copydown",
             b"copyup",
@@ -325,76 +314,110 @@ mod tests {
             b"/tmp/x/",
             b"prepare-only",
         ];
-        let mut line = Vec::new();
-        for _ in 0..r.below(12) {
-            if r.below(8) == 0 {
-                line.push(r.next() as u8);
-            } else {
-                line.extend_from_slice(PIECES[r.below(PIECES.len())]);
-            }
+
+        /// A line of pieces and stray bytes.
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            prop::collection::vec(
+                prop_oneof![
+                    7 => prop::sample::select(PIECES).prop_map(<[u8]>::to_vec),
+                    1 => any::<u8>().prop_map(|b| vec![b]),
+                ],
+                0..12,
+            )
+            .prop_map(|p| p.concat())
         }
-        line
-    }
 
-    fn iterations() -> u64 {
-        std::env::var("RDOCKER_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(50_000)
-    }
-
-    /// Property: no line makes the parser panic; every error is one of the
-    /// reference's messages; a parsed copy re-encodes to the same command.
-    #[test]
-    fn parser_property() {
-        let seed = std::env::var("RDOCKER_FUZZ_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0x9e3779b97f4a7c15u64);
-        let mut r = XorShift(seed | 1);
-        for _ in 0..iterations() {
-            let line = random_line(&mut r);
-            match parse_line(&line) {
-                Parsed::Blank => assert!(line
+        /// What any parse must give: a blank line only for whitespace, an
+        /// error only with one of the reference's messages, a copy that
+        /// re-encodes to the same command.
+        fn check(line: &[u8]) -> Result<(), TestCaseError> {
+            match parse_line(line) {
+                Parsed::Blank => prop_assert!(line
                     .split(|b| b.is_ascii_whitespace() || *b == 0x0b)
                     .all(|w| w.is_empty())),
-                Parsed::Error(m) => assert!(
+                Parsed::Error(m) => prop_assert!(
                     m.starts_with("too few arguments to command `")
                         || m.starts_with("too many arguments to command `")
                         || m.starts_with("unknown command `"),
-                    "{m:?} for {line:?}"
+                    "{:?} for {:?}",
+                    m,
+                    line
                 ),
                 Parsed::Command(Command::CopyDown { host, testbed }) => {
                     let again = format!("copydown {} {}", quote(&host), quote(&testbed));
-                    assert_eq!(
+                    prop_assert_eq!(
                         parse_line(again.as_bytes()),
-                        Parsed::Command(Command::CopyDown { host, testbed }),
-                        "{line:?}"
+                        Parsed::Command(Command::CopyDown { host, testbed })
                     );
                 }
                 Parsed::Command(Command::CopyUp { testbed, host }) => {
                     let again = format!("copyup {} {}", quote(&testbed), quote(&host));
-                    assert_eq!(
+                    prop_assert_eq!(
                         parse_line(again.as_bytes()),
-                        Parsed::Command(Command::CopyUp { testbed, host }),
-                        "{line:?}"
+                        Parsed::Command(Command::CopyUp { testbed, host })
                     );
                 }
                 Parsed::Command(_) => {}
             }
+            Ok(())
         }
-    }
 
-    /// Property: unquote(quote(b)) == b for any bytes, and quote's output
-    /// is one protocol word.
-    #[test]
-    fn quote_round_trip_property() {
-        let mut r = XorShift(0x2545f4914f6cdd1d);
-        for _ in 0..iterations() {
-            let bytes: Vec<u8> = (0..r.below(40)).map(|_| r.next() as u8).collect();
-            let q = quote(&bytes);
-            assert!(q.bytes().all(|b| b.is_ascii_graphic() && b != b','), "{q}");
-            assert_eq!(unquote(q.as_bytes()), bytes);
+        /// Lines of a MiB: a result.
+        #[test]
+        fn mib_long_lines_parse() {
+            for w in [&b"copydown "[..], b"shell ", b"x"] {
+                let mut l = w.to_vec();
+                l.extend(std::iter::repeat_n(b'%', 1 << 20));
+                check(&l).unwrap();
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn lines_of_protocol_pieces_parse_or_fail_cleanly(l in line()) {
+                check(&l)?;
+            }
+
+            /// Any bytes at all, and long ones: a result, never a panic.
+            #[test]
+            fn any_bytes_parse_or_fail_cleanly(
+                l in prop::collection::vec(any::<u8>(), 0..512),
+                long in 0usize..4096,
+            ) {
+                check(&l)?;
+                let mut huge = b"copydown ".to_vec();
+                huge.extend(std::iter::repeat_n(b'%', long));
+                huge.extend_from_slice(b" /x");
+                check(&huge)?;
+            }
+
+            /// Copies of any two paths go through quote and back.
+            #[test]
+            fn copy_paths_round_trip(
+                a in prop::collection::vec(any::<u8>(), 1..64),
+                b in prop::collection::vec(any::<u8>(), 1..64),
+            ) {
+                let line = format!("copyup {} {}", quote(&a), quote(&b));
+                prop_assert_eq!(
+                    parse_line(line.as_bytes()),
+                    Parsed::Command(Command::CopyUp { testbed: a, host: b })
+                );
+            }
+
+            /// unquote(quote(b)) == b for any bytes, and quote's output is
+            /// one protocol word.
+            #[test]
+            fn quote_round_trips_any_bytes(b in prop::collection::vec(any::<u8>(), 0..256)) {
+                let q = quote(&b);
+                prop_assert!(q.bytes().all(|c| c.is_ascii_graphic() && c != b','), "{}", q);
+                prop_assert_eq!(unquote(q.as_bytes()), b);
+            }
+
+            /// unquote never panics and never lengthens.
+            #[test]
+            fn unquote_takes_any_bytes(b in prop::collection::vec(any::<u8>(), 0..256)) {
+                prop_assert!(unquote(&b).len() <= b.len());
+            }
         }
     }
 }

@@ -822,6 +822,9 @@ impl Testbed for DockerTestbed {
         self.execs_as_root = false;
         let c = self.container()?;
         let t = std::time::Instant::now();
+        if prepare_only {
+            reboot::check_bus(&self.client, c).await?;
+        }
         reboot::save_scratch(&self.client, c, &downtmp).await?;
         let asked = if prepare_only {
             debug!(

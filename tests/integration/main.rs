@@ -4,6 +4,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod agent_bounds;
 mod apt;
 mod cleanup;
 mod copy;
@@ -19,6 +20,7 @@ mod protocol;
 mod pull;
 mod reap;
 mod reboot;
+mod reboot_plain;
 mod revert;
 mod shared_dir;
 mod shell;

@@ -118,7 +118,11 @@ fn reboot_keeps_files_and_scratch_and_ends_processes_and_run() {
 /// reboots the testbed itself once let go.
 #[test]
 fn reboot_prepare_only_waits_for_the_test_to_reboot() {
-    let mut s = init_server();
+    // The test's own `reboot` needs D-Bus (reboot_plain.rs).
+    let image = logind_image();
+    let mut args = vec!["-d", "--init", image.as_str()];
+    args.extend(SYSTEMD_RUN_OPTIONS);
+    let mut s = Server::start(&args);
     let d = s.open();
     let argv = s.exec_argv();
     let id = testbed_of(&argv);

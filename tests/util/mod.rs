@@ -32,6 +32,13 @@ pub fn systemd_image() -> String {
         .unwrap_or_else(|_| "rdocker-test/systemd:bookworm".into())
 }
 
+/// The systemd image with D-Bus and libpam-systemd, as autopkgtest's
+/// system images have them (ci/provision.sh).
+pub fn logind_image() -> String {
+    std::env::var("RDOCKER_TEST_LOGIND_IMAGE")
+        .unwrap_or_else(|_| "rdocker-test/systemd-logind:bookworm".into())
+}
+
 /// What systemd needs to boot in a container on this cgroup v1 host.
 pub const SYSTEMD_RUN_OPTIONS: [&str; 6] = [
     "--tmpfs",

@@ -20,22 +20,25 @@
 //! stdout: `frame()`.
 //!
 //! The agent is the testbed's, so what it sends is not trusted: frames
-//! are bounded, and each command may have at most WINDOW bytes of output
-//! in flight (the agent reads a command's pipes only while it has credit;
-//! the host gives credit back as its caller takes the output), so a
-//! command that writes without end, or an agent that lies, cannot make
-//! rdocker's memory grow. A broken frame ends the agent: its commands are
-//! reported lost, later ones take docker exec.
+//! are bounded, and each command may have at most WINDOW of output in
+//! flight, each frame counting FRAME_COST beyond its data (the agent reads
+//! a command's pipes only while it has credit; the host gives credit back
+//! as its caller takes the output), so a command that writes without end,
+//! or an agent that lies, cannot make rdocker's memory grow. What goes to
+//! the agent is bounded too: credit owed is one sum per command, whatever
+//! the number of frames it pays for, and commands waiting for a stalled
+//! agent's input have a byte budget (`Outbox`). A broken frame ends the
+//! agent: its commands are reported lost, later ones take docker exec.
 
 use anyhow::{anyhow, bail, Context, Result};
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::docker::daemon::client::Client;
 
@@ -47,7 +50,7 @@ use crate::docker::daemon::client::Client;
 /// over when both its pipes reach end of file (the wrapper kills what
 /// still holds them) and it is reaped.
 pub const PROGRAM: &str = r#"use strict; use POSIX ();
-my $W = WINDOW; my $MAXIN = 1 << 20;
+my $W = WINDOW; my $C = COST; my $MAXIN = 1 << 20;
 $SIG{PIPE} = 'IGNORE';
 binmode STDIN; binmode STDOUT;
 my (%ch, %fd);
@@ -85,7 +88,7 @@ my $in = '';
 while (1) {
     my $r = '';
     vec($r, 0, 1) = 1;
-    for my $f (keys %fd) { vec($r, $f, 1) = 1 if $ch{$fd{$f}[0]}{credit} > 0 }
+    for my $f (keys %fd) { vec($r, $f, 1) = 1 if $ch{$fd{$f}[0]}{credit} > $C }
     my $n = select(my $rr = $r, undef, undef, undef);
     if ($n < 0) { next if $!{EINTR}; exit 1 }
     if (vec($rr, 0, 1)) {
@@ -106,10 +109,10 @@ while (1) {
         next unless vec($rr, $f, 1);
         my ($c, $t, $fh) = @{$fd{$f}};
         my $x = $ch{$c};
-        my $want = $x->{credit} < 65536 ? $x->{credit} : 65536;
+        my $want = $x->{credit} - $C < 65536 ? $x->{credit} - $C : 65536;
         my $got = sysread($fh, my $buf, $want);
         if (!defined $got) { next if $!{EINTR} || $!{EAGAIN}; $got = 0 }
-        if ($got) { $x->{credit} -= $got; put($t, $c, $buf); next }
+        if ($got) { $x->{credit} -= $got + $C; put($t, $c, $buf); next }
         close $fh;
         delete $fd{$f};
         next if --$x->{open};
@@ -124,6 +127,27 @@ while (1) {
 /// Output a command may have in flight: the agent stops reading its
 /// pipes until the host gives credit back.
 pub const WINDOW: usize = 256 * 1024;
+
+/// What one output frame costs of the window beyond its data: the host
+/// queues each frame whole, so a flood of one-byte frames must use the
+/// window up as its memory does (at most WINDOW / FRAME_COST frames).
+pub const FRAME_COST: usize = 64;
+
+/// Output frames a command's queue can hold: what the window allows, and
+/// its last word (exit, not started, lost).
+const QUEUE: usize = WINDOW / (FRAME_COST + 1) + 2;
+
+/// Bytes of commands that may wait for an agent that does not read its
+/// input (stopped, or stalled by its testbed): beyond, commands take
+/// docker exec.
+const SPAWN_BUDGET: usize = 2 << 20;
+
+/// The program with its constants.
+pub fn program() -> String {
+    PROGRAM
+        .replace("WINDOW", &WINDOW.to_string())
+        .replace("COST", &FRAME_COST.to_string())
+}
 
 /// The largest frame the agent may send: it reads at most 64 KiB at once.
 const MAX_FROM_AGENT: usize = 64 * 1024;
@@ -161,7 +185,8 @@ impl Decoder {
         self.buf.extend_from_slice(d);
     }
 
-    /// The next whole frame, if there is one.
+    /// The next whole frame, if there is one. Its data is a copy: a small
+    /// frame kept in a queue must not pin the buffer it was read in.
     pub fn next(&mut self) -> Result<Option<(u8, u32, Bytes)>> {
         if self.buf.len() < HEADER {
             return Ok(None);
@@ -175,8 +200,9 @@ impl Decoder {
         if self.buf.len() < HEADER + len {
             return Ok(None);
         }
-        self.buf.advance(HEADER);
-        Ok(Some((kind, chan, self.buf.split_to(len).freeze())))
+        let data = Bytes::copy_from_slice(&self.buf[HEADER..HEADER + len]);
+        self.buf.advance(HEADER + len);
+        Ok(Some((kind, chan, data)))
     }
 }
 
@@ -194,15 +220,46 @@ pub enum Event {
 }
 
 struct Chan {
-    tx: mpsc::UnboundedSender<Event>,
-    /// Output sent to the caller and not yet credited back.
+    tx: mpsc::Sender<Event>,
+    /// Output sent to the caller and not yet credited back, each frame
+    /// counting FRAME_COST beyond its data.
     in_flight: usize,
+}
+
+/// What waits to be written to the agent's input: commands in order, and
+/// the credit owed to each command as one sum. An agent that stops
+/// reading costs SPAWN_BUDGET and one number per command, however much
+/// output it forges meanwhile.
+#[derive(Default)]
+struct Outbox {
+    spawns: VecDeque<Vec<u8>>,
+    spawn_bytes: usize,
+    owed: HashMap<u32, u32>,
+    /// The agent's input is closed: nothing more goes.
+    closed: bool,
+}
+
+impl Outbox {
+    /// Everything waiting, as one write: commands first, so that a credit
+    /// never comes before the command it is for.
+    fn take(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in self.spawns.drain(..) {
+            out.extend_from_slice(&s);
+        }
+        self.spawn_bytes = 0;
+        for (chan, n) in self.owed.drain() {
+            out.extend_from_slice(&frame(b'A', chan, &n.to_be_bytes()));
+        }
+        out
+    }
 }
 
 #[derive(Default)]
 struct State {
     next: u32,
     chans: HashMap<u32, Chan>,
+    outbox: Outbox,
     /// Why the agent is gone, once it is.
     gone: Option<String>,
 }
@@ -211,7 +268,8 @@ struct State {
 /// with it; commands it started run on, as a docker exec's do when its
 /// client goes.
 pub struct Agent {
-    to_agent: mpsc::UnboundedSender<Vec<u8>>,
+    /// Wakes the writer: the outbox has something.
+    wake: Arc<Notify>,
     state: Arc<Mutex<State>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -233,7 +291,7 @@ impl Agent {
         container: &str,
         on_end: impl FnOnce() + Send + 'static,
     ) -> Result<Agent> {
-        let program = PROGRAM.replace("WINDOW", &WINDOW.to_string());
+        let program = program();
         // Its environment is the image's: PERL5OPT and the like must not
         // reach it. The commands' own comes from the wrapper.
         let argv: Vec<String> = [
@@ -305,11 +363,18 @@ impl Agent {
         }
 
         let state = Arc::new(Mutex::new(State::default()));
-        let (to_agent, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let wake = Arc::new(Notify::new());
+        let (st, w) = (state.clone(), wake.clone());
         let writer = tokio::spawn(async move {
             let mut input = input;
-            while let Some(f) = rx.recv().await {
-                if input.write_all(&f).await.is_err() {
+            loop {
+                let batch = st.lock().expect("agent state").outbox.take();
+                if batch.is_empty() {
+                    w.notified().await;
+                    continue;
+                }
+                if input.write_all(&batch).await.is_err() {
+                    st.lock().expect("agent state").outbox.closed = true;
                     return;
                 }
             }
@@ -319,14 +384,15 @@ impl Agent {
             let why = read_frames(&mut output, &mut dec, &st).await;
             let mut s = st.lock().expect("agent state");
             for (_, c) in s.chans.drain() {
-                let _ = c.tx.send(Event::Lost(why.clone()));
+                // A full queue: its caller sees the channel close instead.
+                let _ = c.tx.try_send(Event::Lost(why.clone()));
             }
             s.gone = Some(why);
             drop(s);
             on_end();
         });
         Ok(Agent {
-            to_agent,
+            wake,
             state,
             tasks: vec![writer, reader],
         })
@@ -334,7 +400,7 @@ impl Agent {
 
     /// Start `argv`. Its events come on the receiver, its channel is the
     /// number to give credit back for.
-    pub fn spawn(&self, argv: &[String]) -> Result<(u32, mpsc::UnboundedReceiver<Event>)> {
+    pub fn spawn(&self, argv: &[String]) -> Result<(u32, mpsc::Receiver<Event>)> {
         if argv.is_empty() || argv.iter().any(|a| a.contains('\0')) {
             bail!("a command with an empty or NUL-carrying argv cannot be started");
         }
@@ -342,31 +408,41 @@ impl Agent {
         if let Some(why) = &s.gone {
             bail!("the agent is gone: {why}");
         }
+        if s.outbox.closed {
+            bail!("the agent's stream is closed");
+        }
+        let joined = argv.join("\0");
+        let waiting = s.outbox.spawn_bytes + HEADER + joined.len();
+        if waiting > SPAWN_BUDGET {
+            bail!("the agent has not read its input ({waiting} bytes of commands waiting)");
+        }
         s.next = s.next.wrapping_add(1).max(1);
         let chan = s.next;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         s.chans.insert(chan, Chan { tx, in_flight: 0 });
-        let joined = argv.join("\0");
-        self.to_agent
-            .send(frame(b'S', chan, joined.as_bytes()))
-            .map_err(|_| anyhow!("the agent's stream is closed"))?;
+        s.outbox
+            .spawns
+            .push_back(frame(b'S', chan, joined.as_bytes()));
+        s.outbox.spawn_bytes = waiting;
+        drop(s);
+        self.wake.notify_one();
         Ok((chan, rx))
     }
 
-    /// The caller took `n` bytes of `chan`'s output: the agent may read
-    /// that much more.
+    /// The caller took one output frame of `n` bytes of `chan`'s: the
+    /// agent may read that much more (and the frame's cost).
     pub fn credit(&self, chan: u32, n: usize) {
-        if n == 0 {
-            return;
-        }
+        let n = n + FRAME_COST;
         let mut s = self.state.lock().expect("agent state");
-        if let Some(c) = s.chans.get_mut(&chan) {
-            c.in_flight = c.in_flight.saturating_sub(n);
-        }
+        let Some(c) = s.chans.get_mut(&chan) else {
+            // Over: the agent has forgotten it too.
+            return;
+        };
+        c.in_flight = c.in_flight.saturating_sub(n);
+        let owed = s.outbox.owed.entry(chan).or_default();
+        *owed = owed.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         drop(s);
-        let _ = self
-            .to_agent
-            .send(frame(b'A', chan, &(n as u32).to_be_bytes()));
+        self.wake.notify_one();
     }
 
     pub fn alive(&self) -> bool {
@@ -424,7 +500,7 @@ fn route(state: &Mutex<State>, kind: u8, chan: u32, data: Bytes) -> Result<()> {
     };
     let event = match kind {
         b'O' | b'E' => {
-            c.in_flight += data.len();
+            c.in_flight += data.len() + FRAME_COST;
             if c.in_flight > WINDOW {
                 bail!("{} bytes in flight, more than its credit", c.in_flight);
             }
@@ -446,11 +522,15 @@ fn route(state: &Mutex<State>, kind: u8, chan: u32, data: Bytes) -> Result<()> {
         k => bail!("a frame of kind {:?}", k as char),
     };
     let last = matches!(event, Event::Exit(_) | Event::NotStarted(_));
-    // A caller that went away takes no more output; its credit comes
-    // back from the hub.
-    let _ = c.tx.send(event);
+    // The window bounds the queue: full, the agent sent past its credit.
+    // A caller that went away takes no more output; its credit comes back
+    // from the hub.
+    if let Err(mpsc::error::TrySendError::Full(_)) = c.tx.try_send(event) {
+        bail!("more than {QUEUE} frames queued for channel {chan}");
+    }
     if last {
         s.chans.remove(&chan);
+        s.outbox.owed.remove(&chan);
     }
     Ok(())
 }
@@ -490,8 +570,8 @@ mod tests {
         assert!(d.next().is_err());
     }
 
-    fn state_with(chan: u32) -> (Mutex<State>, mpsc::UnboundedReceiver<Event>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    fn state_with(chan: u32) -> (Mutex<State>, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
         let mut s = State::default();
         s.chans.insert(chan, Chan { tx, in_flight: 0 });
         (Mutex::new(s), rx)
@@ -500,7 +580,7 @@ mod tests {
     #[test]
     fn output_beyond_the_credit_breaks_the_protocol() {
         let (s, _rx) = state_with(3);
-        let chunk = Bytes::from(vec![0u8; MAX_FROM_AGENT]);
+        let chunk = Bytes::from(vec![0u8; MAX_FROM_AGENT - FRAME_COST]);
         for _ in 0..WINDOW / MAX_FROM_AGENT {
             route(&s, b'O', 3, chunk.clone()).unwrap();
         }
@@ -520,6 +600,177 @@ mod tests {
         assert!(route(&s, b'O', 1, Bytes::from_static(b"x")).is_err());
     }
 
+    fn agent_with_no_writer() -> Agent {
+        Agent {
+            wake: Arc::new(Notify::new()),
+            state: Arc::default(),
+            tasks: Vec::new(),
+        }
+    }
+
+    /// The attack of issue 26: an agent that reads nothing (stopped) while
+    /// 300,000 one-byte frames are forged for a command whose caller
+    /// takes them. What waits for the agent stays one command and one sum.
+    #[test]
+    fn a_stalled_agent_costs_one_credit_sum_per_command() {
+        let a = agent_with_no_writer();
+        let (chan, mut rx) = a.spawn(&["true".to_string()]).unwrap();
+        for _ in 0..300_000 {
+            route(&a.state, b'O', chan, Bytes::from_static(b"x")).unwrap();
+            let Ok(Event::Stdout(d)) = rx.try_recv() else {
+                panic!("no output")
+            };
+            a.credit(chan, d.len());
+        }
+        let s = a.state.lock().unwrap();
+        assert_eq!(s.outbox.spawns.len(), 1);
+        assert_eq!(s.outbox.owed.len(), 1);
+        assert_eq!(s.outbox.owed[&chan] as usize, 300_000 * (1 + FRAME_COST));
+        assert_eq!(s.chans[&chan].in_flight, 0);
+    }
+
+    #[test]
+    fn commands_waiting_for_a_stalled_agent_have_a_budget() {
+        let a = agent_with_no_writer();
+        let long = "x".repeat(64 * 1024);
+        let mut n = 0;
+        while a.spawn(std::slice::from_ref(&long)).is_ok() {
+            n += 1;
+            assert!(n <= SPAWN_BUDGET / long.len());
+        }
+        assert!(n >= SPAWN_BUDGET / (long.len() + HEADER) - 1);
+        assert!(a.state.lock().unwrap().outbox.spawn_bytes <= SPAWN_BUDGET);
+    }
+
+    /// The queue is bounded by the window: a caller that takes nothing
+    /// lets at most QUEUE frames in, then the agent broke the protocol.
+    #[test]
+    fn tiny_frames_use_the_window_up() {
+        let (s, _rx) = state_with(5);
+        let mut sent = 0;
+        while route(&s, b'O', 5, Bytes::from_static(b"y")).is_ok() {
+            sent += 1;
+        }
+        assert_eq!(sent, WINDOW / (FRAME_COST + 1));
+        assert!(sent < QUEUE);
+    }
+
+    /// What a decoder makes of `parts` pushed one after the other: the
+    /// frames, and whether it refused one.
+    fn decode(parts: &[&[u8]], max: usize) -> (Vec<(u8, u32, Bytes)>, bool) {
+        let mut d = Decoder::new(max);
+        let mut got = Vec::new();
+        for p in parts {
+            d.push(p);
+            loop {
+                match d.next() {
+                    Ok(Some(f)) => got.push(f),
+                    Ok(None) => break,
+                    Err(_) => return (got, true),
+                }
+            }
+        }
+        (got, false)
+    }
+
+    /// `bytes` cut at the given points (taken modulo its length).
+    fn split<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        at.sort_unstable();
+        let mut parts = Vec::new();
+        let mut from = 0;
+        for c in at.into_iter().chain([bytes.len()]) {
+            parts.push(&bytes[from..c]);
+            from = c;
+        }
+        parts
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn frames() -> impl Strategy<Value = Vec<(u8, u32, Vec<u8>)>> {
+            prop::collection::vec(
+                (
+                    any::<u8>(),
+                    any::<u32>(),
+                    prop::collection::vec(any::<u8>(), 0..300),
+                ),
+                0..12,
+            )
+        }
+
+        proptest! {
+            /// encode then decode, cut anywhere: the same frames.
+            #[test]
+            fn frames_round_trip_through_any_split(
+                fs in frames(),
+                cuts in prop::collection::vec(any::<usize>(), 0..16),
+            ) {
+                let all: Vec<u8> = fs.iter().flat_map(|(k, c, d)| frame(*k, *c, d)).collect();
+                let (got, refused) = decode(&split(&all, &cuts), 300);
+                prop_assert!(!refused);
+                let want: Vec<(u8, u32, Bytes)> =
+                    fs.into_iter().map(|(k, c, d)| (k, c, Bytes::from(d))).collect();
+                prop_assert_eq!(got, want);
+            }
+
+            /// Any bytes at all, whole or cut anywhere: the same frames and
+            /// the same refusal, never a panic.
+            #[test]
+            fn any_stream_decodes_the_same_however_it_is_cut(
+                bytes in prop::collection::vec(any::<u8>(), 0..2000),
+                cuts in prop::collection::vec(any::<usize>(), 0..16),
+                max in 0usize..64,
+            ) {
+                let whole = decode(&[&bytes], max);
+                prop_assert_eq!(decode(&split(&bytes, &cuts), max), whole);
+            }
+
+            /// A header claiming more than allowed is refused as soon as it
+            /// is in, before any of its data.
+            #[test]
+            fn an_oversize_frame_is_refused_at_its_header(
+                kind in any::<u8>(),
+                chan in any::<u32>(),
+                len in 65u32..,
+                max in 0usize..65,
+            ) {
+                let mut d = Decoder::new(max);
+                let mut h = vec![kind];
+                h.extend_from_slice(&chan.to_be_bytes());
+                h.extend_from_slice(&len.to_be_bytes());
+                d.push(&h[..8]);
+                prop_assert!(d.next().unwrap().is_none());
+                d.push(&h[8..]);
+                prop_assert!(d.next().is_err());
+            }
+
+            /// Whatever an agent sends for a command, its queue and the
+            /// output it holds stay within the window, or it broke the
+            /// protocol.
+            #[test]
+            fn no_frame_sequence_outgrows_the_window(
+                fs in prop::collection::vec((0u8..6, 0usize..70_000), 0..200),
+            ) {
+                let (s, rx) = state_with(9);
+                for (k, len) in fs {
+                    let kind = b"OEXFZO"[k as usize];
+                    let data = Bytes::from(vec![b'1'; len.min(MAX_FROM_AGENT)]);
+                    if route(&s, kind, 9, data).is_err() {
+                        break;
+                    }
+                    let st = s.lock().unwrap();
+                    if let Some(c) = st.chans.get(&9) {
+                        prop_assert!(c.in_flight <= WINDOW);
+                    }
+                    prop_assert!(rx.len() <= QUEUE);
+                }
+            }
+        }
+    }
+
     /// The real program, under the host's perl, fed frames on stdin.
     #[test]
     fn the_program_runs_commands_and_reports_their_output_and_status() {
@@ -527,7 +778,7 @@ mod tests {
         if which::which("perl").is_err() {
             panic!("perl is needed for this test (Debian's perl-base)");
         }
-        let program = PROGRAM.replace("WINDOW", &WINDOW.to_string());
+        let program = program();
         let mut child = std::process::Command::new("perl")
             .args(["-e", &program])
             .stdin(std::process::Stdio::piped())

@@ -146,20 +146,29 @@ async fn last_output(client: &Client, id: &str) -> String {
         .tail("5")
         .build();
     let mut logs = client.docker.logs(id, Some(opts));
-    let mut lines = Vec::new();
+    // The image's words: the last 5 lines of at most 500 characters each,
+    // read up to 1 MiB, whatever it printed (a log driver may not split a
+    // long line, and each of its pieces would count as one).
+    let mut lines = std::collections::VecDeque::with_capacity(6);
+    let mut read = 0;
     while let Some(Ok(chunk)) = logs.next().await {
-        lines.extend(
-            String::from_utf8_lossy(&chunk.into_bytes())
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                // The image's words: bounded, whatever it printed.
-                .map(|l| l.chars().take(500).collect::<String>()),
-        );
+        let chunk = chunk.into_bytes();
+        read += chunk.len();
+        for l in String::from_utf8_lossy(&chunk).lines().map(str::trim) {
+            if !l.is_empty() {
+                lines.push_back(l.chars().take(500).collect::<String>());
+                if lines.len() > 5 {
+                    lines.pop_front();
+                }
+            }
+        }
+        if read > 1 << 20 {
+            break;
+        }
     }
     if lines.is_empty() {
         String::new()
     } else {
-        format!(" after printing: {}", lines.join(" | "))
+        format!(" after printing: {}", Vec::from(lines).join(" | "))
     }
 }

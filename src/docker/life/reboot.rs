@@ -69,6 +69,54 @@ async fn script(
     }
 }
 
+/// What a test's own `reboot` needs of a systemd testbed, checked before
+/// `reboot prepare-only` lets the test go. systemd's `reboot` asks logind
+/// over D-Bus first, and without a system bus prints "Failed to connect
+/// to bus" before it falls back; after reboot-prepare the test's stderr
+/// reader (autopkgtest's wrapper and its tee) is gone, so that message
+/// kills `reboot` with SIGPIPE and the testbed never goes down. Waiting
+/// STOP_SECONDS for it only ends in the same failure, later.
+pub async fn check_bus(client: &Client, c: &Container) -> Result<()> {
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        "if [ -d /run/systemd/system ] && [ ! -S /run/dbus/system_bus_socket ]; then \
+           echo no-bus; fi"
+            .into(),
+    ];
+    let mut out = Captured::default();
+    let ran = tokio::time::timeout(
+        Duration::from_secs(10),
+        exec::run(client, &c.id, As::Root, argv, None, &mut out),
+    )
+    .await;
+    match ran {
+        Ok(Ok(0)) if out.out.to_string() == "no-bus" => bail!(
+            "cannot `reboot prepare-only` testbed container {}: its systemd has no D-Bus system \
+             bus (no /run/dbus/system_bus_socket), so the test's own `reboot` would print \
+             \"Failed to connect to bus\" to an output nobody reads any more and die of \
+             SIGPIPE, and the testbed would never reboot. Install dbus and libpam-systemd in \
+             the image, as autopkgtest-build-docker's system images have them (or have the \
+             test use /tmp/autopkgtest-reboot, which rdocker carries out itself)",
+            c.name
+        ),
+        Ok(Ok(0)) => Ok(()),
+        Ok(Ok(code)) => bail!(
+            "cannot look for D-Bus in testbed container {} (exit {code}): {}",
+            c.name,
+            out.err
+        ),
+        Ok(Err(e)) => Err(e.context(format!(
+            "cannot look for D-Bus in testbed container {}",
+            c.name
+        ))),
+        Err(_) => bail!(
+            "cannot look for D-Bus in testbed container {}: no answer within 10 s",
+            c.name
+        ),
+    }
+}
+
 /// Save the scratch directory where a boot leaves it, and let a test that
 /// waits in /tmp/autopkgtest-reboot-prepare go on.
 pub async fn save_scratch(client: &Client, c: &Container, downtmp: &str) -> Result<()> {
