@@ -5,6 +5,7 @@
 mod util;
 
 mod apt;
+mod apt_attacks;
 mod cleanup;
 mod copy;
 mod daemon_restart;
