@@ -376,3 +376,197 @@ mod tests {
         );
     }
 }
+
+/// Property tests of the request head: whatever a testbed sends, hyper
+/// and the policy either make a fetch that keeps the policy, or answer a
+/// clean 4xx; never a panic.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A fetch keeps the policy: the method, an archive path, only kept
+    /// headers with plain values, and the request rdocker builds from it
+    /// carries nothing else.
+    fn conforming(f: &Fetch) -> Result<(), String> {
+        if f.method != Method::GET && f.method != Method::HEAD {
+            return Err(format!("method {}", f.method));
+        }
+        if !f.url.apt_path() || f.url.port == 0 || f.url.host.is_empty() {
+            return Err(format!("url {:?}", f.url));
+        }
+        for (k, v) in &f.headers {
+            if !KEPT.contains(&k.as_str()) || !plain_value(k.as_str(), v) {
+                return Err(format!("header {k}: {v:?}"));
+            }
+        }
+        for chained in [false, true] {
+            let r = f.request(chained, ())?;
+            if r.headers()["host"] != f.url.host_header().as_str()
+                || r.headers()["user-agent"] != USER_AGENT
+                || r.headers().len() != 2 + f.headers.len()
+            {
+                return Err(format!("request {r:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn host() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => Just("deb.debian.org".to_string()),
+            1 => Just("127.1".to_string()),
+            1 => Just("[::1]".to_string()),
+            1 => Just("[::ffff:127.0.0.1]".to_string()),
+            1 => Just("u:p@h".to_string()),
+            1 => Just("".to_string()),
+            1 => "[a-zA-Z0-9.:@%\\[\\]_-]{0,24}",
+        ]
+    }
+
+    fn target() -> impl Strategy<Value = String> {
+        let path = prop_oneof![
+            3 => Just("/debian/pool/main/h/hello/hello_1_amd64.deb".to_string()),
+            3 => Just("/debian/dists/sid/InRelease".to_string()),
+            1 => Just("/x/pool/../../etc/passwd".to_string()),
+            1 => "(/[a-z.%?#]{0,8}){0,4}",
+        ];
+        let scheme = prop_oneof![
+            6 => Just("http://"),
+            1 => Just("HTTP://"),
+            1 => Just("https://"),
+            1 => Just(""),
+            1 => Just("ftp://")
+
+        ];
+        let port = prop_oneof![3 => Just(String::new()), 1 => "[:][0-9]{0,6}"];
+        (scheme, host(), port, path).prop_map(|(s, h, p, path)| format!("{s}{h}{p}{path}"))
+    }
+
+    fn header() -> impl Strategy<Value = (String, String)> {
+        let name = prop_oneof![
+            Just("Host".to_string()),
+            Just("Range".to_string()),
+            Just("If-Range".to_string()),
+            Just("If-Modified-Since".to_string()),
+            Just("Cache-Control".to_string()),
+            Just("Content-Length".to_string()),
+            Just("Transfer-Encoding".to_string()),
+            Just("Connection".to_string()),
+            "[A-Za-z-]{1,12}",
+        ];
+        let value = prop_oneof![
+            Just("bytes=0-".to_string()),
+            Just("0".to_string()),
+            Just("close".to_string()),
+            "[ -~]{0,40}",
+            proptest::collection::vec(any::<u8>(), 0..40)
+                .prop_map(|v| String::from_utf8_lossy(&v).into_owned()),
+        ];
+        (name, value)
+    }
+
+    fn method() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => Just("GET".to_string()),
+            2 => Just("HEAD".to_string()),
+            1 => Just("POST".to_string()),
+            1 => Just("CONNECT".to_string()),
+            1 => "[A-Za-z]{1,8}",
+        ]
+    }
+
+    /// What hyper's server makes of a raw head, answered by the policy.
+    fn through_hyper(raw: Vec<u8>) -> (String, Vec<String>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut client, server) = tokio::io::duplex(1 << 16);
+            let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let errs = errors.clone();
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let errs = errs.clone();
+                    async move {
+                        let status = match decide(req.method(), req.uri(), req.headers()) {
+                            Ok(f) => {
+                                if let Err(e) = conforming(&f) {
+                                    errs.lock().unwrap().push(e);
+                                }
+                                StatusCode::OK
+                            }
+                            Err(r) => r.status,
+                        };
+                        let mut resp = hyper::Response::new(String::new());
+                        *resp.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+            let conn = tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .max_buf_size(64 * 1024)
+                    .serve_connection(hyper_util::rt::TokioIo::new(server), svc),
+            );
+            client.write_all(&raw).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                client.read_to_end(&mut out),
+            )
+            .await;
+            conn.abort();
+            let errors = errors.lock().unwrap().clone();
+            (String::from_utf8_lossy(&out).into_owned(), errors)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_head_is_a_conforming_fetch_or_a_4xx(
+            m in method(),
+            t in target(),
+            hs in proptest::collection::vec(header(), 0..6),
+        ) {
+            let Ok(method) = Method::from_bytes(m.as_bytes()) else { return Ok(()) };
+            let Ok(uri) = t.parse::<Uri>() else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            for (k, v) in &hs {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    headers.append(k, v);
+                }
+            }
+            match decide(&method, &uri, &headers) {
+                Ok(f) => prop_assert_eq!(conforming(&f), Ok(())),
+                Err(r) => prop_assert!(r.status.is_client_error(), "{:?}", r),
+            }
+        }
+
+        #[test]
+        fn raw_heads_through_hyper_get_a_fetch_or_a_4xx(
+            m in method(),
+            t in target(),
+            version in prop_oneof![4 => Just("HTTP/1.1"), 2 => Just("HTTP/1.0"), 1 => Just("HTTP/2"), 1 => Just("")],
+            hs in proptest::collection::vec(header(), 0..6),
+            junk in prop_oneof![3 => Just(Vec::new()), 1 => proptest::collection::vec(any::<u8>(), 0..16)],
+        ) {
+            let mut raw = format!("{m} {t} {version}\r\n").into_bytes();
+            for (k, v) in &hs {
+                raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            raw.extend_from_slice(&junk);
+            raw.extend_from_slice(b"\r\n\r\n");
+            let (out, errors) = through_hyper(raw);
+            prop_assert!(errors.is_empty(), "{:?}", errors);
+            // Nothing, or one or more answers, each 200 (a conforming
+            // fetch) or a 4xx (hyper's or the policy's).
+            for line in out.lines().filter(|l| l.starts_with("HTTP/")) {
+                let code: u16 = line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                prop_assert!(code == 200 || (400..500).contains(&code), "{}", out);
+            }
+        }
+    }
+}

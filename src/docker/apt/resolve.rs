@@ -193,3 +193,69 @@ mod tests {
         ));
     }
 }
+
+/// Property tests: any spelling getaddrinfo accepts of an address of
+/// this host's is refused (numeric forms: no DNS is asked).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    /// An IPv4 address that is this host's in every case: loopback,
+    /// "this network", link-local.
+    fn forbidden() -> impl Strategy<Value = Ipv4Addr> {
+        prop_oneof![
+            any::<[u8; 3]>().prop_map(|[a, b, c]| Ipv4Addr::new(127, a, b, c)),
+            any::<[u8; 3]>().prop_map(|[a, b, c]| Ipv4Addr::new(0, a, b, c)),
+            any::<[u8; 2]>().prop_map(|[a, b]| Ipv4Addr::new(169, 254, a, b)),
+        ]
+    }
+
+    /// One number as inet_aton reads it: decimal, 0x hex or 0 octal.
+    fn spell(n: u32, how: u8) -> String {
+        match how % 3 {
+            0 => format!("{n}"),
+            1 => format!("0x{n:x}"),
+            _ => format!("0{n:o}"),
+        }
+    }
+
+    /// The address in inet_aton's forms: a.b.c.d, a.b.cd, a.bcd, abcd.
+    fn spellings(ip: Ipv4Addr, parts: u8, how: [u8; 4]) -> String {
+        let o = ip.octets().map(u32::from);
+        let v = u32::from(ip);
+        match parts % 5 {
+            0 => (0..4)
+                .map(|i| spell(o[i], how[i]))
+                .collect::<Vec<_>>()
+                .join("."),
+            1 => format!(
+                "{}.{}.{}",
+                spell(o[0], how[0]),
+                spell(o[1], how[1]),
+                spell(v & 0xffff, how[2])
+            ),
+            2 => format!("{}.{}", spell(o[0], how[0]), spell(v & 0xff_ffff, how[1])),
+            3 => spell(v, how[0]),
+            _ => format!("::ffff:{ip}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_spelling_of_a_forbidden_address_is_refused(
+            ip in forbidden(),
+            parts in any::<u8>(),
+            how in any::<[u8; 4]>(),
+        ) {
+            let host = spellings(ip, parts, how);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let g = Guard::new(vec![]);
+            match rt.block_on(g.resolve(&host, 80)) {
+                Err(Denied::Own(got)) => prop_assert!(!canonical(got).is_ipv6()),
+                other => prop_assert!(false, "{} ({}): {:?}", host, ip, other),
+            }
+        }
+    }
+}
