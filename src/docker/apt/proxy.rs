@@ -517,7 +517,14 @@ async fn relay(mut r: Relay) {
             }
         };
         let data = match frame {
-            None => break r.len.is_none_or(|l| l == got),
+            None => {
+                let whole = r.len.is_none_or(|l| l == got);
+                if !whole {
+                    let _ =
+                        r.tx.try_send(Err(std::io::Error::other("the server's body was short")));
+                }
+                break whole;
+            }
             Some(Err(e)) => {
                 let _ = r.tx.try_send(Err(std::io::Error::other(e)));
                 break false;
