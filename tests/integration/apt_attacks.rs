@@ -474,7 +474,38 @@ fn a_slow_server_is_timed_out_and_frees_its_slots() {
             20,
         );
         assert_eq!(status(&resp), "200", "{resp}");
+        if !chained {
+            // 16 clients that ask for a large package and never read it:
+            // cut after the idle timeout, and their slots free again.
+            let mut script = String::new();
+            for n in 0..16 {
+                let url = format!(
+                    "http://{}/archive/pool/main/b/big-unread{n}_{}_all.deb",
+                    origin.ip,
+                    64 << 20
+                );
+                script.push_str(&format!(
+                    "perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(\"{proxy}\") or die; \
+                     print $s \"GET {url} HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\"; sleep 60' \
+                     >/dev/null 2>&1 & "
+                ));
+            }
+            sh_ok(&argv, &format!("{script} sleep 1"));
+            let echo = get(&format!(
+                "http://{}/archive/dists/echo/InRelease",
+                origin.ip
+            ));
+            let t = Instant::now();
+            let mut resp = ask(&argv, &proxy, &echo, 20);
+            while status(&resp) != "200" && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(500));
+                resp = ask(&argv, &proxy, &echo, 20);
+            }
+            assert_eq!(status(&resp), "200", "after {:?}: {resp}", t.elapsed());
+            eprintln!("unread answers cut, a slot free after {:?}", t.elapsed());
+        }
         let after = rss_kib(s.pid());
+        eprintln!("chained: {chained}: server RSS {before} -> {after} KiB");
         assert!(
             after < before + 8 * 1024 && after < 32 * 1024,
             "the server grew from {before} to {after} KiB"

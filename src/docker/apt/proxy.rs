@@ -14,6 +14,7 @@ use hyper::header::{self, HeaderMap};
 use hyper::{Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,9 @@ pub const SLOTS: usize = 16;
 const TESTBEDS: usize = 8;
 /// The most a request head may take (hyper's buffer; its least is 8 KiB).
 const HEAD_LIMIT: usize = 64 * 1024;
+/// hyper's buffer for a server's answer: its head (a mirror's is under
+/// 1 KiB), and the most of its body one read takes.
+const READ_LIMIT: usize = 32 * 1024;
 
 /// How long each step towards a server may take. A mirror answers in
 /// milliseconds; these only end what would otherwise hold a slot for
@@ -281,7 +285,7 @@ async fn serve(conn: TcpStream, ctx: Arc<Ctx>) {
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .max_buf_size(HEAD_LIMIT)
-        .serve_connection(TokioIo::new(conn), svc)
+        .serve_connection(TokioIo::new(Stalled::new(conn, idle)), svc)
         .await;
     if let Err(e) = served {
         debug!("apt cache: a client connection: {e}");
@@ -332,7 +336,7 @@ async fn from_store(fetch: &Fetch, ctx: &Ctx) -> Option<Response<Out>> {
     let stats = ctx.stats.clone();
     tokio::spawn(async move {
         let mut left = len;
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut buf = vec![0u8; READ_LIMIT];
         while left > 0 {
             let want = buf.len().min(left as usize);
             let piece = match file.read(&mut buf[..want]).await {
@@ -403,7 +407,7 @@ async fn fetch_upstream(fetch: &Fetch, ctx: &Ctx) -> Result<Response<Out>, Refus
         }
     };
     let (mut send, connection) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(HEAD_LIMIT)
+        .max_buf_size(READ_LIMIT)
         .handshake::<_, Empty>(TokioIo::new(conn))
         .await
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, format!("{}: {e}", url.host)))?;
@@ -611,6 +615,82 @@ async fn drop_aside(a: Option<Aside>) {
     }
 }
 
+/// A client connection whose writes fail once one has waited `limit`: a
+/// client that stops reading frees its slot like one that stops
+/// writing (hyper's header timeout).
+struct Stalled {
+    io: TcpStream,
+    limit: Duration,
+    since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stalled {
+    fn new(io: TcpStream, limit: Duration) -> Stalled {
+        Stalled {
+            io,
+            limit,
+            since: None,
+        }
+    }
+
+    /// `r` from the socket; a pending one starts (or checks) the clock.
+    fn timed<T>(
+        &mut self,
+        r: Poll<std::io::Result<T>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.since = None;
+            return r;
+        }
+        let limit = self.limit;
+        let since = self
+            .since
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match since.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client has not read its answer",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Stalled {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stalled {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.timed(r, cx)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.timed(r, cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.timed(r, cx)
+    }
+}
+
 /// A request without a body.
 struct Empty;
 
@@ -635,7 +715,7 @@ impl Body for Empty {
 }
 
 /// A response body to apt: one piece, or the pieces a task sends through
-/// a small channel (4 of at most 64 KiB or so: the memory a connection
+/// a small channel (2 of at most 32 KiB: the memory a connection
 /// costs stays bounded whatever the server sends).
 pub struct Out {
     first: Option<Bytes>,
@@ -654,7 +734,7 @@ impl Out {
     }
 
     fn channel(len: Option<u64>) -> (mpsc::Sender<std::io::Result<Bytes>>, Out) {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(2);
         (
             tx,
             Out {
