@@ -1,7 +1,6 @@
 //! autopkgtest-virt-rdocker: an autopkgtest virt server over the Docker
 //! Engine API.
 
-mod aptcache;
 mod cli;
 mod docker;
 mod exec_mode;
@@ -58,9 +57,9 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
     let run_opts =
         docker::life::runopts::RunOptions::parse(&cli.run_args, |k| std::env::var(k).ok())?;
     let copy_timeout = copy_timeout()?;
-    let apt_options = docker::aptproxy::AptOptions {
-        proxy: docker::life::apt::Choice::parse(cli.apt_proxy.as_deref())?,
-        cache: docker::aptproxy::CacheChoice::parse(cli.apt_cache.as_deref()),
+    let apt_options = docker::apt::plan::AptOptions {
+        proxy: docker::apt::conf::Choice::parse(cli.apt_proxy.as_deref())?,
+        cache: docker::apt::plan::CacheChoice::parse(cli.apt_cache.as_deref()),
     };
     let endpoint = endpoint(&cli)?;
     let copy_mode = locality::choose_copy_mode(

@@ -496,7 +496,7 @@ fn available(st: &nix::sys::statvfs::Statvfs) -> u64 {
 }
 
 /// Whether a filesystem can take `len` more bytes and still keep the
-/// margin above free (the apt cache, aptcache.rs, asks before it keeps a
+/// margin above free (the apt cache, apt/store.rs, asks before it keeps a
 /// package).
 pub fn leaves_room(st: &nix::sys::statvfs::Statvfs, len: u64) -> bool {
     available(st) >= len.saturating_add(margin(st))

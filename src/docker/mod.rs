@@ -2,7 +2,7 @@
 //! through the Engine API.
 
 pub mod api;
-pub mod aptproxy;
+pub mod apt;
 pub mod archive;
 pub mod daemon;
 pub mod host;
@@ -16,7 +16,8 @@ use std::sync::Arc;
 use crate::debug;
 use crate::testbed::{Console, Testbed};
 use api::{copy, exec, hub, tty};
-use aptproxy::{AptOptions, AptPlan};
+use apt::plan::{AptOptions, AptPlan};
+use apt::warm;
 use daemon::client::Client;
 use daemon::context;
 use daemon::locality::CopyMode;
@@ -24,7 +25,7 @@ use host::shared::{self, SharedDir};
 use host::{agent, root as direct, tree};
 use life::container::{self, Container};
 use life::runopts::RunOptions;
-use life::{boot, platform, reboot, warm};
+use life::{boot, platform, reboot};
 
 /// Whether the testbed boots the image's init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +84,7 @@ pub struct DockerTestbed {
     retiring: Vec<tokio::task::JoinHandle<Result<()>>>,
     apt_options: AptOptions,
     /// The testbeds' apt proxy and package cache, decided at the first
-    /// open of a session (aptproxy.rs).
+    /// open of a session (apt/plan.rs).
     apt: Option<Arc<AptPlan>>,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
@@ -111,7 +112,7 @@ struct Recipe {
     apt: Option<Arc<AptPlan>>,
     /// Where a testbed without a direct route lists its stream agent.
     agents: Option<hub::Agents>,
-    /// A spare: warmed while the test before it runs (life/warm.rs),
+    /// A spare: warmed while the test before it runs (apt/warm.rs),
     /// unless this is notified first (the session ends).
     warm: Option<Arc<tokio::sync::Notify>>,
 }
@@ -451,6 +452,9 @@ impl DockerTestbed {
                     return Some(r);
                 }
                 debug!("the spare testbed {} has died", r.container.name);
+                if let Some(p) = &self.apt {
+                    p.release(&r.container.id);
+                }
                 r.container.remove().await.ok();
                 None
             }
@@ -749,6 +753,9 @@ impl Testbed for DockerTestbed {
         self.direct = None;
         if let (Some(h), Some(c)) = (&self.hub, &old) {
             hub::forget(&h.agents(), &c.id);
+        }
+        if let (Some(p), Some(c)) = (&self.apt, &old) {
+            p.release(&c.id);
         }
         let spare = self.take_spare().await;
         let recipe = self.recipe()?;

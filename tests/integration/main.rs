@@ -6,6 +6,7 @@ mod util;
 
 mod agent_bounds;
 mod apt;
+mod apt_attacks;
 mod cleanup;
 mod copy;
 mod daemon_restart;

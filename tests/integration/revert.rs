@@ -183,7 +183,7 @@ fn nothing_shared_keeps_the_background_path() {
     let mut s = Server::start(&["-d", &image()]);
     s.open();
     owned(s.pid(), 2);
-    // Made (and warmed only after a revert, life/warm.rs): revert only swaps.
+    // Made (and warmed only after a revert, apt/warm.rs): revert only swaps.
     said_times(&s, "ready in", 1);
     let took = timed_revert(&mut s);
     assert!(s.stderr_says("ends in the background"), "{}", s.stderr());

@@ -1,4 +1,4 @@
-//! The spare testbed's warming (life/warm.rs): after revert, the testbed's
+//! The spare testbed's warming (apt/warm.rs): after revert, the testbed's
 //! /var/cache/apt holds what a fresh container of the image holds after
 //! its first apt call, and apt finds its binary cache current; an image
 //! whose apt writes no binary cache gets none.

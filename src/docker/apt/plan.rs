@@ -1,18 +1,21 @@
 //! Which proxy the testbeds' apt gets, decided once a session from the
 //! command line (`--apt-proxy`, `--apt-cache`), the host's own apt proxy
-//! (life/apt.rs finds it) and how the first testbed reaches the host; and
-//! rdocker's package cache (aptcache.rs) started for it. Each testbed then
-//! gets the same apt.conf.d file at prepare time.
+//! (conf.rs finds it) and how the first testbed reaches the host; and
+//! rdocker's package cache (proxy.rs) started for it. Each testbed then
+//! gets the same apt.conf.d file at prepare time, and connection slots of
+//! its own in the cache, released when it is removed.
 
 use anyhow::Result;
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::daemon::client::Client;
-use super::life::apt::{self, Choice, Found, Reach};
-use crate::aptcache::{self, Proxy, Store};
+use super::conf::{self as apt, Choice, Found, Reach};
+use super::proxy::{self, Proxy};
+use super::store::Store;
 use crate::debug;
+use crate::docker::daemon::client::Client;
 
 /// `--apt-cache`.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +57,8 @@ pub struct AptPlan {
     local: bool,
     decided: tokio::sync::OnceCell<Decision>,
     proxy: Mutex<Option<Proxy>>,
+    /// The testbeds admitted to the cache, by container: their addresses.
+    admitted: Mutex<HashMap<String, Vec<IpAddr>>>,
 }
 
 impl AptPlan {
@@ -119,6 +124,7 @@ impl AptPlan {
             local,
             decided: tokio::sync::OnceCell::new(),
             proxy: Mutex::new(None),
+            admitted: Mutex::default(),
         })
     }
 
@@ -126,9 +132,40 @@ impl AptPlan {
     pub async fn configure(&self, client: &Client, id: &str) -> Result<()> {
         let d = self.decided.get_or_init(|| self.decide(client, id)).await;
         if let Some((url, source)) = d {
+            if self.proxy.lock().unwrap().is_some() {
+                self.admit(client, id).await;
+            }
             apt::write_conf(client, id, &apt::conf_text(url, source)).await?;
         }
         Ok(())
+    }
+
+    /// Give the testbed `id` connection slots of its own in the cache,
+    /// known by its addresses.
+    async fn admit(&self, client: &Client, id: &str) {
+        let ips = match apt::addresses(client, id, self.network.as_deref()).await {
+            Ok(ips) => ips,
+            Err(e) => {
+                debug!("apt cache: {id} shares the slots of unknown clients: {e:#}");
+                return;
+            }
+        };
+        if let Some(p) = self.proxy.lock().unwrap().as_ref() {
+            p.admit(&ips);
+        }
+        self.admitted.lock().unwrap().insert(id.to_string(), ips);
+    }
+
+    /// The testbed `id` is being removed: its connections to the cache
+    /// end, and what they were fetching with them.
+    pub fn release(&self, id: &str) {
+        let Some(ips) = self.admitted.lock().unwrap().remove(id) else {
+            return;
+        };
+        if let Some(p) = self.proxy.lock().unwrap().as_ref() {
+            debug!("apt cache: connections of {ips:?} released");
+            p.release(&ips);
+        }
     }
 
     async fn decide(&self, client: &Client, id: &str) -> Decision {
@@ -151,7 +188,11 @@ impl AptPlan {
             };
             if let Some(ip) = ip {
                 let up = self.upstream.as_ref().map(|f| f.url.as_str());
-                let started = match aptcache::start(ip, store.clone(), up).await {
+                let gateways: Vec<IpAddr> = match &reach {
+                    Reach::Gateway(g) => g.parse().into_iter().collect(),
+                    _ => vec![],
+                };
+                let started = match proxy::start(ip, store.clone(), up, gateways.clone()).await {
                     Err(e) if matches!(reach, Reach::Gateway(_)) => {
                         let g = ip.to_string();
                         match apt::own_address_beside(client, id, &g).await {
@@ -161,7 +202,7 @@ impl AptPlan {
                                      process's own address on the testbed's network (a \
                                      container beside the testbeds)"
                                 );
-                                aptcache::start(me, store.clone(), up).await
+                                proxy::start(me, store.clone(), up, gateways).await
                             }
                             None => Err(e),
                         }

@@ -241,6 +241,36 @@ pub async fn own_address_beside(client: &Client, id: &str, gateway: &str) -> Opt
     })
 }
 
+/// The testbed's own addresses, as the cache sees its connections come:
+/// from its networks' inspect, or the host's loopback with `--network
+/// host`.
+pub async fn addresses(client: &Client, id: &str, network: Option<&str>) -> Result<Vec<IpAddr>> {
+    if network == Some("host") {
+        return Ok(vec![
+            std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::Ipv6Addr::LOCALHOST.into(),
+        ]);
+    }
+    let i = client
+        .docker
+        .inspect_container(id, None)
+        .await
+        .context("cannot inspect the testbed for its addresses")?;
+    let nets = i
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    let ips: Vec<IpAddr> = nets
+        .values()
+        .flat_map(|n| [n.ip_address.as_deref(), n.global_ipv6_address.as_deref()])
+        .filter_map(|a| a?.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        bail!("the testbed has no address on its networks");
+    }
+    Ok(ips)
+}
+
 /// Whether `a` and `b` are two addresses of one IPv4 subnet of `len` bits.
 pub fn same_subnet(a: IpAddr, b: IpAddr, len: u32) -> bool {
     match (a, b) {
