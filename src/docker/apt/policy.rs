@@ -2,8 +2,10 @@
 //! fetched for it, and exactly what rdocker asks for. hyper parsed the
 //! request; nothing here parses HTTP again.
 //!
-//! - Only GET and HEAD of an absolute `http://` URL below an archive's
-//!   `dists/` or `pool/`, without a body (405, 400, 403 otherwise).
+//! - Only GET and HEAD of an absolute `http://` URL, without a body (405,
+//!   400 otherwise). Any path: flat repositories (`deb http://h/dir ./`)
+//!   have no `dists/`, and the testbed reaches the network without the
+//!   proxy anyway; what the proxy must not be is a way to the host.
 //! - rdocker builds its own request from the URL: its method, its path
 //!   (or the whole URL for a chained proxy), `Host` from the URL, a fixed
 //!   `User-Agent`, and of apt's headers only those in [`KEPT`], checked.
@@ -105,14 +107,6 @@ impl Url {
             && !path.contains("/../")
     }
 
-    /// Whether this is something apt fetches from an archive: below a
-    /// `dists/` (indices, Release files) or a `pool/` (packages). The proxy
-    /// is apt's, not a way out of the testbed through the host.
-    pub fn apt_path(&self) -> bool {
-        let path = self.plain_path();
-        (path.contains("/dists/") || path.contains("/pool/")) && !path.contains("/../")
-    }
-
     /// The file name in the cache: the SHA-256 of [`Url::text`] (the host
     /// is part of it, so that a server of the test's own cannot plant a
     /// package under the mirror's name), then the package's own name for
@@ -199,12 +193,6 @@ pub fn decide(method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<Fetch, 
         ));
     }
     let url = Url::from_uri(uri).map_err(|e| refuse(StatusCode::BAD_REQUEST, e))?;
-    if !url.apt_path() {
-        return Err(refuse(
-            StatusCode::FORBIDDEN,
-            "only an archive's dists/ and pool/ are proxied",
-        ));
-    }
     let mut kept = Vec::new();
     for name in KEPT {
         let mut values = headers.get_all(name).iter();
@@ -309,7 +297,7 @@ mod tests {
         let w =
             Url::from_uri(&"http://h/pool/../../etc/x/a%20b;$(x).deb".parse().unwrap()).unwrap();
         assert!(!w.key().contains('/') && !w.key().contains('$'));
-        assert!(!w.apt_path());
+        assert!(!w.cacheable());
     }
 
     fn head(lines: &[(&str, &str)]) -> HeaderMap {
@@ -367,13 +355,9 @@ mod tests {
             let e = decide(&m, &deb, &head(&h)).unwrap_err();
             assert_eq!(e.status.as_u16(), status, "{m} {h:?}: {e:?}");
         }
-        let other: Uri = "http://169.254.169.254/latest/meta-data/".parse().unwrap();
-        assert_eq!(
-            decide(&Method::GET, &other, &HeaderMap::new())
-                .unwrap_err()
-                .status,
-            StatusCode::FORBIDDEN
-        );
+        // Any path: a flat repository's too (the address is resolve.rs's).
+        let flat: Uri = "http://h/repo/./Packages.gz".parse().unwrap();
+        assert!(decide(&Method::GET, &flat, &HeaderMap::new()).is_ok());
     }
 }
 
@@ -385,14 +369,14 @@ mod props {
     use super::*;
     use proptest::prelude::*;
 
-    /// A fetch keeps the policy: the method, an archive path, only kept
+    /// A fetch keeps the policy: the method, a host and port, only kept
     /// headers with plain values, and the request rdocker builds from it
     /// carries nothing else.
     fn conforming(f: &Fetch) -> Result<(), String> {
         if f.method != Method::GET && f.method != Method::HEAD {
             return Err(format!("method {}", f.method));
         }
-        if !f.url.apt_path() || f.url.port == 0 || f.url.host.is_empty() {
+        if f.url.port == 0 || f.url.host.is_empty() {
             return Err(format!("url {:?}", f.url));
         }
         for (k, v) in &f.headers {
