@@ -84,6 +84,8 @@ pub struct DockerTestbed {
     /// The testbeds' apt proxy and package cache, decided at the first
     /// open of a session (aptproxy.rs).
     apt: Option<Arc<AptPlan>>,
+    /// `run.network` was settled (life/network.rs) at the first open.
+    network_chosen: bool,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
     hub: Option<hub::Hub>,
@@ -341,6 +343,7 @@ impl DockerTestbed {
             retiring: Vec::new(),
             apt_options,
             apt: None,
+            network_chosen: false,
             hub: None,
         })
     }
@@ -528,12 +531,15 @@ impl DockerTestbed {
             self.pulled = true;
             self.decide_init().await?;
         }
+        let local = match &self.copy_mode {
+            CopyMode::Api { local, .. } => *local,
+            CopyMode::Shared { .. } => true,
+        };
+        if !self.network_chosen {
+            self.choose_network(local).await?;
+        }
         if self.apt.is_none() {
             let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
-            let local = match &self.copy_mode {
-                CopyMode::Api { local, .. } => *local,
-                CopyMode::Shared { .. } => true,
-            };
             let plan = tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
                 .await
                 .context("looking for the host's apt proxy panicked")??;
@@ -555,6 +561,32 @@ impl DockerTestbed {
         let downtmp = recipe.downtmp.clone();
         self.install(prepare(recipe).await?);
         Ok(downtmp)
+    }
+
+    /// Without `--network`, the testbeds go on rdocker's shared network,
+    /// where they reach no other container (life/network.rs); once a
+    /// session, before the apt plan, which finds the gateway there.
+    async fn choose_network(&mut self, local: bool) -> Result<()> {
+        if self.run.network.is_none() {
+            let cache = self.apt_options.cache != aptproxy::CacheChoice::Off;
+            match life::network::choose(&self.client, cache && local).await? {
+                life::network::Choice::Apart { id, gateway } => {
+                    debug!(
+                        "testbeds on network {} ({}, gateway {}): they reach the host and the \
+                         outside, not each other",
+                        life::network::NAME,
+                        &id[..12.min(id.len())],
+                        gateway.map_or("none".into(), |g| g.to_string())
+                    );
+                    self.run.network = Some(id);
+                }
+                life::network::Choice::Default(why) => {
+                    debug!("testbeds on the daemon's default network: {why}")
+                }
+            }
+        }
+        self.network_chosen = true;
+        Ok(())
     }
 
     /// Remove the open testbed, the spare and the reverted ones, all at

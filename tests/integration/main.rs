@@ -20,5 +20,6 @@ mod pull;
 mod reap;
 mod reboot;
 mod revert;
+mod sessions_apart;
 mod shell;
 mod warm;

@@ -9,6 +9,7 @@ pub mod apt;
 pub mod boot;
 pub mod container;
 pub mod labels;
+pub mod network;
 pub mod platform;
 pub mod reap;
 pub mod reaper;

@@ -1,0 +1,287 @@
+//! Sessions apart (issue 26 item 10). The test is hostile: root in its
+//! testbed, it connects to a port that another session's test listens on,
+//! to send it data or read its answers. Without `--network`, rdocker puts
+//! its testbeds on one shared network with container-to-container traffic
+//! off: the connection must fail, while both testbeds still reach the host
+//! (the gateway, where the apt cache listens). `--network bridge` keeps
+//! Docker's default, where they connect, as before.
+
+use crate::util::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const NETWORK: &str = "rdocker-testbeds";
+const LABEL: &str = "org.debian.autopkgtest.rdocker.network=apart";
+const PORT: u16 = 7011;
+
+/// The race test removes the shared network: never while another test
+/// here is between choosing it and creating its testbed.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The testbed's networks: name to (id, address, gateway).
+fn networks_of(argv: &[String]) -> HashMap<String, (String, String, String)> {
+    let c = runtime_block(docker().inspect_container(&testbed_of(argv), None))
+        .expect("cannot inspect the testbed");
+    c.network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, e)| {
+            let f = |v: Option<String>| v.unwrap_or_default();
+            (name, (f(e.network_id), f(e.ip_address), f(e.gateway)))
+        })
+        .collect()
+}
+
+/// The one network of a testbed.
+fn only_network(argv: &[String]) -> (String, String, String, String) {
+    let nets = networks_of(argv);
+    assert_eq!(nets.len(), 1, "the testbed is on {nets:?}");
+    let (name, (id, ip, gw)) = nets.into_iter().next().unwrap();
+    (name, id, ip, gw)
+}
+
+/// A listener in the testbed on every address, answering `secret` to
+/// whoever connects, in the background; returns once the host reaches it.
+fn listen_in(argv: &[String], ip: &str, secret: &str) {
+    let script = format!(
+        "setsid perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 5, \
+         LocalPort => {PORT}, ReuseAddr => 1) or die $!; \
+         while ($c = $s->accept) {{ print $c \"{secret}\\n\"; close $c }}' \
+         </dev/null >/dev/null 2>&1 &"
+    );
+    sh_ok(argv, &script);
+    // The host reaches every testbed: the listener is up and answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(
+            &format!("{ip}:{PORT}").parse().unwrap(),
+            Duration::from_secs(1),
+        ) {
+            let mut got = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let _ = s.read_to_string(&mut got);
+            assert_eq!(
+                got.trim(),
+                secret,
+                "the listener in the testbed answered {got:?}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener in the testbed at {ip}:{PORT} never came up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What a connection from the testbed to `addr` reads: the first line,
+/// or `FAILED ...`.
+fn connect_from(argv: &[String], addr: &str) -> String {
+    let script = format!(
+        "perl -MIO::Socket::INET -e '$c = IO::Socket::INET->new(PeerAddr => \"{addr}\", \
+         Timeout => 2); if ($c) {{ $l = <$c>; print \"READ $l\" }} else {{ print \"FAILED $@\\n\" }}'"
+    );
+    sh_ok(argv, &script).trim().to_string()
+}
+
+/// A listener on the host at `ip` (a gateway) that greets whoever
+/// connects; the thread ends with the test.
+fn host_listener(ip: &str) -> String {
+    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| {
+        panic!("cannot listen on {ip}, the testbeds' gateway, on the host: {e}")
+    });
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"host\n");
+        }
+    });
+    addr
+}
+
+/// The apt proxy the testbed's apt is given: its host:port.
+fn apt_proxy_of(argv: &[String]) -> String {
+    let conf = sh_ok(argv, "cat /etc/apt/apt.conf.d/00rdocker-apt-proxy");
+    let url = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("Acquire::http::Proxy \""))
+        .unwrap_or_else(|| panic!("no proxy in the testbed's apt.conf.d file: {conf}"));
+    url.trim_end_matches("\";")
+        .trim_start_matches("http://")
+        .to_string()
+}
+
+/// Whether the testbed opens a TCP connection to `addr` (an HTTP proxy
+/// says nothing first).
+fn opens(argv: &[String], addr: &str) -> bool {
+    let script = format!(
+        "perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(PeerAddr => \"{addr}\", \
+         Timeout => 2) ? 0 : 1)'"
+    );
+    sh(argv, &script).status.success()
+}
+
+fn labelled_networks() -> Vec<String> {
+    let filters = HashMap::from([
+        ("name".to_string(), vec![NETWORK.to_string()]),
+        ("label".to_string(), vec![LABEL.to_string()]),
+    ]);
+    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    runtime_block(docker().list_networks(Some(opts)))
+        .expect("cannot list networks")
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(NETWORK))
+        .filter_map(|n| n.id)
+        .collect()
+}
+
+#[test]
+fn a_session_cannot_reach_another_sessions_testbed() {
+    let _one = serial();
+    let image = image();
+    let mut a = Server::start(&["-d", &image]);
+    let mut b = Server::start(&["-d", &image]);
+    a.open();
+    b.open();
+    let (argv_a, argv_b) = (a.exec_argv(), b.exec_argv());
+    let (name_a, net_a, ip_a, gw_a) = only_network(&argv_a);
+    let (_, net_b, ip_b, gw_b) = only_network(&argv_b);
+    assert_eq!(name_a, NETWORK, "session A's testbed is on {name_a}");
+    assert_eq!(
+        (&net_a, &gw_a),
+        (&net_b, &gw_b),
+        "the sessions share one network"
+    );
+    assert_ne!(ip_a, ip_b);
+
+    // The attack: B's test connects to the port that A's test listens
+    // on. Before: "READ secret-of-a" (both on the default bridge).
+    listen_in(&argv_a, &ip_a, "secret-of-a");
+    let got = connect_from(&argv_b, &format!("{ip_a}:{PORT}"));
+    assert!(
+        got.starts_with("FAILED"),
+        "session B's testbed reached session A's listener at {ip_a}:{PORT}: {got}"
+    );
+    // And the other way round.
+    listen_in(&argv_b, &ip_b, "secret-of-b");
+    let got = connect_from(&argv_a, &format!("{ip_b}:{PORT}"));
+    assert!(got.starts_with("FAILED"), "A reached B: {got}");
+    // A testbed still reaches its own listener.
+    assert_eq!(
+        connect_from(&argv_a, &format!("{ip_a}:{PORT}")),
+        "READ secret-of-a"
+    );
+
+    // Both still reach the host: a listener on the gateway, and the apt
+    // cache rdocker serves them there.
+    let host = host_listener(&gw_a);
+    for argv in [&argv_a, &argv_b] {
+        assert_eq!(connect_from(argv, &host), "READ host");
+        let proxy = apt_proxy_of(argv);
+        assert!(
+            proxy.starts_with(&format!("{gw_a}:")),
+            "the apt proxy {proxy} is not on the gateway {gw_a}"
+        );
+        assert!(
+            opens(argv, &proxy),
+            "the testbed cannot reach the apt cache at {proxy}"
+        );
+    }
+    // A's revert: the next testbed is on the same network, and what A's
+    // old testbed left listening is gone with it.
+    a.ok("revert");
+    let argv_a2 = a.exec_argv();
+    let (_, net_a2, _, _) = only_network(&argv_a2);
+    assert_eq!(net_a2, net_a);
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn network_bridge_keeps_the_default_bridge() {
+    let _one = serial();
+    let image = image();
+    let mut a = Server::start(&["-d", &image, "--network", "bridge"]);
+    let mut b = Server::start(&["-d", &image, "--network=bridge"]);
+    a.open();
+    b.open();
+    let (argv_a, argv_b) = (a.exec_argv(), b.exec_argv());
+    let (name_a, _, ip_a, _) = only_network(&argv_a);
+    let (name_b, _, _, _) = only_network(&argv_b);
+    assert_eq!((name_a.as_str(), name_b.as_str()), ("bridge", "bridge"));
+    // What --network bridge says: Docker's default bridge, where
+    // containers reach each other.
+    listen_in(&argv_a, &ip_a, "bridged");
+    assert_eq!(
+        connect_from(&argv_b, &format!("{ip_a}:{PORT}")),
+        "READ bridged"
+    );
+    a.quit();
+    b.quit();
+}
+
+#[test]
+fn racing_sessions_make_one_network_and_leave_no_other() {
+    let _one = serial();
+    let image = image();
+    // Race its making: remove it, unless a testbed (another test's) is on
+    // it; then three sessions open at once.
+    for id in labelled_networks() {
+        let _ = runtime_block(docker().remove_network(&id));
+    }
+    let absent = labelled_networks().is_empty();
+    let servers: Vec<Server> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut srv = Server::start(&["-d", &image]);
+                    srv.open();
+                    srv
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut servers = servers;
+    let nets: Vec<String> = servers
+        .iter_mut()
+        .map(|s| only_network(&s.exec_argv()).1)
+        .collect();
+    let left = labelled_networks();
+    assert_eq!(
+        left.len(),
+        1,
+        "networks named {NETWORK}: {left:?} (absent before: {absent})"
+    );
+    assert!(
+        nets.iter().all(|n| *n == left[0]),
+        "the sessions' testbeds are on {nets:?}, not all on {left:?}"
+    );
+    // Close, and kill -9 one in the middle of its session: the shared
+    // network stays, and nothing else (no container, no other network).
+    let killed = servers.pop().unwrap();
+    let pid = killed.pid();
+    killed.signal(nix::sys::signal::Signal::SIGKILL);
+    for s in servers {
+        s.quit();
+    }
+    drop(killed);
+    let reap = std::process::Command::new(BIN)
+        .arg("--reap")
+        .output()
+        .expect("cannot run --reap");
+    assert!(reap.status.success(), "--reap failed: {reap:?}");
+    assert_no_containers(pid);
+    assert_eq!(labelled_networks(), left, "the shared network changed");
+}
