@@ -86,6 +86,8 @@ pub struct DockerTestbed {
     apt: Option<Arc<AptPlan>>,
     /// `run.network` was settled (life/network.rs) at the first open.
     network_chosen: bool,
+    /// `run.network` is rdocker's shared network, not `--network`'s.
+    network_ours: bool,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
     hub: Option<hub::Hub>,
@@ -344,6 +346,7 @@ impl DockerTestbed {
             apt_options,
             apt: None,
             network_chosen: false,
+            network_ours: false,
             hub: None,
         })
     }
@@ -535,14 +538,33 @@ impl DockerTestbed {
             CopyMode::Api { local, .. } => *local,
             CopyMode::Shared { .. } => true,
         };
-        if !self.network_chosen {
-            self.choose_network(local).await?;
-        }
-        if self.apt.is_none() {
-            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
-            let plan = tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+        // The network and the apt plan at once: the plan reads the
+        // network only for `host` and `none`, which are never chosen.
+        let network = async {
+            if self.network_chosen || self.run.network.is_some() {
+                return Ok(None);
+            }
+            let cache = self.apt_options.cache != aptproxy::CacheChoice::Off;
+            life::network::choose(&self.client, cache && local)
                 .await
-                .context("looking for the host's apt proxy panicked")??;
+                .map(Some)
+        };
+        let plan = async {
+            if self.apt.is_some() {
+                return Ok(None);
+            }
+            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
+            tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+                .await
+                .context("looking for the host's apt proxy panicked")?
+                .map(Some)
+        };
+        let (network, plan) = tokio::join!(network, plan);
+        if let Some(choice) = network? {
+            self.use_network(choice);
+        }
+        self.network_chosen = true;
+        if let Some(plan) = plan? {
             self.apt = Some(Arc::new(plan));
         }
         if self.hub.is_none() {
@@ -559,34 +581,49 @@ impl DockerTestbed {
             )?;
         }
         let downtmp = recipe.downtmp.clone();
-        self.install(prepare(recipe).await?);
+        let ready = match prepare(recipe).await {
+            // Removed (`docker network prune`) since it was chosen, before
+            // a testbed was on it: made again.
+            Err(e) if self.network_gone().await => {
+                debug!("the testbeds' network went away ({e:#}); choosing again");
+                self.run.network = None;
+                let cache = self.apt_options.cache != aptproxy::CacheChoice::Off;
+                let choice = life::network::choose(&self.client, cache && local).await?;
+                self.use_network(choice);
+                prepare(self.recipe()?).await?
+            }
+            r => r?,
+        };
+        self.install(ready);
         Ok(downtmp)
     }
 
+    /// Whether the network this session chose is gone from the daemon.
+    async fn network_gone(&self) -> bool {
+        match (&self.run.network, self.network_ours) {
+            (Some(id), true) => !life::network::exists(&self.client, id).await,
+            _ => false,
+        }
+    }
+
     /// Without `--network`, the testbeds go on rdocker's shared network,
-    /// where they reach no other container (life/network.rs); once a
-    /// session, before the apt plan, which finds the gateway there.
-    async fn choose_network(&mut self, local: bool) -> Result<()> {
-        if self.run.network.is_none() {
-            let cache = self.apt_options.cache != aptproxy::CacheChoice::Off;
-            match life::network::choose(&self.client, cache && local).await? {
-                life::network::Choice::Apart { id, gateway } => {
-                    debug!(
-                        "testbeds on network {} ({}, gateway {}): they reach the host and the \
-                         outside, not each other",
-                        life::network::NAME,
-                        &id[..12.min(id.len())],
-                        gateway.map_or("none".into(), |g| g.to_string())
-                    );
-                    self.run.network = Some(id);
-                }
-                life::network::Choice::Default(why) => {
-                    debug!("testbeds on the daemon's default network: {why}")
-                }
+    /// where they reach no other container (life/network.rs).
+    fn use_network(&mut self, choice: life::network::Choice) {
+        match choice {
+            life::network::Choice::Apart { id, name, gateway } => {
+                debug!(
+                    "testbeds on network {name} ({}, gateway {}): they reach the host and the \
+                     outside, not each other",
+                    &id[..12.min(id.len())],
+                    gateway.map_or("none".into(), |g| g.to_string())
+                );
+                self.run.network = Some(id);
+                self.network_ours = true;
+            }
+            life::network::Choice::Default(why) => {
+                debug!("testbeds on the daemon's default network: {why}")
             }
         }
-        self.network_chosen = true;
-        Ok(())
     }
 
     /// Remove the open testbed, the spare and the reverted ones, all at

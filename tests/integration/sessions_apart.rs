@@ -13,7 +13,7 @@ use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const NETWORK: &str = "rdocker-testbeds";
+const NETWORK: &str = "rdocker-testbeds-";
 const LABEL: &str = "org.debian.autopkgtest.rdocker.network=apart";
 const PORT: u16 = 7011;
 
@@ -131,17 +131,13 @@ fn opens(argv: &[String], addr: &str) -> bool {
 }
 
 fn labelled_networks() -> Vec<String> {
-    let filters = HashMap::from([
-        ("name".to_string(), vec![NETWORK.to_string()]),
-        ("label".to_string(), vec![LABEL.to_string()]),
-    ]);
+    let filters = HashMap::from([("label".to_string(), vec![LABEL.to_string()])]);
     let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
         .filters(&filters)
         .build();
     runtime_block(docker().list_networks(Some(opts)))
         .expect("cannot list networks")
         .into_iter()
-        .filter(|n| n.name.as_deref() == Some(NETWORK))
         .filter_map(|n| n.id)
         .collect()
 }
@@ -157,7 +153,10 @@ fn a_session_cannot_reach_another_sessions_testbed() {
     let (argv_a, argv_b) = (a.exec_argv(), b.exec_argv());
     let (name_a, net_a, ip_a, gw_a) = only_network(&argv_a);
     let (_, net_b, ip_b, gw_b) = only_network(&argv_b);
-    assert_eq!(name_a, NETWORK, "session A's testbed is on {name_a}");
+    assert!(
+        name_a.starts_with(NETWORK),
+        "session A's testbed is on {name_a}"
+    );
     assert_eq!(
         (&net_a, &gw_a),
         (&net_b, &gw_b),
@@ -277,11 +276,38 @@ fn racing_sessions_make_one_network_and_leave_no_other() {
         s.quit();
     }
     drop(killed);
+    // A copy that two sessions made at once, whose maker was killed
+    // before it removed its own.
+    let copy = runtime_block(
+        docker().create_network(bollard::models::NetworkCreateRequest {
+            name: format!("{NETWORK}copy-{}", std::process::id()),
+            options: Some(HashMap::from([(
+                "com.docker.network.bridge.enable_icc".into(),
+                "false".into(),
+            )])),
+            labels: Some(HashMap::from([(
+                "org.debian.autopkgtest.rdocker.network".into(),
+                "apart".into(),
+            )])),
+            ..Default::default()
+        }),
+    );
     let reap = std::process::Command::new(BIN)
         .arg("--reap")
         .output()
         .expect("cannot run --reap");
     assert!(reap.status.success(), "--reap failed: {reap:?}");
     assert_no_containers(pid);
-    assert_eq!(labelled_networks(), left, "the shared network changed");
+    let out = String::from_utf8_lossy(&reap.stdout);
+    let copy = copy.expect("cannot make a copy of the shared network");
+    assert!(
+        out.contains(&format!("{NETWORK}copy-")),
+        "--reap left the copy {}: {out}",
+        copy.id
+    );
+    assert_eq!(
+        labelled_networks(),
+        left,
+        "the shared network changed: {out}"
+    );
 }

@@ -15,11 +15,15 @@ use std::net::IpAddr;
 
 use super::labels::LABEL_MANAGED;
 use crate::docker::daemon::client::{status_of, Client};
+use crate::docker::names::random_hex;
 
-/// The shared network's name.
+/// The shared network's name, before a random suffix: each make has a
+/// name of its own, as a name that two networks have (two sessions made
+/// it at once: Docker 20.10 lets both creates succeed) makes the daemon
+/// refuse to start a container on either, even by id.
 pub const NAME: &str = "rdocker-testbeds";
-/// Marks the network rdocker made, so that a network of the same name
-/// that someone else made is never taken for it.
+/// Marks the networks rdocker made: sessions find the shared one by it,
+/// never by name.
 pub const LABEL: &str = "org.debian.autopkgtest.rdocker.network";
 const LABEL_VALUE: &str = "apart";
 /// The bridge driver's option that turns container-to-container traffic
@@ -29,9 +33,12 @@ pub const ICC: &str = "com.docker.network.bridge.enable_icc";
 /// Where the testbeds go.
 #[derive(Debug, PartialEq)]
 pub enum Choice {
-    /// The shared network, by id: a name can match several networks
-    /// (Docker 20.10 lets two creates of one name both succeed).
-    Apart { id: String, gateway: Option<IpAddr> },
+    /// The shared network.
+    Apart {
+        id: String,
+        name: String,
+        gateway: Option<IpAddr>,
+    },
     /// The daemon's default network, as before: why.
     Default(String),
 }
@@ -40,6 +47,7 @@ pub enum Choice {
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub id: String,
+    pub name: String,
     pub created: String,
     pub icc_off: bool,
     pub gateway: Option<IpAddr>,
@@ -50,11 +58,12 @@ pub struct Seen {
 /// a container beside the daemon: then the default network, where the
 /// cache listens on our own address, as before).
 pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
-    if let Some(why) = podman(client).await {
+    let (podman, found) = tokio::join!(podman(client), list(client));
+    if let Some(why) = podman {
         return Ok(Choice::Default(why));
     }
     let mut made = None;
-    let mut found = list(client).await?;
+    let mut found = found?;
     if found.is_empty() {
         made = create(client).await?;
         found = list(client).await?;
@@ -62,39 +71,73 @@ pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
     let Some(w) = pick(&found).cloned() else {
         anyhow::bail!(
             "network {NAME} was made but the daemon at {} does not list it; see `docker \
-             network ls`, or give the testbeds a network with `--network NAME` after the image",
+             network ls --filter label={LABEL}`, or give the testbeds a network with \
+             `--network NAME` after the image",
             client.endpoint.host
         );
     };
     // Lost a race to make it: ours goes, nobody else can have picked it
     // (whoever sees ours sees the older one too).
     if let Some(m) = made.filter(|m| *m != w.id) {
-        crate::debug!("network {NAME}: another session made it too; removing ours ({m})");
+        crate::debug!(
+            "network {}: another session made one too; removing ours ({m})",
+            w.name
+        );
         let _ = client.docker.remove_network(&m).await;
     }
     if !w.icc_off {
         return Ok(Choice::Default(format!(
-            "network {NAME} ({}) does not have {ICC}=false, so its containers could reach \
-             each other; remove it (`docker network rm {NAME}`) and rdocker makes it again",
-            short(&w.id)
+            "network {} does not have {ICC}=false, so its containers could reach each other; \
+             remove it (`docker network rm {}`) and rdocker makes it again",
+            w.name, w.name
         )));
     }
     if needs_gateway {
         if let Some(g) = w.gateway {
             if std::net::TcpListener::bind((g, 0)).is_err() {
                 return Ok(Choice::Default(format!(
-                    "this process cannot listen on {g}, the gateway of network {NAME} (it runs \
+                    "this process cannot listen on {g}, the gateway of network {} (it runs \
                      in a container beside the daemon), where the testbeds would reach its apt \
                      cache; on the default network they reach it at this container's own \
-                     address. `--apt-cache off` keeps the testbeds apart instead"
+                     address. `--apt-cache off` keeps the testbeds apart instead",
+                    w.name
                 )));
             }
         }
     }
     Ok(Choice::Apart {
         id: w.id,
+        name: w.name,
         gateway: w.gateway,
     })
+}
+
+/// For `--reap`: remove the copies of the shared network that two
+/// sessions made at once, where the one that lost was killed before it
+/// removed its own; never the one sessions use. Returns how many went.
+pub async fn reap_copies(client: &Client) -> Result<usize> {
+    let found = list(client).await?;
+    let Some(keep) = pick(&found).map(|w| w.name.clone()) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for n in found.iter().filter(|n| n.name != keep) {
+        // In use: a session picked it after all; it stays.
+        if client.docker.remove_network(&n.id).await.is_ok() {
+            println!("removed network {}: a copy of {keep}", n.name);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether the network `id` is still on the daemon (an error other
+/// than 404 counts as yes: nothing to make again).
+pub async fn exists(client: &Client, id: &str) -> bool {
+    match client.docker.inspect_network(id, None).await {
+        Err(e) => status_of(&e) != Some(404),
+        Ok(_) => true,
+    }
 }
 
 /// Podman's bridges (CNI, netavark) have no `enable_icc`: its API warns
@@ -116,10 +159,7 @@ async fn podman(client: &Client) -> Option<String> {
 }
 
 async fn list(client: &Client) -> Result<Vec<Seen>> {
-    let filters = HashMap::from([
-        ("name", vec![NAME.to_string()]),
-        ("label", vec![format!("{LABEL}={LABEL_VALUE}")]),
-    ]);
+    let filters = HashMap::from([("label", vec![format!("{LABEL}={LABEL_VALUE}")])]);
     let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
     let nets = client
         .docker
@@ -133,8 +173,6 @@ async fn list(client: &Client) -> Result<Vec<Seen>> {
         })?;
     Ok(nets
         .into_iter()
-        // The name filter matches parts of names.
-        .filter(|n| n.name.as_deref() == Some(NAME))
         .filter_map(|n| {
             let gateway = n
                 .ipam
@@ -144,6 +182,7 @@ async fn list(client: &Client) -> Result<Vec<Seen>> {
                 .find_map(|c| c.gateway.and_then(|g| g.parse().ok()));
             Some(Seen {
                 id: n.id?,
+                name: n.name.unwrap_or_default(),
                 created: n.created.map(|c| c.to_string()).unwrap_or_default(),
                 icc_off: n
                     .options
@@ -157,8 +196,9 @@ async fn list(client: &Client) -> Result<Vec<Seen>> {
 /// Make the network; its id, or None if the daemon says it exists (made
 /// meanwhile by another session).
 async fn create(client: &Client) -> Result<Option<String>> {
+    let name = format!("{NAME}-{}", random_hex(4));
     let req = NetworkCreateRequest {
-        name: NAME.into(),
+        name: name.clone(),
         driver: Some("bridge".into()),
         options: Some(HashMap::from([(ICC.into(), "false".into())])),
         labels: Some(HashMap::from([
@@ -170,14 +210,14 @@ async fn create(client: &Client) -> Result<Option<String>> {
     match client.docker.create_network(req).await {
         Ok(r) => {
             crate::debug!(
-                "made network {NAME} ({}) for the testbeds, container-to-container traffic off",
+                "made network {name} ({}) for the testbeds, container-to-container traffic off",
                 short(&r.id)
             );
             Ok(Some(r.id))
         }
         Err(e) if status_of(&e) == Some(409) => Ok(None),
         Err(e) => Err(anyhow::Error::new(e).context(format!(
-            "cannot make network {NAME} for the testbeds on the daemon at {}; give them a \
+            "cannot make network {name} for the testbeds on the daemon at {}; give them a \
              network with `--network NAME` after the image (`--network bridge`: Docker's \
              default, where sessions can reach each other)",
             client.endpoint.host
@@ -224,6 +264,7 @@ mod tests {
     fn seen(id: &str, created: &str) -> Seen {
         Seen {
             id: id.into(),
+            name: format!("{NAME}-{id}"),
             created: created.into(),
             icc_off: true,
             gateway: None,

@@ -1,6 +1,7 @@
 //! `--reap`: remove rdocker containers whose owner process is gone (an
 //! rdocker killed with SIGKILL cannot clean up after itself), and no
-//! others. Containers are matched by label, never by name.
+//! others. Containers are matched by label, never by name. And copies of
+//! the shared network (network.rs) that a race left.
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
@@ -108,6 +109,7 @@ pub async fn reap(client: &Client) -> Result<()> {
     println!(
         "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts left alone"
     );
+    super::network::reap_copies(client).await?;
     Ok(())
 }
 
