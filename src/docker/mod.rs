@@ -86,8 +86,10 @@ pub struct DockerTestbed {
     apt: Option<Arc<AptPlan>>,
     /// `run.network` was settled (life/network.rs) at the first open.
     network_chosen: bool,
-    /// `run.network` is rdocker's shared network, not `--network`'s.
+    /// `run.network` is rdocker's, not `--network`'s.
     network_ours: bool,
+    /// The network this session made (Podman), removed at close.
+    own_network: Option<life::network::Own>,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
     hub: Option<hub::Hub>,
@@ -347,6 +349,7 @@ impl DockerTestbed {
             apt: None,
             network_chosen: false,
             network_ours: false,
+            own_network: None,
             hub: None,
         })
     }
@@ -620,6 +623,19 @@ impl DockerTestbed {
                 self.run.network = Some(id);
                 self.network_ours = true;
             }
+            life::network::Choice::Session(own) => {
+                debug!(
+                    "testbeds on network {} ({}, gateway {}), this session's own: Podman's \
+                     networks cannot keep their containers apart, but keep them from other \
+                     networks'",
+                    own.name,
+                    &own.id[..12.min(own.id.len())],
+                    own.gateway.map_or("none".into(), |g| g.to_string())
+                );
+                self.run.network = Some(own.id.clone());
+                self.network_ours = true;
+                self.own_network = Some(*own);
+            }
             life::network::Choice::Default(why) => {
                 debug!("testbeds on the daemon's default network: {why}")
             }
@@ -665,11 +681,27 @@ impl DockerTestbed {
         if let Some(p) = self.apt.take() {
             p.close();
         }
+        // Once its containers are gone; a next open makes another.
+        let net = match self.own_network.take() {
+            Some(mut n) => {
+                debug!("removing network {}", n.name);
+                self.run.network = None;
+                self.network_ours = false;
+                self.network_chosen = false;
+                // A container whose create was cut off holds it too.
+                match container::sweep_own(&self.client).await {
+                    Ok(()) => n.remove().await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => Ok(()),
+        };
         a?;
         b.transpose()?;
         for r in c {
             r.map_err(|e| anyhow!("a container removal failed: {e}"))??;
         }
+        net?;
         self.clean_shared_dir()
     }
 

@@ -4,7 +4,9 @@
 //! its testbeds on one shared network with container-to-container traffic
 //! off: the connection must fail, while both testbeds still reach the host
 //! (the gateway, where the apt cache listens). `--network bridge` keeps
-//! Docker's default, where they connect, as before.
+//! Docker's default, where they connect, as before. On Podman, whose
+//! networks cannot turn that traffic off, each session has a network of
+//! its own, gone at close and after `--reap`.
 
 use crate::util::*;
 use std::collections::HashMap;
@@ -25,9 +27,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The testbed's networks: name to (id, address, gateway).
-fn networks_of(argv: &[String]) -> HashMap<String, (String, String, String)> {
-    let c = runtime_block(docker().inspect_container(&testbed_of(argv), None))
+/// The testbed's networks on daemon `d`: name to (id, address, gateway).
+fn networks_on(d: &bollard::Docker, argv: &[String]) -> HashMap<String, (String, String, String)> {
+    let c = runtime_block(d.inspect_container(&testbed_of(argv), None))
         .expect("cannot inspect the testbed");
     c.network_settings
         .and_then(|n| n.networks)
@@ -40,9 +42,13 @@ fn networks_of(argv: &[String]) -> HashMap<String, (String, String, String)> {
         .collect()
 }
 
-/// The one network of a testbed.
+/// The one network of a testbed: name, id, address, gateway.
 fn only_network(argv: &[String]) -> (String, String, String, String) {
-    let nets = networks_of(argv);
+    only_network_on(&docker(), argv)
+}
+
+fn only_network_on(d: &bollard::Docker, argv: &[String]) -> (String, String, String, String) {
+    let nets = networks_on(d, argv);
     assert_eq!(nets.len(), 1, "the testbed is on {nets:?}");
     let (name, (id, ip, gw)) = nets.into_iter().next().unwrap();
     (name, id, ip, gw)
@@ -309,5 +315,103 @@ fn racing_sessions_make_one_network_and_leave_no_other() {
         labelled_networks(),
         left,
         "the shared network changed: {out}"
+    );
+}
+
+const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+/// Podman's Docker API, as ci/provision.sh starts it.
+fn podman() -> bollard::Docker {
+    assert!(
+        std::path::Path::new(PODMAN_SOCKET).exists(),
+        "podman's Docker API socket {PODMAN_SOCKET} is missing: start `podman system service \
+         --time=0 unix://{PODMAN_SOCKET}' (ci/provision.sh does)"
+    );
+    let d = bollard::Docker::connect_with_unix(PODMAN_SOCKET, 120, bollard::API_DEFAULT_VERSION)
+        .unwrap();
+    runtime_block(d.negotiate_version())
+        .unwrap_or_else(|e| panic!("podman's Docker API at {PODMAN_SOCKET} does not answer: {e}"))
+}
+
+/// Networks on `d` that rdocker `pid` made.
+fn networks_of(d: &bollard::Docker, pid: u32) -> Vec<String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_OWNER_PID}={pid}")],
+    )]);
+    let opts = bollard::query_parameters::ListNetworksOptionsBuilder::new()
+        .filters(&filters)
+        .build();
+    runtime_block(d.list_networks(Some(opts)))
+        .expect("cannot list networks")
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect()
+}
+
+#[test]
+fn podman_sessions_apart_and_their_networks_go() {
+    let p = podman();
+    let host = format!("unix://{PODMAN_SOCKET}");
+    let env = [("DOCKER_HOST", host.as_str())];
+    let image = image();
+    let mut a = Server::start_env(&["-d", &image], &env);
+    let mut b = Server::start_env(&["-d", &image], &env);
+    a.open();
+    b.open();
+    let (argv_a, argv_b) = (a.exec_argv(), b.exec_argv());
+    let (name_a, _, ip_a, gw_a) = only_network_on(&p, &argv_a);
+    let (name_b, _, _, _) = only_network_on(&p, &argv_b);
+    assert!(
+        name_a.starts_with(&format!("rdocker-{}-", a.pid())),
+        "session A's testbed is on {name_a}"
+    );
+    assert_ne!(name_a, name_b, "the sessions share a network");
+    // The attack, as on Docker: B connects to A's listener.
+    listen_in(&argv_a, &ip_a, "secret-of-a");
+    let got = connect_from(&argv_b, &format!("{ip_a}:{PORT}"));
+    assert!(
+        got.starts_with("FAILED"),
+        "B reached A's listener at {ip_a}:{PORT}: {got}"
+    );
+    // The host still: the gateway, and the apt cache there.
+    let proxy = apt_proxy_of(&argv_a);
+    assert!(
+        proxy.starts_with(&format!("{gw_a}:")),
+        "apt proxy {proxy}, gateway {gw_a}"
+    );
+    assert!(
+        opens(&argv_a, &proxy),
+        "A cannot reach the apt cache at {proxy}"
+    );
+
+    // Close: A's network goes with it.
+    let pid_a = a.pid();
+    a.send("close");
+    assert_eq!(
+        a.line(REPLY_TIMEOUT).as_deref(),
+        Some("ok"),
+        "{}",
+        a.stderr()
+    );
+    assert_eq!(networks_of(&p, pid_a), Vec::<String>::new());
+    a.send("quit");
+    a.wait(Duration::from_secs(30));
+    // kill -9: B's stays, until --reap.
+    let pid_b = b.pid();
+    b.signal(nix::sys::signal::Signal::SIGKILL);
+    b.wait(Duration::from_secs(10));
+    assert_eq!(networks_of(&p, pid_b).len(), 1);
+    let reap = std::process::Command::new(BIN)
+        .arg("--reap")
+        .env("DOCKER_HOST", &host)
+        .output()
+        .expect("cannot run --reap");
+    assert!(reap.status.success(), "--reap failed: {reap:?}");
+    assert_eq!(
+        networks_of(&p, pid_b),
+        Vec::<String>::new(),
+        "--reap left B's network: {}",
+        String::from_utf8_lossy(&reap.stdout)
     );
 }

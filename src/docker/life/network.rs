@@ -1,11 +1,15 @@
-//! The testbeds' network when the run options name none: one bridge that
-//! every rdocker session shares, made on first use, with
+//! The testbeds' network when the run options name none. On Docker: one
+//! bridge that every rdocker session shares, made on first use, with
 //! container-to-container traffic off (`enable_icc=false`). A testbed
 //! there reaches the host through the gateway (the apt cache listens
 //! there) and the outside, but no other container: not another
 //! session's testbed, nor the one its own revert is retiring, nor what
 //! runs on the default bridge (Docker isolates bridges from each other).
-//! `--network` given keeps its meaning: this module is not asked.
+//! Podman's bridges have no such option: there each session makes a
+//! network of its own (Podman's API makes it `isolate`d from its other
+//! networks), removed at close, by the reaper thread if dropped, and by
+//! `--reap` once its owner is gone. `--network` given keeps its meaning:
+//! this module is not asked.
 
 use anyhow::{Context, Result};
 use bollard::models::NetworkCreateRequest;
@@ -13,7 +17,7 @@ use bollard::query_parameters::ListNetworksOptionsBuilder;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::labels::LABEL_MANAGED;
+use super::labels::{Owner, LABEL_MANAGED};
 use crate::docker::daemon::client::{status_of, Client};
 use crate::docker::names::random_hex;
 
@@ -26,12 +30,17 @@ pub const NAME: &str = "rdocker-testbeds";
 /// never by name.
 pub const LABEL: &str = "org.debian.autopkgtest.rdocker.network";
 const LABEL_VALUE: &str = "apart";
+/// LABEL's value on a network of one session (Podman).
+pub const LABEL_SESSION: &str = "session";
+
+/// How long removal of a session's network waits for its containers to
+/// go (a removal in flight, the daemon restarting).
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The bridge driver's option that turns container-to-container traffic
 /// off (iptables DROP between the bridge's ports).
 pub const ICC: &str = "com.docker.network.bridge.enable_icc";
 
 /// Where the testbeds go.
-#[derive(Debug, PartialEq)]
 pub enum Choice {
     /// The shared network.
     Apart {
@@ -39,6 +48,8 @@ pub enum Choice {
         name: String,
         gateway: Option<IpAddr>,
     },
+    /// A network of this session alone (Podman).
+    Session(Box<Own>),
     /// The daemon's default network, as before: why.
     Default(String),
 }
@@ -59,13 +70,24 @@ pub struct Seen {
 /// cache listens on our own address, as before).
 pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
     let (podman, found) = tokio::join!(podman(client), list(client));
-    if let Some(why) = podman {
-        return Ok(Choice::Default(why));
+    if podman {
+        return own(client, needs_gateway).await;
     }
     let mut made = None;
     let mut found = found?;
     if found.is_empty() {
-        made = create(client).await?;
+        let labels = HashMap::from([
+            (LABEL.into(), LABEL_VALUE.into()),
+            (LABEL_MANAGED.into(), "1".into()),
+        ]);
+        let options = HashMap::from([(ICC.into(), "false".into())]);
+        made = create(
+            client,
+            &format!("{NAME}-{}", random_hex(4)),
+            labels,
+            options,
+        )
+        .await?;
         found = list(client).await?;
     }
     let Some(w) = pick(&found).cloned() else {
@@ -92,18 +114,8 @@ pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
             w.name, w.name
         )));
     }
-    if needs_gateway {
-        if let Some(g) = w.gateway {
-            if std::net::TcpListener::bind((g, 0)).is_err() {
-                return Ok(Choice::Default(format!(
-                    "this process cannot listen on {g}, the gateway of network {} (it runs \
-                     in a container beside the daemon), where the testbeds would reach its apt \
-                     cache; on the default network they reach it at this container's own \
-                     address. `--apt-cache off` keeps the testbeds apart instead",
-                    w.name
-                )));
-            }
-        }
+    if let Some(why) = unreachable_gateway(needs_gateway, w.gateway, &w.name) {
+        return Ok(Choice::Default(why));
     }
     Ok(Choice::Apart {
         id: w.id,
@@ -140,22 +152,152 @@ pub async fn exists(client: &Client, id: &str) -> bool {
     }
 }
 
-/// Podman's bridges (CNI, netavark) have no `enable_icc`: its API warns
-/// the option away, and its containers would reach each other.
-async fn podman(client: &Client) -> Option<String> {
-    let v = client.docker.version().await.ok()?;
-    let is = v
-        .components
-        .unwrap_or_default()
-        .iter()
-        .any(|c| c.name.to_ascii_lowercase().contains("podman"));
-    is.then(|| {
+/// Why the testbeds cannot be on the network whose gateway is `g`: the
+/// apt cache would listen there, and this process cannot (it runs in a
+/// container beside the daemon; on the default network the testbeds
+/// reach the cache at this container's own address, as before).
+fn unreachable_gateway(needs_gateway: bool, g: Option<IpAddr>, name: &str) -> Option<String> {
+    let g = g.filter(|_| needs_gateway)?;
+    std::net::TcpListener::bind((g, 0)).err().map(|_| {
         format!(
-            "Podman's networks cannot turn container-to-container traffic off ({ICC} is \
-             ignored): the testbeds go on its default network, where sessions can reach each \
-             other"
+            "this process cannot listen on {g}, the gateway of network {name} (it runs in a \
+             container beside the daemon), where the testbeds would reach its apt cache; on \
+             the default network they reach it at this container's own address. \
+             `--apt-cache off` keeps the testbeds apart instead"
         )
     })
+}
+
+/// Podman's bridges (CNI, netavark) have no `enable_icc`: its API warns
+/// the option away, and its containers would reach each other.
+async fn podman(client: &Client) -> bool {
+    let Ok(v) = client.docker.version().await else {
+        return false;
+    };
+    v.components
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.name.to_ascii_lowercase().contains("podman"))
+}
+
+/// A network for this session's testbeds alone (Podman).
+async fn own(client: &Client, needs_gateway: bool) -> Result<Choice> {
+    let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
+    let mut labels = Owner::current().labels();
+    labels.insert(LABEL.into(), LABEL_SESSION.into());
+    let Some(id) = create(client, &name, labels, HashMap::new()).await? else {
+        anyhow::bail!("network {name} exists already: remove it (`podman network rm {name}`)");
+    };
+    let mut own = Own {
+        id,
+        name,
+        gateway: None,
+        client: client.clone(),
+        removed: false,
+    };
+    let inspected = client.docker.inspect_network(&own.id, None).await;
+    own.gateway = inspected
+        .ok()
+        .and_then(|n| n.ipam)
+        .and_then(|i| i.config)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|c| c.gateway.and_then(|g| g.parse().ok()));
+    // Podman makes the bridge, and its gateway address, only when a first
+    // container joins: whether this process can listen there is known
+    // only then (aptproxy.rs: without, the testbeds get no cache).
+    let _ = needs_gateway;
+    Ok(Choice::Session(Box::new(own)))
+}
+
+/// A network this session made (Podman). `remove` at close; dropped, it
+/// goes to the reaper thread, which removes it once its containers went.
+pub struct Own {
+    pub id: String,
+    pub name: String,
+    pub gateway: Option<IpAddr>,
+    client: Client,
+    removed: bool,
+}
+
+impl Own {
+    pub async fn remove(&mut self) -> Result<()> {
+        if self.removed {
+            return Ok(());
+        }
+        remove_when_free(&self.client, &self.id, &self.name).await?;
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Own {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let (endpoint, version) = (self.client.endpoint.clone(), self.client.api_version());
+        let via = self.client.via.clone();
+        let (id, name) = (self.id.clone(), self.name.clone());
+        super::reaper::remove(super::reaper::Job {
+            name: self.name.clone(),
+            work: Box::new(move || {
+                Box::pin(async move {
+                    let client = Client::connect_with_version(&endpoint, &version, via.as_deref())?;
+                    remove_when_free(&client, &id, &name).await
+                })
+            }),
+        });
+    }
+}
+
+/// Remove a session's network, waiting for its containers to go first.
+pub async fn remove_when_free(client: &Client, id: &str, name: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + REMOVE_WAIT;
+    loop {
+        match client.docker.remove_network(id).await {
+            Ok(()) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            // In use (a container's removal in flight), or the daemon
+            // away for a moment.
+            Err(e) if std::time::Instant::now() < deadline => {
+                crate::debug!("cannot remove network {name} yet ({e}); retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot remove network {name}; once its containers are gone, remove it \
+                     with `autopkgtest-virt-rdocker --reap` or `docker network rm {name}`"
+                )))
+            }
+        }
+    }
+}
+
+/// The session networks on the daemon, with their labels, for `--reap`.
+pub async fn sessions(client: &Client) -> Result<Vec<(String, String, HashMap<String, String>)>> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL}={LABEL_SESSION}")])]);
+    let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
+    let nets = client
+        .docker
+        .list_networks(Some(opts))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot list networks on the daemon at {}",
+                client.endpoint.host
+            )
+        })?;
+    Ok(nets
+        .into_iter()
+        .filter_map(|n| {
+            Some((
+                n.id?,
+                n.name.unwrap_or_default(),
+                n.labels.unwrap_or_default(),
+            ))
+        })
+        .collect())
 }
 
 async fn list(client: &Client) -> Result<Vec<Seen>> {
@@ -193,26 +335,24 @@ async fn list(client: &Client) -> Result<Vec<Seen>> {
         .collect())
 }
 
-/// Make the network; its id, or None if the daemon says it exists (made
+/// Make a network; its id, or None if the daemon says it exists (made
 /// meanwhile by another session).
-async fn create(client: &Client) -> Result<Option<String>> {
-    let name = format!("{NAME}-{}", random_hex(4));
+async fn create(
+    client: &Client,
+    name: &str,
+    labels: HashMap<String, String>,
+    options: HashMap<String, String>,
+) -> Result<Option<String>> {
     let req = NetworkCreateRequest {
-        name: name.clone(),
+        name: name.into(),
         driver: Some("bridge".into()),
-        options: Some(HashMap::from([(ICC.into(), "false".into())])),
-        labels: Some(HashMap::from([
-            (LABEL.into(), LABEL_VALUE.into()),
-            (LABEL_MANAGED.into(), "1".into()),
-        ])),
+        options: (!options.is_empty()).then_some(options),
+        labels: Some(labels),
         ..Default::default()
     };
     match client.docker.create_network(req).await {
         Ok(r) => {
-            crate::debug!(
-                "made network {name} ({}) for the testbeds, container-to-container traffic off",
-                short(&r.id)
-            );
+            crate::debug!("made network {name} ({}) for the testbeds", short(&r.id));
             Ok(Some(r.id))
         }
         Err(e) if status_of(&e) == Some(409) => Ok(None),

@@ -1,7 +1,8 @@
 //! `--reap`: remove rdocker containers whose owner process is gone (an
 //! rdocker killed with SIGKILL cannot clean up after itself), and no
-//! others. Containers are matched by label, never by name. And copies of
-//! the shared network (network.rs) that a race left.
+//! others. Containers are matched by label, never by name; so are the
+//! networks of sessions (network.rs, Podman), and copies of the shared
+//! network that a race left.
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
@@ -109,6 +110,22 @@ pub async fn reap(client: &Client) -> Result<()> {
     println!(
         "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts left alone"
     );
+    // Sessions' networks (Podman) once their containers are gone.
+    let mut nets = 0;
+    for (id, name, labels) in super::network::sessions(client).await? {
+        match judge(&labels, &me, start_time) {
+            Verdict::Orphan(why) => {
+                super::network::remove_when_free(client, &id, &name).await?;
+                println!("removed network {name}: {why}");
+                nets += 1;
+            }
+            Verdict::Owned => {}
+            Verdict::Foreign(why) => crate::debug!("left network {name}: {why}"),
+        }
+    }
+    if nets > 0 {
+        println!("reaped {nets} orphaned network(s)");
+    }
     super::network::reap_copies(client).await?;
     Ok(())
 }
