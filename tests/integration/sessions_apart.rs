@@ -203,12 +203,41 @@ fn a_session_cannot_reach_another_sessions_testbed() {
             "the testbed cannot reach the apt cache at {proxy}"
         );
     }
+    // Nothing of this reaches the server: it stays small.
+    for s in [&a, &b] {
+        let kib = rss_kib(s.pid());
+        assert!(kib < 32 * 1024, "server at {kib} KiB");
+    }
     // A's revert: the next testbed is on the same network, and what A's
     // old testbed left listening is gone with it.
     a.ok("revert");
     let argv_a2 = a.exec_argv();
     let (_, net_a2, _, _) = only_network(&argv_a2);
     assert_eq!(net_a2, net_a);
+    a.quit();
+    b.quit();
+}
+
+/// The same with `--remote` (what CI job containers use): the Engine
+/// API alone, no apt cache, and still apart.
+#[test]
+fn remote_sessions_cannot_reach_each_other() {
+    let _one = serial();
+    let image = image();
+    let mut a = Server::start(&["--remote", "-d", &image]);
+    let mut b = Server::start(&["--remote", "-d", &image]);
+    a.open();
+    b.open();
+    let (argv_a, argv_b) = (a.exec_argv(), b.exec_argv());
+    let (name_a, net_a, ip_a, gw_a) = only_network(&argv_a);
+    let (_, net_b, _, _) = only_network(&argv_b);
+    assert!(name_a.starts_with(NETWORK), "A's testbed is on {name_a}");
+    assert_eq!(net_a, net_b);
+    listen_in(&argv_a, &ip_a, "secret-of-a");
+    let got = connect_from(&argv_b, &format!("{ip_a}:{PORT}"));
+    assert!(got.starts_with("FAILED"), "B reached A: {got}");
+    let host = host_listener(&gw_a);
+    assert_eq!(connect_from(&argv_b, &host), "READ host");
     a.quit();
     b.quit();
 }
