@@ -261,8 +261,21 @@ fn network_bridge_keeps_the_default_bridge() {
         connect_from(&argv_b, &format!("{ip_a}:{PORT}")),
         "READ bridged"
     );
+    // A session without --network reaches nothing on the default bridge
+    // either (Docker isolates bridges from each other).
+    let mut c = Server::start(&["-d", &image]);
+    c.open();
+    let argv_c = c.exec_argv();
+    let (name_c, _, _, _) = only_network(&argv_c);
+    assert!(name_c.starts_with(NETWORK), "C's testbed is on {name_c}");
+    let got = connect_from(&argv_c, &format!("{ip_a}:{PORT}"));
+    assert!(
+        got.starts_with("FAILED"),
+        "C reached the default bridge: {got}"
+    );
     a.quit();
     b.quit();
+    c.quit();
 }
 
 #[test]

@@ -429,6 +429,16 @@ mod tests {
         assert!(pick(&[]).is_none());
     }
 
+    #[test]
+    fn a_gateway_that_is_not_ours_keeps_the_default_network() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // TEST-NET-1: no address of this machine.
+        assert!(unreachable_gateway(true, ip("192.0.2.1"), "n").is_some());
+        assert!(unreachable_gateway(false, ip("192.0.2.1"), "n").is_none());
+        assert!(unreachable_gateway(true, ip("127.0.0.1"), "n").is_none());
+        assert!(unreachable_gateway(true, None, "n").is_none());
+    }
+
     proptest! {
         // Every session picks the same network, in whatever order the
         // daemon lists them, and it is the oldest.
