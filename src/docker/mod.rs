@@ -625,9 +625,8 @@ impl DockerTestbed {
             }
             life::network::Choice::Session(own) => {
                 debug!(
-                    "testbeds on network {} ({}, gateway {}), this session's own: Podman's \
-                     networks cannot keep their containers apart, but keep them from other \
-                     networks'",
+                    "testbeds on network {} ({}, gateway {}), this session's own: they reach \
+                     the host and the outside, not other networks' containers",
                     own.name,
                     &own.id[..12.min(own.id.len())],
                     own.gateway.map_or("none".into(), |g| g.to_string())

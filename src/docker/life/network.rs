@@ -8,11 +8,14 @@
 //! Podman's bridges have no such option: there each session makes a
 //! network of its own (Podman's API makes it `isolate`d from its other
 //! networks), removed at close, by the reaper thread if dropped, and by
-//! `--reap` once its owner is gone. `--network` given keeps its meaning:
-//! this module is not asked.
+//! `--reap` once its owner is gone. So does rdocker in a container beside
+//! the daemon (a CI job container), which cannot listen on the shared
+//! network's gateway for its apt cache: it joins its session's network,
+//! where the testbeds reach it. `--network` given keeps its meaning: this
+//! module is not asked.
 
 use anyhow::{Context, Result};
-use bollard::models::NetworkCreateRequest;
+use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest};
 use bollard::query_parameters::ListNetworksOptionsBuilder;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,8 +33,11 @@ pub const NAME: &str = "rdocker-testbeds";
 /// never by name.
 pub const LABEL: &str = "org.debian.autopkgtest.rdocker.network";
 const LABEL_VALUE: &str = "apart";
-/// LABEL's value on a network of one session (Podman).
+/// LABEL's value on a network of one session (Podman, a job container).
 pub const LABEL_SESSION: &str = "session";
+/// The container rdocker runs in, joined to its session's network: it
+/// leaves before the network goes.
+pub const LABEL_JOINED: &str = "org.debian.autopkgtest.rdocker.network.joined";
 
 /// How long removal of a session's network waits for its containers to
 /// go (a removal in flight, the daemon restarting).
@@ -48,7 +54,7 @@ pub enum Choice {
         name: String,
         gateway: Option<IpAddr>,
     },
-    /// A network of this session alone (Podman).
+    /// A network of this session alone (Podman, a job container).
     Session(Box<Own>),
     /// The daemon's default network, as before: why.
     Default(String),
@@ -71,7 +77,7 @@ pub struct Seen {
 pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
     let (podman, found) = tokio::join!(podman(client), list(client));
     if podman {
-        return own(client, needs_gateway).await;
+        return own(client, None).await;
     }
     let mut made = None;
     let mut found = found?;
@@ -115,7 +121,8 @@ pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
         )));
     }
     if let Some(why) = unreachable_gateway(needs_gateway, w.gateway, &w.name) {
-        return Ok(Choice::Default(why));
+        crate::debug!("{why}: a network for this session, which this container joins");
+        return own(client, w.gateway).await;
     }
     Ok(Choice::Apart {
         id: w.id,
@@ -161,10 +168,28 @@ fn unreachable_gateway(needs_gateway: bool, g: Option<IpAddr>, name: &str) -> Op
     std::net::TcpListener::bind((g, 0)).err().map(|_| {
         format!(
             "this process cannot listen on {g}, the gateway of network {name} (it runs in a \
-             container beside the daemon), where the testbeds would reach its apt cache; on \
-             the default network they reach it at this container's own address. \
-             `--apt-cache off` keeps the testbeds apart instead"
+             container beside the daemon), where the testbeds would reach its apt cache"
         )
+    })
+}
+
+/// The container this process runs in, on a local daemon: the one with
+/// the address we reach `toward` from.
+async fn find_self(client: &Client, toward: IpAddr) -> Option<String> {
+    let any: IpAddr = match toward {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    // A connected UDP socket sends nothing: it only asks for the route.
+    let sock = std::net::UdpSocket::bind((any, 0)).ok()?;
+    sock.connect((toward, 9)).ok()?;
+    let me = sock.local_addr().ok()?.ip().to_string();
+    let list = client.docker.list_containers(None).await.ok()?;
+    list.into_iter().find_map(|c| {
+        let nets = c.network_settings?.networks?;
+        nets.values()
+            .any(|n| n.ip_address.as_deref() == Some(me.as_str()))
+            .then_some(c.id)?
     })
 }
 
@@ -180,21 +205,60 @@ async fn podman(client: &Client) -> bool {
         .any(|c| c.name.to_ascii_lowercase().contains("podman"))
 }
 
-/// A network for this session's testbeds alone (Podman).
-async fn own(client: &Client, needs_gateway: bool) -> Result<Choice> {
+/// A network for this session's testbeds alone: on Podman; and beside
+/// the daemon (`join`: the shared network's gateway), where the container
+/// this process runs in joins it, so that the testbeds reach its apt
+/// cache there.
+async fn own(client: &Client, join: Option<IpAddr>) -> Result<Choice> {
+    let joined =
+        match join {
+            None => None,
+            Some(g) => match find_self(client, g).await {
+                Some(c) => Some(c),
+                None => return Ok(Choice::Default(
+                    "rdocker runs in a container beside the daemon, which it cannot find there \
+                     to join a network of this session; on the default network the testbeds \
+                     reach its apt cache at this container's own address (and each other: \
+                     `--apt-cache off` keeps them apart)"
+                        .into(),
+                )),
+            },
+        };
     let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
     let mut labels = Owner::current().labels();
     labels.insert(LABEL.into(), LABEL_SESSION.into());
+    if let Some(c) = &joined {
+        labels.insert(LABEL_JOINED.into(), c.clone());
+    }
     let Some(id) = create(client, &name, labels, HashMap::new()).await? else {
-        anyhow::bail!("network {name} exists already: remove it (`podman network rm {name}`)");
+        anyhow::bail!("network {name} exists already: remove it (`docker network rm {name}`)");
     };
     let mut own = Own {
         id,
         name,
         gateway: None,
+        joined: None,
         client: client.clone(),
         removed: false,
     };
+    if let Some(c) = joined {
+        let req = NetworkConnectRequest {
+            container: c.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = client.docker.connect_network(&own.id, req).await {
+            own.remove().await?;
+            return Ok(Choice::Default(format!(
+                "cannot join this container ({}) to network {}: {e}; the testbeds go on the \
+                 default network, where they reach its apt cache (and each other: \
+                 `--apt-cache off` keeps them apart)",
+                short(&c),
+                own.name
+            )));
+        }
+        crate::debug!("this container ({}) joined network {}", short(&c), own.name);
+        own.joined = Some(c);
+    }
     let inspected = client.docker.inspect_network(&own.id, None).await;
     own.gateway = inspected
         .ok()
@@ -203,19 +267,17 @@ async fn own(client: &Client, needs_gateway: bool) -> Result<Choice> {
         .unwrap_or_default()
         .into_iter()
         .find_map(|c| c.gateway.and_then(|g| g.parse().ok()));
-    // Podman makes the bridge, and its gateway address, only when a first
-    // container joins: whether this process can listen there is known
-    // only then (aptproxy.rs: without, the testbeds get no cache).
-    let _ = needs_gateway;
     Ok(Choice::Session(Box::new(own)))
 }
 
-/// A network this session made (Podman). `remove` at close; dropped, it
-/// goes to the reaper thread, which removes it once its containers went.
+/// A network this session made. `remove` at close; dropped, it goes to
+/// the reaper thread, which removes it once its containers went.
 pub struct Own {
     pub id: String,
     pub name: String,
     pub gateway: Option<IpAddr>,
+    /// This process's container, joined to it.
+    pub joined: Option<String>,
     client: Client,
     removed: bool,
 }
@@ -225,7 +287,7 @@ impl Own {
         if self.removed {
             return Ok(());
         }
-        remove_when_free(&self.client, &self.id, &self.name).await?;
+        remove_when_free(&self.client, &self.id, &self.name, self.joined.as_deref()).await?;
         self.removed = true;
         Ok(())
     }
@@ -238,21 +300,36 @@ impl Drop for Own {
         }
         let (endpoint, version) = (self.client.endpoint.clone(), self.client.api_version());
         let via = self.client.via.clone();
-        let (id, name) = (self.id.clone(), self.name.clone());
+        let (id, name, joined) = (self.id.clone(), self.name.clone(), self.joined.clone());
         super::reaper::remove(super::reaper::Job {
             name: self.name.clone(),
             work: Box::new(move || {
                 Box::pin(async move {
                     let client = Client::connect_with_version(&endpoint, &version, via.as_deref())?;
-                    remove_when_free(&client, &id, &name).await
+                    remove_when_free(&client, &id, &name, joined.as_deref()).await
                 })
             }),
         });
     }
 }
 
-/// Remove a session's network, waiting for its containers to go first.
-pub async fn remove_when_free(client: &Client, id: &str, name: &str) -> Result<()> {
+/// Remove a session's network, waiting for its testbeds to go first;
+/// the container `joined` to it leaves it.
+pub async fn remove_when_free(
+    client: &Client,
+    id: &str,
+    name: &str,
+    joined: Option<&str>,
+) -> Result<()> {
+    if let Some(c) = joined {
+        let req = NetworkDisconnectRequest {
+            container: c.into(),
+            force: Some(true),
+        };
+        if let Err(e) = client.docker.disconnect_network(id, req).await {
+            crate::debug!("container {} did not leave network {name}: {e}", short(c));
+        }
+    }
     let deadline = std::time::Instant::now() + REMOVE_WAIT;
     loop {
         match client.docker.remove_network(id).await {

@@ -110,12 +110,14 @@ pub async fn reap(client: &Client) -> Result<()> {
     println!(
         "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts left alone"
     );
-    // Sessions' networks (Podman) once their containers are gone.
+    // Sessions' networks (Podman, job containers) once their testbeds
+    // are gone.
     let mut nets = 0;
     for (id, name, labels) in super::network::sessions(client).await? {
         match judge(&labels, &me, start_time) {
             Verdict::Orphan(why) => {
-                super::network::remove_when_free(client, &id, &name).await?;
+                let joined = labels.get(super::network::LABEL_JOINED).map(String::as_str);
+                super::network::remove_when_free(client, &id, &name, joined).await?;
                 println!("removed network {name}: {why}");
                 nets += 1;
             }
