@@ -88,7 +88,8 @@ pub struct DockerTestbed {
     network_chosen: bool,
     /// `run.network` is rdocker's, not `--network`'s.
     network_ours: bool,
-    /// The network this session made (Podman), removed at close.
+    /// The network this session made (Podman, a job container), removed
+    /// at close.
     own_network: Option<life::network::Own>,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.

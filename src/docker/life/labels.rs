@@ -36,9 +36,7 @@ impl Owner {
                 .map(|b| b.trim().to_string()),
         }
     }
-}
 
-impl Owner {
     /// The labels that mark a container or network as rdocker's and name
     /// this owner.
     pub fn labels(&self) -> std::collections::HashMap<String, String> {

@@ -71,9 +71,9 @@ pub struct Seen {
 }
 
 /// The testbeds' network. `needs_gateway`: the apt cache will listen on
-/// the network's gateway, so this process must be able to (it cannot in
-/// a container beside the daemon: then the default network, where the
-/// cache listens on our own address, as before).
+/// the network's gateway, so this process must be able to; in a
+/// container beside the daemon it cannot, and joins a network of the
+/// session's own instead, where the cache listens on its address there.
 pub async fn choose(client: &Client, needs_gateway: bool) -> Result<Choice> {
     let (podman, found) = tokio::join!(podman(client), list(client));
     if podman {
