@@ -88,6 +88,9 @@ pub struct DockerTestbed {
     network_chosen: bool,
     /// `run.network` is rdocker's, not `--network`'s.
     network_ours: bool,
+    /// A choice of network began and did not end (the open was cut
+    /// off): `stop` looks for a network it made.
+    network_cut_off: bool,
     /// The network this session made (Podman, a job container), removed
     /// at close.
     own_network: Option<life::network::Own>,
@@ -350,6 +353,7 @@ impl DockerTestbed {
             apt: None,
             network_chosen: false,
             network_ours: false,
+            network_cut_off: false,
             own_network: None,
             hub: None,
         })
@@ -542,6 +546,8 @@ impl DockerTestbed {
             CopyMode::Api { local, .. } => *local,
             CopyMode::Shared { .. } => true,
         };
+        // Until chosen: an open cut off meanwhile may have made one.
+        self.network_cut_off |= !self.network_chosen && self.run.network.is_none();
         // The network and the apt plan at once: the plan reads the
         // network only for `host` and `none`, which are never chosen.
         let network = async {
@@ -568,6 +574,7 @@ impl DockerTestbed {
             self.use_network(choice);
         }
         self.network_chosen = true;
+        self.network_cut_off = false;
         if let Some(plan) = plan? {
             self.apt = Some(Arc::new(plan));
         }
@@ -936,7 +943,11 @@ impl Testbed for DockerTestbed {
 
     async fn stop(&mut self) -> Result<()> {
         self.tear_down().await?;
-        container::sweep_own(&self.client).await
+        container::sweep_own(&self.client).await?;
+        if self.network_cut_off {
+            life::network::sweep_own(&self.client).await?;
+        }
+        Ok(())
     }
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {

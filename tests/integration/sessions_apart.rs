@@ -661,3 +661,25 @@ fn listen_in_from(argv: &[String], secret: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// An open cut off by SIGTERM while it makes the session's network on
+/// Podman (or just after) leaves no network behind.
+#[test]
+fn podman_open_cut_off_leaves_no_network() {
+    let p = podman();
+    let host = format!("unix://{PODMAN_SOCKET}");
+    for ms in [100, 300, 600] {
+        let mut s = Server::start_env(&[&image()], &[("DOCKER_HOST", host.as_str())]);
+        let pid = s.pid();
+        s.send("open");
+        std::thread::sleep(Duration::from_millis(ms));
+        s.signal(nix::sys::signal::Signal::SIGTERM);
+        s.wait(Duration::from_secs(30));
+        assert_eq!(
+            networks_of(&p, pid),
+            Vec::<String>::new(),
+            "SIGTERM {ms} ms into open: {}",
+            s.stderr()
+        );
+    }
+}

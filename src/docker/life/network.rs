@@ -20,7 +20,9 @@ use bollard::query_parameters::ListNetworksOptionsBuilder;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::labels::{Owner, LABEL_MANAGED};
+use super::labels::{
+    Owner, LABEL_MANAGED, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_PIDNS, LABEL_OWNER_START,
+};
 use crate::docker::daemon::client::{status_of, Client};
 use crate::docker::names::random_hex;
 
@@ -349,6 +351,27 @@ pub async fn remove_when_free(
             }
         }
     }
+}
+
+/// Remove this process's session networks: one whose making an ended
+/// open cut off, which no `Own` holds.
+pub async fn sweep_own(client: &Client) -> Result<()> {
+    let me = Owner::current().labels();
+    for (id, name, labels) in sessions(client).await? {
+        let mine = [
+            LABEL_OWNER_PID,
+            LABEL_OWNER_HOST,
+            LABEL_OWNER_START,
+            LABEL_OWNER_PIDNS,
+        ]
+        .iter()
+        .all(|k| labels.get(*k) == me.get(*k));
+        if mine {
+            let joined = labels.get(LABEL_JOINED).map(String::as_str);
+            remove_when_free(client, &id, &name, joined).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The session networks on the daemon, with their labels, for `--reap`.
