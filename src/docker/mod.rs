@@ -86,6 +86,16 @@ pub struct DockerTestbed {
     /// The testbeds' apt proxy and package cache, decided at the first
     /// open of a session (apt/plan.rs).
     apt: Option<Arc<AptPlan>>,
+    /// `run.network` was settled (life/network.rs) at the first open.
+    network_chosen: bool,
+    /// `run.network` is rdocker's, not `--network`'s.
+    network_ours: bool,
+    /// A choice of network began and did not end (the open was cut
+    /// off): `stop` looks for a network it made.
+    network_cut_off: bool,
+    /// The network this session made (Podman, a job container), removed
+    /// at close.
+    own_network: Option<life::network::Own>,
     /// Where exec helpers reach the stream agents of testbeds without a
     /// direct route (api/hub.rs); made at the first open.
     hub: Option<hub::Hub>,
@@ -346,6 +356,10 @@ impl DockerTestbed {
             retiring: Vec::new(),
             apt_options,
             apt: None,
+            network_chosen: false,
+            network_ours: false,
+            network_cut_off: false,
+            own_network: None,
             hub: None,
             shared: None,
         })
@@ -539,15 +553,40 @@ impl DockerTestbed {
             self.pulled = true;
             self.decide_init().await?;
         }
-        if self.apt.is_none() {
-            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
-            let local = match &self.copy_mode {
-                CopyMode::Api { local, .. } => *local,
-                CopyMode::Shared { .. } => true,
-            };
-            let plan = tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+        let local = match &self.copy_mode {
+            CopyMode::Api { local, .. } => *local,
+            CopyMode::Shared { .. } => true,
+        };
+        // Until chosen: an open cut off meanwhile may have made one.
+        self.network_cut_off |= !self.network_chosen && self.run.network.is_none();
+        // The network and the apt plan at once: the plan reads the
+        // network only for `host` and `none`, which are never chosen.
+        let network = async {
+            if self.network_chosen || self.run.network.is_some() {
+                return Ok(None);
+            }
+            let cache = self.apt_options.cache != apt::plan::CacheChoice::Off;
+            life::network::choose(&self.client, cache && local)
                 .await
-                .context("looking for the host's apt proxy panicked")??;
+                .map(Some)
+        };
+        let plan = async {
+            if self.apt.is_some() {
+                return Ok(None);
+            }
+            let (opts, network) = (self.apt_options.clone(), self.run.network.clone());
+            tokio::task::spawn_blocking(move || AptPlan::new(&opts, network, local))
+                .await
+                .context("looking for the host's apt proxy panicked")?
+                .map(Some)
+        };
+        let (network, plan) = tokio::join!(network, plan);
+        if let Some(choice) = network? {
+            self.use_network(choice);
+        }
+        self.network_chosen = true;
+        self.network_cut_off = false;
+        if let Some(plan) = plan? {
             self.apt = Some(Arc::new(plan));
         }
         if self.hub.is_none() {
@@ -564,11 +603,64 @@ impl DockerTestbed {
             )?;
         }
         let downtmp = recipe.downtmp.clone();
-        self.install(prepare(recipe).await?);
+        let ready = match prepare(recipe).await {
+            // Removed (`docker network prune`) since it was chosen, before
+            // a testbed was on it: made again.
+            Err(e) if self.network_gone().await => {
+                debug!("the testbeds' network went away ({e:#}); choosing again");
+                self.run.network = None;
+                let cache = self.apt_options.cache != apt::plan::CacheChoice::Off;
+                let choice = life::network::choose(&self.client, cache && local).await?;
+                self.use_network(choice);
+                prepare(self.recipe()?).await?
+            }
+            r => r?,
+        };
+        self.install(ready);
         if let (Some(sd), Some(c)) = (&mut self.shared, &self.container) {
             sd.check_seen(&self.client, &c.id).await?;
         }
         Ok(downtmp)
+    }
+
+    /// Whether the network this session chose is gone from the daemon.
+    async fn network_gone(&self) -> bool {
+        match (&self.run.network, self.network_ours) {
+            (Some(id), true) => !life::network::exists(&self.client, id).await,
+            _ => false,
+        }
+    }
+
+    /// Without `--network`, the testbeds go on rdocker's shared network,
+    /// where they reach no other container (life/network.rs).
+    fn use_network(&mut self, choice: life::network::Choice) {
+        match choice {
+            life::network::Choice::Apart { id, name, gateway } => {
+                debug!(
+                    "testbeds on network {name} ({}, gateway {}): they reach the host and the \
+                     outside, not each other",
+                    &id[..12.min(id.len())],
+                    gateway.map_or("none".into(), |g| g.to_string())
+                );
+                self.run.network = Some(id);
+                self.network_ours = true;
+            }
+            life::network::Choice::Session(own) => {
+                debug!(
+                    "testbeds on network {} ({}, gateway {}), this session's own: they reach \
+                     the host and the outside, not other networks' containers",
+                    own.name,
+                    &own.id[..12.min(own.id.len())],
+                    own.gateway.map_or("none".into(), |g| g.to_string())
+                );
+                self.run.network = Some(own.id.clone());
+                self.network_ours = true;
+                self.own_network = Some(*own);
+            }
+            life::network::Choice::Default(why) => {
+                debug!("testbeds on the daemon's default network: {why}")
+            }
+        }
     }
 
     /// Remove the open testbed, the spare and the reverted ones, all at
@@ -610,11 +702,27 @@ impl DockerTestbed {
         if let Some(p) = self.apt.take() {
             p.close();
         }
+        // Once its containers are gone; a next open makes another.
+        let net = match self.own_network.take() {
+            Some(mut n) => {
+                debug!("removing network {}", n.name);
+                self.run.network = None;
+                self.network_ours = false;
+                self.network_chosen = false;
+                // A container whose create was cut off holds it too.
+                match container::sweep_own(&self.client).await {
+                    Ok(()) => n.remove().await,
+                    Err(e) => Err(e),
+                }
+            }
+            None => Ok(()),
+        };
         a?;
         b.transpose()?;
         for r in c {
             r.map_err(|e| anyhow!("a container removal failed: {e}"))??;
         }
+        net?;
         self.remove_shared_dir()
     }
 
@@ -882,7 +990,11 @@ impl Testbed for DockerTestbed {
 
     async fn stop(&mut self) -> Result<()> {
         self.tear_down().await?;
-        container::sweep_own(&self.client).await
+        container::sweep_own(&self.client).await?;
+        if self.network_cut_off {
+            life::network::sweep_own(&self.client).await?;
+        }
+        Ok(())
     }
 
     async fn push(&mut self, host: &Path, testbed: &str, dir: bool) -> Result<()> {

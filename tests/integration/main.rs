@@ -23,6 +23,7 @@ mod reap;
 mod reboot;
 mod reboot_plain;
 mod revert;
+mod sessions_apart;
 mod shared_dir;
 mod shell;
 mod tar_guard;

@@ -10,8 +10,7 @@ use futures_util::StreamExt;
 use std::collections::HashMap;
 
 use super::labels::{
-    hostname, Owner, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_HOST, LABEL_OWNER_PID,
-    LABEL_OWNER_PIDNS, LABEL_OWNER_START,
+    hostname, Owner, LABEL_OWNER_HOST, LABEL_OWNER_PID, LABEL_OWNER_PIDNS, LABEL_OWNER_START,
 };
 use super::runopts::RunOptions;
 use crate::docker::daemon::client::{status_of, Client};
@@ -200,22 +199,7 @@ impl Container {
         init: bool,
     ) -> Result<Container> {
         let name = format!("rdocker-{}-{}", std::process::id(), random_hex(4));
-        let pid = std::process::id();
-        let mut labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "1".to_string()),
-            (LABEL_OWNER_PID.to_string(), pid.to_string()),
-            (LABEL_OWNER_HOST.to_string(), hostname()),
-        ]);
-        let me = Owner::current();
-        for (k, v) in [
-            (LABEL_OWNER_START, me.start.map(|s| s.to_string())),
-            (LABEL_OWNER_PIDNS, me.pidns),
-            (LABEL_OWNER_BOOT, me.boot),
-        ] {
-            if let Some(v) = v {
-                labels.insert(k.to_string(), v);
-            }
-        }
+        let labels = Owner::current().labels();
         let mut all_binds = run.binds.clone();
         all_binds.extend(binds);
         let host_config = HostConfig {

@@ -36,6 +36,26 @@ impl Owner {
                 .map(|b| b.trim().to_string()),
         }
     }
+
+    /// The labels that mark a container or network as rdocker's and name
+    /// this owner.
+    pub fn labels(&self) -> std::collections::HashMap<String, String> {
+        let mut l = std::collections::HashMap::from([
+            (LABEL_MANAGED.to_string(), "1".to_string()),
+            (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+            (LABEL_OWNER_HOST.to_string(), self.host.clone()),
+        ]);
+        for (k, v) in [
+            (LABEL_OWNER_START, self.start.map(|s| s.to_string())),
+            (LABEL_OWNER_PIDNS, self.pidns.clone()),
+            (LABEL_OWNER_BOOT, self.boot.clone()),
+        ] {
+            if let Some(v) = v {
+                l.insert(k.to_string(), v);
+            }
+        }
+        l
+    }
 }
 
 /// The start time of a process, in clock ticks since boot (field 22 of

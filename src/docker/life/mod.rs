@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod container;
 pub mod labels;
+pub mod network;
 pub mod platform;
 pub mod reap;
 pub mod reaper;

@@ -1,6 +1,8 @@
 //! `--reap`: remove rdocker containers whose owner process is gone (an
 //! rdocker killed with SIGKILL cannot clean up after itself), and no
-//! others. Containers are matched by label, never by name.
+//! others. Containers are matched by label, never by name; so are the
+//! networks of sessions (network.rs, Podman), and copies of the shared
+//! network that a race left.
 
 use anyhow::{Context, Result};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
@@ -108,6 +110,25 @@ pub async fn reap(client: &Client) -> Result<()> {
     println!(
         "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts left alone"
     );
+    // Sessions' networks (Podman, job containers) once their testbeds
+    // are gone.
+    let mut nets = 0;
+    for (id, name, labels) in super::network::sessions(client).await? {
+        match judge(&labels, &me, start_time) {
+            Verdict::Orphan(why) => {
+                let joined = labels.get(super::network::LABEL_JOINED).map(String::as_str);
+                super::network::remove_when_free(client, &id, &name, joined).await?;
+                println!("removed network {name}: {why}");
+                nets += 1;
+            }
+            Verdict::Owned => {}
+            Verdict::Foreign(why) => crate::debug!("left network {name}: {why}"),
+        }
+    }
+    if nets > 0 {
+        println!("reaped {nets} orphaned network(s)");
+    }
+    super::network::reap_copies(client).await?;
     Ok(())
 }
 
