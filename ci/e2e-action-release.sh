@@ -28,7 +28,8 @@
 #            writes) are checked
 #
 # Usage: ci/e2e-action-release.sh [--deb FILE]
-#   --deb FILE  the .deb to publish (default: target/deb/rdocker_*_amd64.deb)
+#   --deb FILE  the .deb to publish (default: the one in target/release-assets,
+#               from ci/release-build.sh, else target/deb's)
 # Environment: RDOCKER_TEST_BASE_IMAGE (rdocker-test/debian:bookworm),
 # RDOCKER_TEST_USER_IMAGE (rdocker-test/user:bookworm, the testbed),
 # RDOCKER_TEST_LOGS (target/test-logs; logs go to its e2e-action-release/).
@@ -92,9 +93,10 @@ for img in "$BASE_IMAGE" "$TESTBED_IMAGE"; do
 done
 if [ -z "$DEB" ]; then
     shopt -s nullglob
-    debs=("$TREE"/target/deb/rdocker_*_amd64.deb)
+    debs=("$TREE"/target/release-assets/rdocker_*_amd64.deb)
+    [ ${#debs[@]} -gt 0 ] || debs=("$TREE"/target/deb/rdocker_*_amd64.deb)
     shopt -u nullglob
-    [ ${#debs[@]} -eq 1 ] || die "want exactly one target/deb/rdocker_*_amd64.deb, have ${#debs[@]}: run ci/build-deb.sh, or give --deb"
+    [ ${#debs[@]} -eq 1 ] || die "want exactly one rdocker_*_amd64.deb in target/release-assets or target/deb, have ${#debs[@]}: run ci/release-build.sh or ci/build-deb.sh, or give --deb"
     DEB=${debs[0]}
 fi
 [ -f "$DEB" ] || die "no such .deb: $DEB"
