@@ -18,6 +18,7 @@
 #            composite action, where the runner leaves GITHUB_ACTION_REF
 #            empty): fails, saying there is no release asset and to use a
 #            release tag or build-from-source; it installed curl first
+#   source   build-from-source: true: fails, saying there is no cargo
 #   corrupt  ref v0.1.0-corrupt: fails with "checksum mismatch", and
 #            rdocker is not installed
 #   release  ref v0.1.0: installs the .deb (the time it took is printed),
@@ -157,16 +158,19 @@ for ref in main v0.1.0-corrupt v0.1.0; do
     docker cp "$TREE/ci/action" "$JOB:$ap/ci/action" >/dev/null || die "cannot copy the action into the job"
 done
 
-# run_action NAME REF REPO-VAR REF-VAR: the action's step; status in RC.
+# run_action NAME REF REPO-VAR REF-VAR [VAR=VALUE...]: the action's step;
+# status in RC.
 run_action() {
-    local name=$1 ref=$2 repo_var=$3 ref_var=$4
+    local name=$1 ref=$2 repo_var=$3 ref_var=$4 extra=() v
+    shift 4
+    for v in "${@:-INPUT_BUILD_FROM_SOURCE=false}"; do extra+=(-e "$v"); done
     docker exec -w "$ws" -e GITHUB_ACTIONS=true -e CI=true -e GITHUB_WORKSPACE="$ws" \
         -e RUNNER_TEMP=/__w/_temp -e GITHUB_ACTION_PATH="/__w/_actions/owner/rdocker/$ref" \
         -e GITHUB_SERVER_URL="$URL" -e GITHUB_ACTION_REPOSITORY="$repo_var" -e GITHUB_ACTION_REF="$ref_var" \
         -e GITHUB_STEP_SUMMARY="$fc/step_summary_$name" -e GITHUB_OUTPUT="$fc/set_output_$name" \
         -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" -e INPUT_RDOCKER_DEB= \
-        -e INPUT_BUILD_FROM_SOURCE=false -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS= \
-        -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= \
+        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS= \
+        -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= "${extra[@]}" \
         "$JOB" bash "/__w/_actions/owner/rdocker/$ref/ci/action/run.sh" >"$LOGS/$name.log" 2>&1 &
     EXEC_PID=$!
     RC=0; wait "$EXEC_PID" || RC=$?
@@ -186,9 +190,15 @@ run_action branch main "" ""
 if [ "$RC" -eq 0 ]; then fail "branch: the step passed"; fi
 expect_line branch "no curl and no wget: installing curl" "$LOGS/branch.log"
 expect_line branch "no release asset at $URL/owner/rdocker/releases/download/main/SHA256SUMS: use a release tag in 'uses: owner/rdocker@vX.Y.Z'" "$LOGS/branch.log"
-expect_line branch "or set build-from-source: true" "$LOGS/branch.log"
+grep -qF "or set build-from-source: true" "$LOGS/branch.log" || fail "branch: no mention of build-from-source"
 ! installed || fail "branch: rdocker got installed"
 log "branch: exit $RC in $(( $(date +%s) - t )) s"
+
+log "--- source: build-from-source: true in a job without cargo"
+run_action source v0.1.0 owner/rdocker v0.1.0 INPUT_BUILD_FROM_SOURCE=true
+if [ "$RC" -eq 0 ]; then fail "source: the step passed"; fi
+expect_line source "build-from-source: true, but there is no cargo" "$LOGS/source.log"
+! installed || fail "source: rdocker got installed"
 
 log "--- corrupt: the .deb does not match SHA256SUMS"
 t=$(date +%s)

@@ -31,7 +31,12 @@ report.py junit OUTDIR
     with an <error> and the log's end.  Per-test artifacts (autopkgtest
     5.53 and later: artifacts/TEST/) are listed in their testcase's
     system-out; the older, shared artifacts/ in the testsuite's.
+
+The log holds what the tests print, so they may be hostile: the log is read
+in lines of at most MAX_LINE characters, only the last TAIL_LINES of each
+test are kept, and only tests that autopkgtest's summary names are tracked.
 """
+import collections
 import os
 import re
 import sys
@@ -47,6 +52,10 @@ ICON = {'PASS': '✅', 'FAIL': '❌', 'SKIP': '⏭️', 'FLAKY': '⚠️', 'NEUT
 PHASE_START = '[-----------------------'
 PHASE_END = '-----------------------]'
 TAIL_LINES = 50
+# A test writes what it likes to the log: memory stays bounded by reading
+# lines of at most this many characters (the rest of a longer one comes as
+# lines of its own) and keeping only each test's last TAIL_LINES lines.
+MAX_LINE = 4096
 # Characters XML 1.0 cannot hold, even escaped.
 NOT_XML = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
 
@@ -63,7 +72,7 @@ def fold(token):
         current = title
 
     start('autopkgtest: setup')
-    for raw in sys.stdin.buffer:
+    for raw in iter(lambda: sys.stdin.buffer.readline(MAX_LINE * 4), b''):
         line = raw.decode('utf-8', 'replace').rstrip('\n')
         m = LOG_LINE.match(line)
         if m:
@@ -103,8 +112,8 @@ class Test:
         self.name = name
         self.first = self.last = None
         self.prepare = self.setup_end = self.start = self.end = None
-        self.lines = []        # its log lines, from its first on
-        self.run_from = None   # index in lines of its "[-----" line
+        # Its last log lines: from its first line, then from its "[-----".
+        self.lines = collections.deque(maxlen=TAIL_LINES)
 
     def phases(self):
         """Texts of its set-up, dependencies, test, and all of it."""
@@ -122,22 +131,27 @@ class Test:
     def seconds(self):
         return span(self.first, self.last)
 
-    def tail(self, n=TAIL_LINES):
+    def tail(self):
         """The end of its log, from its "[-----" line on when it has one."""
-        lines = self.lines[self.run_from:] if self.run_from is not None else self.lines
-        return [ELAPSED.sub('', line, count=1) for line in lines[-n:]]
+        return [ELAPSED.sub('', line, count=1) for line in self.lines]
 
 
 def read_lines(path):
+    """Its lines, each cut to MAX_LINE characters; none if it is missing."""
     try:
         with open(path, encoding='utf-8', errors='replace') as f:
-            return [line.rstrip('\n') for line in f]
+            for line in iter(lambda: f.readline(MAX_LINE), ''):
+                yield line.rstrip('\n')
     except FileNotFoundError:
-        return []
+        return
 
 
-def parse_log(outdir):
-    """{test name: Test} from OUTDIR/log."""
+def parse_log(outdir, names):
+    """{test name: Test} from OUTDIR/log, for the tests named in NAMES.
+
+    A test can print lines that look like autopkgtest's: those of names
+    not in NAMES (autopkgtest's summary) are ignored, so that the tests it
+    can make up cost nothing."""
     tests, current, t0 = {}, None, None
     for line in read_lines(os.path.join(outdir, 'log')):
         m = LOG_LINE.match(line)
@@ -151,7 +165,9 @@ def parse_log(outdir):
         else:
             ts = None
         t = TEST_LINE.match(m.group(4)) if m else None
-        if t:
+        if t and t.group(1) not in names:
+            current = None
+        elif t:
             current = tests.setdefault(t.group(1), Test(t.group(1)))
             what = t.group(2).strip()
             if current.first is None:
@@ -160,7 +176,7 @@ def parse_log(outdir):
                 current.prepare = ts
             elif what == PHASE_START:
                 current.start = ts
-                current.run_from = len(current.lines)
+                current.lines.clear()
             elif what == PHASE_END:
                 current.end = ts
         elif m and m.group(4).startswith('@@@@'):
@@ -185,7 +201,7 @@ def parse_summary(outdir):
         m = SUMMARY_LINE.match(line)
         if m:
             rows.append((m.group(1), m.group(2), m.group(3) or ''))
-        elif line.strip():
+        elif line.strip() and len(other) < 20:
             other.append(line.strip())
     return rows, other
 
@@ -203,8 +219,8 @@ def source_package(outdir):
 
 
 def summary(outdir, title):
-    tests = parse_log(outdir)
     rows, other = parse_summary(outdir)
+    tests = parse_log(outdir, {r[0] for r in rows})
     out = ['### %s' % title, '']
     if not rows:
         out.append('autopkgtest wrote no test results (no test in `summary` in its output directory): '
@@ -242,8 +258,8 @@ def artifacts_of(outdir, name=None):
 
 def junit(outdir):
     """Write OUTDIR/junit.xml; return its path and its number of testcases."""
-    tests = parse_log(outdir)
     rows, other = parse_summary(outdir)
+    tests = parse_log(outdir, {r[0] for r in rows})
     src = source_package(outdir)
     # 5.53 and later: artifacts/TEST/ for each test that left any.
     per_test = any(os.path.isdir(os.path.join(outdir, 'artifacts', n)) for n, _, _ in rows)
@@ -282,9 +298,9 @@ def junit(outdir):
         counts['tests'] += 1
         counts['errors'] += 1
         case = ET.SubElement(suite, 'testcase', classname=src, name='autopkgtest', time='0')
-        lines = read_lines(os.path.join(outdir, 'log'))
+        lines = collections.deque(read_lines(os.path.join(outdir, 'log')), maxlen=TAIL_LINES)
         ET.SubElement(case, 'error', type='autopkgtest', message=clean(
-            '; '.join(other) or 'autopkgtest wrote no test results')).text = clean('\n'.join(lines[-TAIL_LINES:]))
+            '; '.join(other) or 'autopkgtest wrote no test results')).text = clean('\n'.join(lines))
     if not per_test:
         shared = artifacts_of(outdir)
         if shared:

@@ -91,13 +91,13 @@ class ReportTest(unittest.TestCase):
                     self.assertEqual(root.find('testsuite').get(attr), want, attr)
 
     def test_phases_from_the_old_log(self):
-        tests = report.parse_log(os.path.join(FIXTURES, 'hello-5.28'))
+        tests = report.parse_log(os.path.join(FIXTURES, 'hello-5.28'), {"greets", "as-root", "build-and-artifacts"})
         self.assertEqual(tests['greets'].phases(), ('0 s', '21 s', '0 s', '21 s'))
         # 5.28 logs nothing between set-up and dependencies after the first test.
         self.assertEqual(tests['as-root'].phases(), ('with dependencies', '32 s with set-up', '1 s', '33 s'))
 
     def test_phases_from_the_6_0_log(self):
-        tests = report.parse_log(os.path.join(FIXTURES, 'hello-6.0'))
+        tests = report.parse_log(os.path.join(FIXTURES, 'hello-6.0'), {"greets", "as-root", "build-and-artifacts"})
         self.assertEqual(tests['greets'].phases(), ('0 s', '9 s', '1 s', '10 s'))
         self.assertEqual(tests['build-and-artifacts'].phases(), ('0 s', '16 s', '1 s', '17 s'))
 
@@ -140,6 +140,37 @@ class ReportTest(unittest.TestCase):
         self.assertIn('"quoted" <x>]]>', failure.get('message'))
         self.assertEqual(root.find('testsuite').find('testcase').get('time'), '5', 'past midnight')
         self.assertEqual(root.find('testsuite').get('name'), 'autopkgtest')
+
+    def test_hostile_log_costs_bounded_memory(self):
+        # A test prints a 64 MiB line and 300,000 lines that look like
+        # autopkgtest's for made-up tests: the converter keeps 50 lines of
+        # at most 4096 characters, and no entry per made-up test.
+        d = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, d)
+        with open(os.path.join(d, 'summary'), 'w') as f:
+            f.write('t1 FAIL non-zero exit status 1\n')
+        with open(os.path.join(d, 'log'), 'w') as f:
+            f.write('autopkgtest [10:00:00]: test t1: preparing testbed\n'
+                    'autopkgtest [10:00:01]: test t1: [-----------------------\n')
+            chunk = 'x' * (1 << 20)
+            for _ in range(64):
+                f.write(chunk)
+            f.write('\n')
+            for i in range(300000):
+                f.write('autopkgtest [10:00:02]: test fake%d: preparing testbed\n' % i)
+            f.write('autopkgtest [10:00:03]: test t1: [-----------------------\n'
+                    'the end\nautopkgtest [10:00:04]: test t1: -----------------------]\n')
+        code = ('import resource, sys; sys.path.insert(0, sys.argv[1]); import report; '
+                'print(report.junit(sys.argv[2])[1], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)')
+        out = subprocess.run([sys.executable, '-c', code, os.path.join(HERE, '..', 'action'), d],
+                             check=True, capture_output=True, text=True).stdout.split()
+        self.assertEqual(out[0], '1')
+        self.assertLess(int(out[1]), 64 * 1024, 'peak RSS in KiB, for a 79 MB log')
+        root = ET.parse(os.path.join(d, 'junit.xml')).getroot()
+        text = root.find('testsuite').find('testcase').find('failure').text
+        self.assertLessEqual(len(text.splitlines()), 50)
+        self.assertTrue(text.endswith('the end\nautopkgtest [10:00:04]: test t1: -----------------------]'))
+        self.assertLess(len(text), 50 * 4096)
 
     def test_step_summary(self):
         for name in ('hello-5.28', 'hello-6.0'):
