@@ -186,7 +186,7 @@ fi
 {
     python3 "$HERE/report.py" summary "$OUTDIR" "$title"
     echo
-    echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)."
+    echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)${junit:+; JUnit XML \`$junit\` (the output \`junit\`)}."
 } >"$OUTDIR.summary.md" || true
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat "$OUTDIR.summary.md" >>"$GITHUB_STEP_SUMMARY"
