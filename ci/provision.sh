@@ -243,5 +243,6 @@ fi
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 "$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
+"$(dirname "$0")/install-actionlint.sh"  # lints .github/workflows (issue 27)
 
 log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"

@@ -69,6 +69,8 @@ step "lint: clippy, rustfmt, no import circle in src/"
 cargo clippy --locked --all-targets -- -D warnings
 cargo fmt --check
 python3 ci/check-imports.py
+actionlint -no-color -oneline   # .github/workflows (ci/install-actionlint.sh)
+python3 -m unittest discover -s ci/tests   # autopkgtest output to JUnit, step summary
 done_step "lint clean"
 
 step "cargo test (unit and integration, against the real daemon)"
@@ -87,6 +89,10 @@ step "Debian package: build, lintian, install; man page"
 ci/build-deb.sh --install
 ci/check-manpage.sh /usr/bin/autopkgtest-virt-rdocker man/autopkgtest-virt-rdocker.1
 done_step "package and man page ok"
+
+step "release build: the .deb in a bookworm container, SHA256SUMS (what .github/workflows/release.yml runs)"
+ci/release-build.sh --arch amd64
+done_step "release build ok"
 
 step "source package with vendored crates, built offline on trixie with Debian's cargo and rustc; lintian"
 ci/offline-build.sh --out target/offline
@@ -118,6 +124,8 @@ done_step "rdocker's own autopkgtest passed"
 if [ -x ci/e2e-container-job.sh ]; then
     step "CI container jobs (socket mount, TCP)"
     ci/e2e-container-job.sh
+    # The Action with no cargo: rdocker from a release download, checksum checked.
+    ci/e2e-action-release.sh
     done_step "container-job scenarios passed"
 fi
 

@@ -10,16 +10,23 @@
 #   INPUT_DOCKER_RUN_ARGS   docker-run options for the testbed (after the image)
 #   INPUT_RDOCKER_DEB       the rdocker .deb to install: a path or an
 #                           http(s) URL; empty: keep an installed rdocker,
-#                           else build it from the action's checkout with cargo
+#                           else install the action's own release .deb:
+#                           $GITHUB_SERVER_URL/$GITHUB_ACTION_REPOSITORY/
+#                           releases/download/$GITHUB_ACTION_REF/, the
+#                           rdocker_*_ARCH.deb that its SHA256SUMS lists,
+#                           checked against it
+#   INPUT_BUILD_FROM_SOURCE true: build rdocker from the action's checkout
+#                           with cargo instead of installing the release
 #   INPUT_APT_CACHE         a directory for rdocker's package cache (--apt-cache),
 #                           kept by an actions/cache step; empty: the run's own
 #   INPUT_OUTPUT_DIR        autopkgtest's output directory
 #                           (default: $RUNNER_TEMP/autopkgtest-output)
 # It installs autopkgtest (apt) and rdocker when missing, runs
 #   autopkgtest ARGS SOURCE -o OUTPUT_DIR -- rdocker RDOCKER_ARGS IMAGE [--platform P] DOCKER_RUN_ARGS
-# with its log folded into ::group:: sections, appends a table of the
-# tests (result, duration) to $GITHUB_STEP_SUMMARY, and writes output-dir
-# and exit-code to $GITHUB_OUTPUT.  Exits with autopkgtest's status, except
+# with its log folded into ::group:: sections, writes OUTPUT_DIR/junit.xml,
+# appends a table of the tests (result, phases: testbed set-up,
+# dependencies, the test) to $GITHUB_STEP_SUMMARY, and writes output-dir,
+# exit-code and junit to $GITHUB_OUTPUT.  Exits with autopkgtest's status, except
 # 2 (some test skipped), which passes.
 set -euo pipefail
 
@@ -49,19 +56,78 @@ apt_install() {
         die "apt-get install $* failed"
 }
 
+# download URL FILE: with curl, else wget, else curl installed with apt.
+# Fails (status 1) when the server answers with an error (404: no such
+# release asset) or cannot be reached.
+download() {
+    local url=$1 file=$2
+    if ! command -v curl >/dev/null && ! command -v wget >/dev/null; then
+        log "no curl and no wget: installing curl"
+        apt_install curl ca-certificates
+    fi
+    case "$url" in
+        https://*) [ -e /etc/ssl/certs/ca-certificates.crt ] || apt_install ca-certificates ;;
+    esac
+    if command -v curl >/dev/null; then
+        curl -fsSL --retry 3 -o "$file" "$url"
+    else
+        wget -q --tries=3 -O "$file" "$url"
+    fi
+}
+
+# install_release: the .deb of the action's own release (its repository and
+# ref, from the runner's GITHUB_ACTION_* variables), checked against the
+# release's SHA256SUMS.  Nothing here names where rdocker is published.
+install_release() {
+    local repo=${GITHUB_ACTION_REPOSITORY:-} ref=${GITHUB_ACTION_REF:-}
+    local server=${GITHUB_SERVER_URL:-https://github.com} arch base dir line name t0 rest
+    # The runner leaves both empty in a composite action's steps
+    # (actions/runner#2525); its checkout of the action is at
+    # .../_actions/OWNER/REPO/REF, which says the same.
+    if [ -z "$repo" ] || [ -z "$ref" ]; then
+        case "$ACTION_PATH" in
+            */_actions/?*/?*/?*)
+                rest=${ACTION_PATH##*/_actions/}
+                repo=${rest%%/*}/$(cut -d/ -f2 <<<"$rest")
+                ref=$(cut -d/ -f3- <<<"$rest") ;;
+        esac
+    fi
+    if [ -z "$repo" ] || [ -z "$ref" ]; then
+        die "rdocker is not installed, and the action's release is unknown (GITHUB_ACTION_REPOSITORY='$repo', GITHUB_ACTION_REF='$ref': a local 'uses: ./' has none): use a release, 'uses: OWNER/rdocker@vX.Y.Z', or set build-from-source: true, or give the input 'rdocker-deb'"
+    fi
+    arch=$(dpkg --print-architecture) || die "dpkg --print-architecture failed: not a Debian-based job?"
+    base="${server%/}/$repo/releases/download/$ref"
+    dir=$(mktemp -d)
+    chmod 755 "$dir"   # apt's _apt user reads the .deb from it
+    t0=$(date +%s)
+    if ! download "$base/SHA256SUMS" "$dir/SHA256SUMS"; then
+        die "no release asset at $base/SHA256SUMS: use a release tag in 'uses: $repo@vX.Y.Z' (not a branch or a commit: '$ref' has no release), or set build-from-source: true"
+    fi
+    # Only a plain Debian file name is taken from the file: it becomes a path.
+    line=$(grep -E "^[0-9a-f]{64} [ *]rdocker_[A-Za-z0-9.+~-]+_${arch}\.deb\$" "$dir/SHA256SUMS" | head -n1 || true)
+    [ -n "$line" ] ||
+        die "the release at $base lists no rdocker .deb for $arch in SHA256SUMS ($(grep -o 'rdocker_[^ ]*\.deb' "$dir/SHA256SUMS" | tr '\n' ' ')): run on a runner of a released architecture, or set build-from-source: true"
+    name=${line##*[ *]}
+    download "$base/$name" "$dir/$name" ||
+        die "no release asset at $base/$name, though SHA256SUMS lists it: the release is incomplete; retry, or set build-from-source: true"
+    if ! (cd "$dir" && printf '%s\n' "$line" | sha256sum -c --strict --quiet - >/dev/null 2>&1); then
+        die "checksum mismatch: $name from $base does not match its line in SHA256SUMS (expected ${line%% *}, got $(sha256sum "$dir/$name" | cut -d' ' -f1)); the download is corrupt or the release was changed: retry, or report it to $repo"
+    fi
+    log "$name: sha256 matches SHA256SUMS of $base"
+    apt_install "$dir/$name"
+    rm -rf "$dir"
+    log "installed $name from the release $ref of $repo in $(( $(date +%s) - t0 )) s"
+}
+
 echo "::group::install autopkgtest and rdocker"
+t_install=$(date +%s)
 command -v autopkgtest >/dev/null || apt_install autopkgtest
 deb=${INPUT_RDOCKER_DEB:-}
 if [ -n "$deb" ]; then
     case "$deb" in
         http://*|https://*)
             tmpdeb=$(mktemp -d)/rdocker.deb
-            if command -v curl >/dev/null; then
-                curl -fsSL -o "$tmpdeb" "$deb" || die "cannot download the rdocker .deb from $deb"
-            else
-                python3 -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])' \
-                    "$deb" "$tmpdeb" || die "cannot download the rdocker .deb from $deb"
-            fi
+            download "$deb" "$tmpdeb" || die "cannot download the rdocker .deb from $deb"
             deb=$tmpdeb ;;
         /*) ;;
         *) deb=$WORKSPACE/$deb ;;
@@ -71,18 +137,20 @@ if [ -n "$deb" ]; then
     if ! $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb"; then
         apt_install "$deb"
     fi
-elif ! command -v autopkgtest-virt-rdocker >/dev/null; then
+elif [ "${INPUT_BUILD_FROM_SOURCE:-false}" = true ]; then
     command -v cargo >/dev/null ||
-        die "rdocker is not installed and there is no cargo to build it: give the input 'rdocker-deb' (a release .deb's URL or path)"
+        die "build-from-source: true, but there is no cargo: install Rust first (rustup), or drop build-from-source to install the release .deb"
     log "building rdocker from $ACTION_PATH"
     cargo build --release --locked --manifest-path "$ACTION_PATH/Cargo.toml" ||
         die "building rdocker from $ACTION_PATH failed"
     target=$(cd "$ACTION_PATH" && cargo metadata --format-version 1 --no-deps |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
     $SUDO install -m 0755 "$target/release/autopkgtest-virt-rdocker" /usr/local/bin/
+elif ! command -v autopkgtest-virt-rdocker >/dev/null; then
+    install_release
 fi
 command -v autopkgtest-virt-rdocker >/dev/null || die "autopkgtest-virt-rdocker is not on PATH after installing it"
-log "$(autopkgtest-virt-rdocker --version), $(dpkg-query -W -f '${Package} ${Version}' autopkgtest 2>/dev/null || echo autopkgtest)"
+log "$(autopkgtest-virt-rdocker --version), $(dpkg-query -W -f '${Package} ${Version}' autopkgtest 2>/dev/null || echo autopkgtest); installing took $(( $(date +%s) - t_install )) s"
 echo "::endgroup::"
 
 read -r -a at_args <<<"${INPUT_AUTOPKGTEST_ARGS:-}"
@@ -108,10 +176,17 @@ rc=${PIPESTATUS[0]}
 set -e
 took=$(( $(date +%s) - start ))
 
+# JUnit XML beside autopkgtest's summary, for actions that show test reports.
+junit=""
+if python3 "$HERE/report.py" junit "$OUTDIR" >&2; then
+    junit=$OUTDIR/junit.xml
+else
+    echo "::warning title=rdocker action::could not write $OUTDIR/junit.xml (see the log)"
+fi
 {
     python3 "$HERE/report.py" summary "$OUTDIR" "$title"
     echo
-    echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)."
+    echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)${junit:+; JUnit XML \`$junit\` (the output \`junit\`)}."
 } >"$OUTDIR.summary.md" || true
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat "$OUTDIR.summary.md" >>"$GITHUB_STEP_SUMMARY"
@@ -119,7 +194,7 @@ else
     cat "$OUTDIR.summary.md"
 fi
 if [ -n "${GITHUB_OUTPUT:-}" ]; then
-    { echo "output-dir=$OUTDIR"; echo "exit-code=$rc"; } >>"$GITHUB_OUTPUT"
+    { echo "output-dir=$OUTDIR"; echo "exit-code=$rc"; echo "junit=$junit"; } >>"$GITHUB_OUTPUT"
 fi
 case $rc in
     0) log "all tests passed ($took s)" ;;
