@@ -8,7 +8,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -91,12 +90,9 @@ fn walk<W: Write>(
     name: &Path,
     keep: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
+    // As the kernel lists it, one entry at a time: never a whole listing.
+    for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
         // The entry's type from the directory, without a stat for what is
         // left out (a failure reads as a directory: never drop a subtree).
         if !e.file_type().map_or(true, |t| t.is_dir()) && !keep(&e.file_name()) {
@@ -161,14 +157,16 @@ pub fn member_path(raw: &Path, strip_root: bool) -> Result<Option<PathBuf>> {
 /// Make sure every directory between `root` and `rel`'s parent is a real
 /// directory below `root`, creating missing ones. A symlink on the way
 /// (planted by the testbed, or anything else) is refused, never followed.
-/// Directories of one extraction known to be real directories, created
-/// here or checked with lstat: each is checked once, not once for every
-/// member below it (a tree of 5000 files cost 5000 lstats per level).
-/// Nothing in the archive can turn one into a link afterwards: a member
-/// that would replace a directory is refused.
+/// The directories of the current member's path, top down, are known to
+/// be real directories (created here, or checked with lstat): each is
+/// checked once while members keep coming below it, not once for every
+/// member (a tree of 5000 files cost 5000 lstats per level). Only the
+/// current path is kept, so a tree of 50,000 directories costs what its
+/// deepest path does. Nothing in the archive can turn a known directory
+/// into a link: a member that would replace a directory is refused.
 #[derive(Default)]
 struct Dirs {
-    known: HashSet<PathBuf>,
+    chain: Vec<PathBuf>,
 }
 
 impl Dirs {
@@ -176,31 +174,82 @@ impl Dirs {
     /// directory, created where missing.
     fn parent_of(&mut self, root: &Path, rel: &Path) -> Result<PathBuf> {
         let mut cur = root.to_path_buf();
-        if let Some(parent) = rel.parent() {
-            for c in parent.components() {
-                cur.push(c);
-                if self.known.contains(&cur) {
-                    continue;
-                }
-                match fs::symlink_metadata(&cur) {
-                    Ok(md) if md.is_dir() => {}
-                    Ok(_) => bail!(
-                        "refusing to write below {}: it is not a directory (a symlink planted \
-                         in the testbed?)",
-                        cur.display()
-                    ),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&cur)
-                            .with_context(|| format!("cannot create {}", cur.display()))?;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot stat {}", cur.display()))
-                    }
-                }
-                self.known.insert(cur.clone());
+        let mut depth = 0;
+        for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+            cur.push(c);
+            depth += 1;
+            if self.chain.get(depth - 1) == Some(&cur) {
+                continue;
             }
+            self.chain.truncate(depth - 1);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => bail!(
+                    "refusing to write below {}: it is not a directory (a symlink planted \
+                     in the testbed?)",
+                    cur.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur)
+                        .with_context(|| format!("cannot create {}", cur.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", cur.display())),
+            }
+            self.chain.push(cur.clone());
         }
+        self.chain.truncate(depth);
         Ok(root.join(rel))
+    }
+
+    /// The directory member at `path`, just below the last parent_of's
+    /// parents, is a real directory now.
+    fn entered(&mut self, path: PathBuf) {
+        self.chain.push(path);
+    }
+}
+
+/// Directories whose entries are being written, top down, with the mode
+/// and time each gets once it is left: creating entries changes a
+/// directory's time, and a read-only mode would stop a user's rdocker
+/// from creating them. Archives list a directory's entries right after
+/// it, so only the current path's directories wait here.
+#[derive(Default)]
+struct Pending {
+    dirs: Vec<(PathBuf, u32, u64)>,
+}
+
+impl Pending {
+    /// The member at `path` comes next: every directory it is not inside
+    /// is done.
+    fn next(&mut self, path: &Path) -> Result<()> {
+        while let Some((d, _, _)) = self.dirs.last() {
+            if path.starts_with(d) && path != d {
+                break;
+            }
+            self.finish_one()?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, path: PathBuf, mode: u32, mtime: u64) {
+        self.dirs.push((path, mode, mtime));
+    }
+
+    fn finish_one(&mut self) -> Result<()> {
+        if let Some((path, mode, mtime)) = self.dirs.pop() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+            set_times(&path, mtime);
+        }
+        Ok(())
+    }
+
+    /// The end of the archive: deepest first.
+    fn finish(mut self) -> Result<()> {
+        while !self.dirs.is_empty() {
+            self.finish_one()?;
+        }
+        Ok(())
     }
 }
 
@@ -379,7 +428,7 @@ impl<R: Read> Read for MetaGuard<R> {
 /// directory's own name and is dropped.
 pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(MetaGuard::new(input));
-    let mut dir_times = Vec::new();
+    let mut pending = Pending::default();
     let mut dirs = Dirs::default();
     let mut buf = Vec::new();
     let mut room = Room::default();
@@ -396,26 +445,37 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
         let mtime = header.mtime().unwrap_or(0);
         let Some(rel) = member_path(&raw, true)? else {
             if kind.is_dir() {
+                pending.next(dst)?;
                 fs::set_permissions(dst, fs::Permissions::from_mode(mode | 0o700))?;
-                dir_times.push((dst.to_path_buf(), mode, mtime));
+                pending.push(dst.to_path_buf(), mode, mtime);
             }
             continue;
         };
         let path = dirs.parent_of(dst, &rel)?;
+        pending.next(&path)?;
         match kind {
             EntryType::Directory => {
-                if !dirs.known.contains(&path) && !clear_non_dir(&path)? {
+                if !clear_non_dir(&path)? {
                     fs::create_dir(&path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                 }
                 // Writable until its entries are in, whoever runs us.
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))?;
-                dirs.known.insert(path.clone());
-                dir_times.push((path, mode, mtime));
+                dirs.entered(path.clone());
+                pending.push(path, mode, mtime);
             }
-            // GNUSparse: GNU tar --sparse, from copy.rs's tar in the testbed;
-            // the reader gives the holes as zeros, which stay holes here.
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            // GNU tar --sparse (copy.rs's tar in the testbed, tree.rs's
+            // walk): holes are seeks, not zeros.
+            EntryType::GNUSparse => {
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy file {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                unpack_sparse(&mut entry, &path, mode, mtime)?;
+            }
+            EntryType::Regular | EntryType::Continuous => {
                 // Create first and clear only what is in the way: most
                 // targets are new, and O_EXCL never writes through a link.
                 let f = match create_new_file(&path) {
@@ -494,12 +554,44 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
             _ => {}
         }
     }
-    // Last, so that creating entries does not disturb them; deepest first.
-    for (path, mode, mtime) in dir_times.into_iter().rev() {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-        set_times(&path, mtime);
+    pending.finish()
+}
+
+/// A GNU sparse member, created new at `path`. The crate's reader gives
+/// holes as zeros, 15 TiB of them for a 15 TiB file of holes (minutes of
+/// a core); its own unpack seeks over them and writes the archive's data
+/// regions only, which must fit above the disk margin.
+fn unpack_sparse<R: Read>(
+    entry: &mut tar::Entry<R>,
+    path: &Path,
+    mode: u32,
+    mtime: u64,
+) -> Result<()> {
+    let stored = entry.header().entry_size()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+        if !leaves_room(&st, stored) {
+            bail!(
+                "stopped before the disk fills: {} has {} MiB of data, more than {} leaves \
+                 free above rdocker's margin; free some space there or copy less",
+                path.display(),
+                stored >> 20,
+                dir.display()
+            );
+        }
     }
+    // Owner only until the mode below; times set below too.
+    entry.set_mask(0o077);
+    entry.set_preserve_mtime(false);
+    let unpacked = entry
+        .unpack(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let tar::Unpacked::File(f) = unpacked else {
+        bail!("{} did not unpack as a file", path.display());
+    };
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    let t = TimeSpec::new(mtime as i64, 0);
+    let _ = nix::sys::stat::futimens(&f, &t, &t);
     Ok(())
 }
 
@@ -705,12 +797,34 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     }
     let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
     let mtime = header.mtime().unwrap_or(0);
+    if header.entry_type() == EntryType::GNUSparse {
+        let tmp = temp_name(dst)?;
+        let r = unpack_sparse(&mut entry, &tmp, mode, mtime).and_then(|()| {
+            fs::rename(&tmp, dst).with_context(|| format!("cannot create {}", dst.display()))
+        });
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r?;
+        return Ok(SingleFile::Written);
+    }
     // Not reserved: the size is the testbed's word, and holes come as
     // zeros that write_sparse skips.
     write_host_file(dst, mode, mtime, |f| {
         copy_exact(&mut entry, f, dst, &mut Vec::new(), &mut Room::default())
     })?;
     Ok(SingleFile::Written)
+}
+
+/// The temporary name of a copied-up file on its way to `dst`.
+fn temp_name(dst: &Path) -> Result<PathBuf> {
+    let name = dst
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".rdocker-{}", std::process::id()));
+    Ok(dst.with_file_name(tmp_name))
 }
 
 /// Write one copied-up file at `dst`: a temporary name first, so that a
@@ -722,13 +836,7 @@ pub fn write_host_file(
     mtime: u64,
     fill: impl FnOnce(&mut fs::File) -> Result<()>,
 ) -> Result<()> {
-    let name = dst
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".rdocker-{}", std::process::id()));
-    let tmp = dst.with_file_name(tmp_name);
+    let tmp = temp_name(dst)?;
     let result = (|| -> Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
