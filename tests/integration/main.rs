@@ -7,6 +7,7 @@ mod util;
 mod apt;
 mod cleanup;
 mod copy;
+mod copy_bounds;
 mod daemon_restart;
 mod daemons;
 mod exec;
