@@ -187,7 +187,31 @@ fn a_15_tib_file_of_holes_in_a_tree_copies_up_in_no_time() {
         // Reading the holes as zeros took minutes of a core.
         assert!(took < Duration::from_secs(5), "{route:?}: took {took:?}");
         assert!(used < 200, "{route:?}: {used} ticks of CPU");
-        eprintln!("{route:?}: 15 TiB of holes in a tree: {took:?}, {used} ticks");
+        // And down again, into another directory of the testbed.
+        let t = Instant::now();
+        s.ok(&format!("copydown {}/t/ {d}/back/", host.path().display()));
+        let down = t.elapsed();
+        let out = sh_ok(
+            &argv,
+            &format!(
+                "stat -c '%s %b' {d}/back/huge; tail -c +10000000000001 {d}/back/huge | head -c 4"
+            ),
+        );
+        let mut words = out.split_whitespace();
+        assert_eq!(words.next(), Some("16492674416640"), "{route:?}");
+        let blocks: u64 = words.next().unwrap().parse().unwrap();
+        assert!(
+            blocks * 512 <= 1 << 20,
+            "{route:?}: {blocks} blocks in the testbed"
+        );
+        assert_eq!(words.next(), Some("tail"), "{route:?}");
+        assert!(
+            down < Duration::from_secs(5),
+            "{route:?}: copydown took {down:?}"
+        );
+        eprintln!(
+            "{route:?}: 15 TiB of holes in a tree: up {took:?} ({used} ticks), down {down:?}"
+        );
         s.quit();
     }
 }

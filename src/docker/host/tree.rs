@@ -557,11 +557,6 @@ struct Up<'a> {
 /// Files kept in `Up::links`: a few MiB at most.
 const MAX_LINKS: usize = 16384;
 
-/// A file this big with fewer blocks than its size has holes: tar's
-/// sparse form carries its data regions only (SEEK_DATA), so a 15 TiB file
-/// of holes costs nothing. Smaller ones are not worth two lseeks.
-const SPARSE_MIN: u64 = 1 << 20;
-
 impl Up<'_> {
     fn walk<W: Write>(
         &mut self,
@@ -624,10 +619,11 @@ impl Up<'_> {
                 }
                 let mut f = e.read_regular(&what())?;
                 let size = st.st_size as u64;
-                if size >= SPARSE_MIN && (st.st_blocks as u64).saturating_mul(512) < size {
-                    // The crate's own sparse writer (SEEK_DATA and
-                    // SEEK_HOLE); the header is the one `header` makes,
-                    // from this open file's fstat.
+                if archive::has_holes(size, st.st_blocks as u64) {
+                    // tar's sparse form, by the crate's own writer
+                    // (SEEK_DATA), carries the data regions only: a 15 TiB
+                    // file of holes costs nothing. The header is the one
+                    // `header` makes, from this open file's fstat.
                     b.append_file(&ename, &mut f)?;
                     return Ok(());
                 }
