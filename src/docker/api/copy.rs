@@ -767,6 +767,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_copy_fails_its_channel_reads_and_writes() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (guard, flag) = CancelOnDrop::new();
+        let mut w = ChanWriter::std(tx).until(flag.clone());
+        let mut r = ChanReader::std(rx).until(flag);
+        w.write_all(b"abc").unwrap();
+        let mut buf = [0u8; 3];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"abc");
+        w.write_all(b"def").unwrap();
+        drop(guard);
+        // Even with data waiting, and a sender still there.
+        assert!(r.read(&mut buf).is_err());
+        assert!(w.write(b"ghi").is_err());
+    }
+
+    #[test]
     fn links_resolve_against_their_directory() {
         assert_eq!(resolve_link("/a/b", Path::new("c")), "/a/b/c");
         assert_eq!(resolve_link("/a/b", Path::new("/etc/x")), "/etc/x");
