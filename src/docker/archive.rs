@@ -9,7 +9,6 @@ use nix::errno::Errno;
 use nix::sys::stat::{utimensat, Mode, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use std::cell::Cell;
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -93,12 +92,9 @@ fn walk<W: Write>(
     name: &Path,
     keep: &mut dyn FnMut(&OsStr) -> bool,
 ) -> Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .collect::<io::Result<_>>()
-        .with_context(|| format!("cannot list {}", dir.display()))?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
+    // As the kernel lists it, one entry at a time: never a whole listing.
+    for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
         // The entry's type from the directory, without a stat for what is
         // left out (a failure reads as a directory: never drop a subtree).
         if !e.file_type().map_or(true, |t| t.is_dir()) && !keep(&e.file_name()) {
@@ -117,10 +113,17 @@ fn walk<W: Write>(
             let target = fs::read_link(&path)?;
             b.append_link(&mut h, &ename, target)?;
         } else if ft.is_file() {
-            let f =
+            let mut f =
                 fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            b.append_data(&mut h, &ename, f)
-                .with_context(|| format!("cannot read {}", path.display()))?;
+            if has_holes(md.len(), std::os::unix::fs::MetadataExt::blocks(&md)) {
+                // GNU sparse form (the crate's SEEK_DATA writer), which
+                // tar in the testbed unpacks with its holes. Its owner is
+                // not root's, but both unpackers make everything root's.
+                b.append_file(&ename, &mut f)
+            } else {
+                b.append_data(&mut h, &ename, f)
+            }
+            .with_context(|| format!("cannot read {}", path.display()))?;
         } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
             b.append_data(&mut h, &ename, io::empty())?;
         } else {
@@ -132,6 +135,13 @@ fn walk<W: Write>(
         }
     }
     Ok(())
+}
+
+/// A file worth tar's sparse form: big, with fewer blocks than its size.
+/// Smaller ones are not worth the lseeks.
+/// `blocks` in 512-byte units, as stat gives them.
+pub fn has_holes(size: u64, blocks: u64) -> bool {
+    size >= 1 << 20 && blocks.saturating_mul(512) < size
 }
 
 /// Where one archive member lands below the target, or None for the
@@ -163,14 +173,16 @@ pub fn member_path(raw: &Path, strip_root: bool) -> Result<Option<PathBuf>> {
 /// Make sure every directory between `root` and `rel`'s parent is a real
 /// directory below `root`, creating missing ones. A symlink on the way
 /// (planted by the testbed, or anything else) is refused, never followed.
-/// Directories of one extraction known to be real directories, created
-/// here or checked with lstat: each is checked once, not once for every
-/// member below it (a tree of 5000 files cost 5000 lstats per level).
-/// Nothing in the archive can turn one into a link afterwards: a member
-/// that would replace a directory is refused.
+/// The directories of the current member's path, top down, are known to
+/// be real directories (created here, or checked with lstat): each is
+/// checked once while members keep coming below it, not once for every
+/// member (a tree of 5000 files cost 5000 lstats per level). Only the
+/// current path is kept, so a tree of 50,000 directories costs what its
+/// deepest path does. Nothing in the archive can turn a known directory
+/// into a link: a member that would replace a directory is refused.
 #[derive(Default)]
 struct Dirs {
-    known: HashSet<PathBuf>,
+    chain: Vec<PathBuf>,
 }
 
 impl Dirs {
@@ -178,31 +190,82 @@ impl Dirs {
     /// directory, created where missing.
     fn parent_of(&mut self, root: &Path, rel: &Path) -> Result<PathBuf> {
         let mut cur = root.to_path_buf();
-        if let Some(parent) = rel.parent() {
-            for c in parent.components() {
-                cur.push(c);
-                if self.known.contains(&cur) {
-                    continue;
-                }
-                match fs::symlink_metadata(&cur) {
-                    Ok(md) if md.is_dir() => {}
-                    Ok(_) => bail!(
-                        "refusing to write below {}: it is not a directory (a symlink planted \
-                         in the testbed?)",
-                        cur.display()
-                    ),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&cur)
-                            .with_context(|| format!("cannot create {}", cur.display()))?;
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("cannot stat {}", cur.display()))
-                    }
-                }
-                self.known.insert(cur.clone());
+        let mut depth = 0;
+        for c in rel.parent().into_iter().flat_map(|p| p.components()) {
+            cur.push(c);
+            depth += 1;
+            if self.chain.get(depth - 1) == Some(&cur) {
+                continue;
             }
+            self.chain.truncate(depth - 1);
+            match fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => bail!(
+                    "refusing to write below {}: it is not a directory (a symlink planted \
+                     in the testbed?)",
+                    cur.display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur)
+                        .with_context(|| format!("cannot create {}", cur.display()))?;
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot stat {}", cur.display())),
+            }
+            self.chain.push(cur.clone());
         }
+        self.chain.truncate(depth);
         Ok(root.join(rel))
+    }
+
+    /// The directory member at `path`, just below the last parent_of's
+    /// parents, is a real directory now.
+    fn entered(&mut self, path: PathBuf) {
+        self.chain.push(path);
+    }
+}
+
+/// Directories whose entries are being written, top down, with the mode
+/// and time each gets once it is left: creating entries changes a
+/// directory's time, and a read-only mode would stop a user's rdocker
+/// from creating them. Archives list a directory's entries right after
+/// it, so only the current path's directories wait here.
+#[derive(Default)]
+struct Pending {
+    dirs: Vec<(PathBuf, u32, u64)>,
+}
+
+impl Pending {
+    /// The member at `path` comes next: every directory it is not inside
+    /// is done.
+    fn next(&mut self, path: &Path) -> Result<()> {
+        while let Some((d, _, _)) = self.dirs.last() {
+            if path.starts_with(d) && path != d {
+                break;
+            }
+            self.finish_one()?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, path: PathBuf, mode: u32, mtime: u64) {
+        self.dirs.push((path, mode, mtime));
+    }
+
+    fn finish_one(&mut self) -> Result<()> {
+        if let Some((path, mode, mtime)) = self.dirs.pop() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+            set_times(&path, mtime);
+        }
+        Ok(())
+    }
+
+    /// The end of the archive: deepest first.
+    fn finish(mut self) -> Result<()> {
+        while !self.dirs.is_empty() {
+            self.finish_one()?;
+        }
+        Ok(())
     }
 }
 
@@ -357,7 +420,7 @@ fn drain<R: Read>(entry: &mut tar::Entry<R>, buf: &mut Vec<u8>) -> Result<()> {
 /// directory's own name and is dropped.
 pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
     let mut members = Members::new(input);
-    let mut dir_times = Vec::new();
+    let mut pending = Pending::default();
     let mut dirs = Dirs::default();
     let mut buf = Vec::new();
     let mut room = Room::default();
@@ -371,27 +434,38 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
         let mtime = header.mtime().unwrap_or(0);
         let Some(rel) = member_path(&raw, true)? else {
             if kind.is_dir() {
+                pending.next(dst)?;
                 fs::set_permissions(dst, fs::Permissions::from_mode(mode | 0o700))?;
-                dir_times.push((dst.to_path_buf(), mode, mtime));
+                pending.push(dst.to_path_buf(), mode, mtime);
             }
             drain(&mut entry, &mut buf)?;
             continue;
         };
         let path = dirs.parent_of(dst, &rel)?;
+        pending.next(&path)?;
         match kind {
             EntryType::Directory => {
-                if !dirs.known.contains(&path) && !clear_non_dir(&path)? {
+                if !clear_non_dir(&path)? {
                     fs::create_dir(&path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                 }
                 // Writable until its entries are in, whoever runs us.
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode | 0o700))?;
-                dirs.known.insert(path.clone());
-                dir_times.push((path, mode, mtime));
+                dirs.entered(path.clone());
+                pending.push(path, mode, mtime);
             }
-            // GNUSparse: GNU tar --sparse, from copy.rs's tar in the testbed;
-            // the reader gives the holes as zeros, which stay holes here.
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+            // GNU tar --sparse (copy.rs's tar in the testbed, tree.rs's
+            // walk): holes are seeks, not zeros.
+            EntryType::GNUSparse => {
+                if clear_non_dir(&path)? {
+                    bail!(
+                        "cannot copy file {}: a directory is in the way",
+                        path.display()
+                    );
+                }
+                unpack_sparse(&mut entry, &path, mode, mtime)?;
+            }
+            EntryType::Regular | EntryType::Continuous => {
                 // Create first and clear only what is in the way: most
                 // targets are new, and O_EXCL never writes through a link.
                 let f = match create_new_file(&path) {
@@ -471,12 +545,44 @@ pub fn extract_tree<R: Read>(input: R, dst: &Path) -> Result<()> {
         }
         drain(&mut entry, &mut buf)?;
     }
-    // Last, so that creating entries does not disturb them; deepest first.
-    for (path, mode, mtime) in dir_times.into_iter().rev() {
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-        set_times(&path, mtime);
+    pending.finish()
+}
+
+/// A GNU sparse member, created new at `path`. The crate's reader gives
+/// holes as zeros, 15 TiB of them for a 15 TiB file of holes (minutes of
+/// a core); its own unpack seeks over them and writes the archive's data
+/// regions only, which must fit above the disk margin.
+fn unpack_sparse<R: Read>(
+    entry: &mut tar::Entry<R>,
+    path: &Path,
+    mode: u32,
+    mtime: u64,
+) -> Result<()> {
+    let stored = entry.header().entry_size()?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Ok(st) = nix::sys::statvfs::statvfs(dir) {
+        if !leaves_room(&st, stored) {
+            bail!(
+                "stopped before the disk fills: {} has {} MiB of data, more than {} leaves \
+                 free above rdocker's margin; free some space there or copy less",
+                path.display(),
+                stored >> 20,
+                dir.display()
+            );
+        }
     }
+    // Owner only until the mode below; times set below too.
+    entry.set_mask(0o077);
+    entry.set_preserve_mtime(false);
+    let unpacked = entry
+        .unpack(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let tar::Unpacked::File(f) = unpacked else {
+        bail!("{} did not unpack as a file", path.display());
+    };
+    f.set_permissions(fs::Permissions::from_mode(mode))?;
+    let t = TimeSpec::new(mtime as i64, 0);
+    let _ = nix::sys::stat::futimens(&f, &t, &t);
     Ok(())
 }
 
@@ -679,12 +785,34 @@ pub fn extract_file<R: Read>(input: R, dst: &Path) -> Result<SingleFile> {
     }
     let mode = header.mode().unwrap_or(0o644) & HOST_MODE_MASK;
     let mtime = header.mtime().unwrap_or(0);
+    if header.entry_type() == EntryType::GNUSparse {
+        let tmp = temp_name(dst)?;
+        let r = unpack_sparse(&mut entry, &tmp, mode, mtime).and_then(|()| {
+            fs::rename(&tmp, dst).with_context(|| format!("cannot create {}", dst.display()))
+        });
+        if r.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        r?;
+        return Ok(SingleFile::Written);
+    }
     // Not reserved: the size is the testbed's word, and holes come as
     // zeros that write_sparse skips.
     write_host_file(dst, mode, mtime, |f| {
         copy_exact(&mut entry, f, dst, &mut Vec::new(), &mut Room::default())
     })?;
     Ok(SingleFile::Written)
+}
+
+/// The temporary name of a copied-up file on its way to `dst`.
+fn temp_name(dst: &Path) -> Result<PathBuf> {
+    let name = dst
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".rdocker-{}", std::process::id()));
+    Ok(dst.with_file_name(tmp_name))
 }
 
 /// Write one copied-up file at `dst`: a temporary name first, so that a
@@ -696,13 +824,7 @@ pub fn write_host_file(
     mtime: u64,
     fill: impl FnOnce(&mut fs::File) -> Result<()>,
 ) -> Result<()> {
-    let name = dst
-        .file_name()
-        .ok_or_else(|| anyhow!("{} has no file name", dst.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".rdocker-{}", std::process::id()));
-    let tmp = dst.with_file_name(tmp_name);
+    let tmp = temp_name(dst)?;
     let result = (|| -> Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -1043,6 +1165,173 @@ mod tests {
         assert_eq!(&buf, b"middle");
         fs::remove_dir_all(&src).unwrap();
         fs::remove_dir_all(&dst).unwrap();
+    }
+
+    /// A single file in GNU tar's sparse form (the exec route's file
+    /// copyup): 1 TiB of holes unpacks by seeking, not by writing or even
+    /// reading a TiB of zeros.
+    #[test]
+    fn a_sparse_single_file_unpacks_by_seeking() {
+        let src = tmpdir("sparse1-src");
+        let f = fs::File::create(src.join("s")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"end", (1 << 40) - 3).unwrap();
+        drop(f);
+        let out = std::process::Command::new("tar")
+            .args(["-S", "--format=gnu", "-cf", "-", "s"])
+            .current_dir(&src)
+            .output()
+            .expect("GNU tar");
+        assert!(out.status.success());
+        let dst = tmpdir("sparse1-dst").join("s");
+        let t = std::time::Instant::now();
+        assert!(matches!(
+            extract_file(&out.stdout[..], &dst).unwrap(),
+            SingleFile::Written
+        ));
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        let md = fs::metadata(&dst).unwrap();
+        assert_eq!(md.len(), 1 << 40);
+        assert!(md.blocks() * 512 <= 1 << 20, "{} blocks", md.blocks());
+        let mut buf = [0u8; 3];
+        fs::File::open(&dst)
+            .unwrap()
+            .read_exact_at(&mut buf, (1 << 40) - 3)
+            .unwrap();
+        assert_eq!(&buf, b"end");
+        // Cut short: no file, and no temporary one.
+        let dst2 = dst.with_file_name("cut");
+        assert!(extract_file(&out.stdout[..600], &dst2).is_err());
+        assert_eq!(fs::read_dir(dst.parent().unwrap()).unwrap().count(), 1);
+        fs::remove_dir_all(&src).unwrap();
+        fs::remove_dir_all(dst.parent().unwrap()).unwrap();
+    }
+
+    /// A directory gets its own mode and time once its entries are in,
+    /// even read-only ones, with only the current path's directories kept
+    /// waiting.
+    #[test]
+    fn directories_get_their_mode_and_time_once_left() {
+        let mut tar = Vec::new();
+        {
+            let mut b = tar::Builder::new(&mut tar);
+            let mut add = |path: &str, kind: EntryType, mode: u32, mtime: u64| {
+                let mut h = Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_mode(mode);
+                h.set_mtime(mtime);
+                let data: &[u8] = if kind == EntryType::Regular {
+                    b"x"
+                } else {
+                    b""
+                };
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data).unwrap();
+            };
+            add("top", EntryType::Directory, 0o755, 1000);
+            add("top/ro", EntryType::Directory, 0o555, 2000);
+            add("top/ro/sub", EntryType::Directory, 0o500, 3000);
+            add("top/ro/sub/f", EntryType::Regular, 0o644, 4000);
+            add("top/ro/g", EntryType::Regular, 0o644, 5000);
+            add("top/other", EntryType::Directory, 0o750, 6000);
+            add("top/other/h", EntryType::Regular, 0o644, 7000);
+            b.finish().unwrap();
+        }
+        let dst = tmpdir("dirtimes");
+        extract_tree(&tar[..], &dst).unwrap();
+        for (p, mode, mtime) in [
+            ("", 0o755, 1000),
+            ("ro", 0o555, 2000),
+            ("ro/sub", 0o500, 3000),
+            ("other", 0o750, 6000),
+        ] {
+            let md = fs::metadata(dst.join(p)).unwrap();
+            assert_eq!(md.permissions().mode() & 0o7777, mode, "{p:?}");
+            assert_eq!(md.mtime(), mtime, "{p:?}");
+        }
+        for f in ["ro/sub/f", "ro/g", "other/h"] {
+            assert_eq!(fs::read(dst.join(f)).unwrap(), b"x", "{f}");
+        }
+        fs::set_permissions(dst.join("ro/sub"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(dst.join("ro"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::remove_dir_all(&dst).unwrap();
+    }
+
+    proptest::proptest! {
+        /// Any tree written by write_tree (streamed listings, unsorted)
+        /// extracts to the same names, kinds, data and directory times.
+        #[test]
+        fn trees_round_trip(files in proptest::collection::vec(
+            (proptest::collection::vec(0u8..4, 1..5), 0u8..3, 0u64..4096), 0..40)
+        ) {
+            let src = tmpdir("prop-src");
+            for (i, (path, kind, len)) in files.iter().enumerate() {
+                let mut p = src.clone();
+                for c in &path[..path.len() - 1] {
+                    p.push(format!("d{c}"));
+                    if p.exists() && !p.is_dir() {
+                        break;
+                    }
+                    let _ = fs::create_dir(&p);
+                }
+                if !p.is_dir() {
+                    continue;
+                }
+                let p = p.join(format!("e{}-{i}", path[path.len() - 1]));
+                match kind {
+                    0 => fs::write(&p, vec![(i % 251) as u8; *len as usize]).unwrap(),
+                    1 => fs::create_dir(&p).unwrap(),
+                    _ => std::os::unix::fs::symlink(format!("t{len}"), &p).unwrap(),
+                }
+            }
+            // Directory times, deepest first, after everything is made.
+            let mut dirs = vec![src.clone()];
+            let mut i = 0;
+            while i < dirs.len() {
+                for e in fs::read_dir(&dirs[i]).unwrap() {
+                    let e = e.unwrap();
+                    if e.file_type().unwrap().is_dir() {
+                        dirs.push(e.path());
+                    }
+                }
+                i += 1;
+            }
+            for (n, d) in dirs.iter().enumerate().rev() {
+                set_times(d, 1_000_000 + n as u64);
+            }
+            let tar = write_tree(Vec::new(), &src, "top").unwrap();
+            let dst = tmpdir("prop-dst");
+            extract_tree(&tar[..], &dst).unwrap();
+            fn listing(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, u8, Vec<u8>, i64)>) {
+                for e in fs::read_dir(dir).unwrap() {
+                    let p = e.unwrap().path();
+                    let md = fs::symlink_metadata(&p).unwrap();
+                    let rel = p.strip_prefix(root).unwrap().to_path_buf();
+                    if md.is_dir() {
+                        out.push((rel, 1, Vec::new(), md.mtime()));
+                        listing(root, &p, out);
+                    } else if md.is_symlink() {
+                        let t = fs::read_link(&p).unwrap();
+                        out.push((rel, 2, t.into_os_string().into_encoded_bytes(), 0));
+                    } else {
+                        out.push((rel, 0, fs::read(&p).unwrap(), 0));
+                    }
+                }
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            listing(&src, &src, &mut a);
+            listing(&dst, &dst, &mut b);
+            a.sort();
+            b.sort();
+            fs::remove_dir_all(&src).unwrap();
+            fs::remove_dir_all(&dst).unwrap();
+            proptest::prop_assert_eq!(a, b);
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod apt;
 pub mod archive;
+pub mod cancel;
 pub mod daemon;
 pub mod host;
 pub mod life;

@@ -9,6 +9,7 @@ mod apt;
 mod apt_attacks;
 mod cleanup;
 mod copy;
+mod copy_bounds;
 mod daemon_restart;
 mod daemons;
 mod exec;

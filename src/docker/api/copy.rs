@@ -11,11 +11,14 @@ use futures_util::StreamExt;
 use std::ffi::OsStr;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::exec::{Bounded, Captured, Overflow};
 use crate::debug;
 use crate::docker::archive::{self, SingleFile};
+use crate::docker::cancel::{self, CancelOnDrop};
 use crate::docker::daemon::client::{status_of, Client};
 use crate::docker::names::{random_hex, split_testbed_path};
 
@@ -25,24 +28,36 @@ const CHUNK: usize = 256 * 1024;
 /// other side still takes them.
 pub struct ChanWriter {
     send: Box<dyn FnMut(Bytes) -> bool + Send>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl ChanWriter {
     fn tokio(tx: mpsc::Sender<io::Result<Bytes>>) -> ChanWriter {
         ChanWriter {
             send: Box::new(move |b| tx.blocking_send(Ok(b)).is_ok()),
+            cancel: None,
         }
     }
 
     pub fn std(tx: std::sync::mpsc::SyncSender<io::Result<Bytes>>) -> ChanWriter {
         ChanWriter {
             send: Box::new(move |b| tx.send(Ok(b)).is_ok()),
+            cancel: None,
         }
+    }
+
+    /// Failing every write once `cancel` is set (cancel.rs).
+    pub fn until(mut self, cancel: Arc<AtomicBool>) -> ChanWriter {
+        self.cancel = Some(cancel);
+        self
     }
 }
 
 impl Write for ChanWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(c) = &self.cancel {
+            cancel::check(c)?;
+        }
         if !(self.send)(Bytes::copy_from_slice(buf)) {
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -60,6 +75,7 @@ impl Write for ChanWriter {
 pub struct ChanReader {
     next: Box<dyn FnMut() -> Option<io::Result<Bytes>> + Send>,
     cur: Bytes,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 impl ChanReader {
@@ -67,6 +83,7 @@ impl ChanReader {
         ChanReader {
             next: Box::new(move || rx.blocking_recv()),
             cur: Bytes::new(),
+            cancel: None,
         }
     }
 
@@ -74,12 +91,22 @@ impl ChanReader {
         ChanReader {
             next: Box::new(move || rx.recv().ok()),
             cur: Bytes::new(),
+            cancel: None,
         }
+    }
+
+    /// Failing every read once `cancel` is set (cancel.rs).
+    pub fn until(mut self, cancel: Arc<AtomicBool>) -> ChanReader {
+        self.cancel = Some(cancel);
+        self
     }
 }
 
 impl Read for ChanReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(c) = &self.cancel {
+            cancel::check(c)?;
+        }
         while self.cur.is_empty() {
             match (self.next)() {
                 Some(Ok(b)) => self.cur = b,
@@ -200,8 +227,9 @@ pub async fn push(
     }
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let src = host.to_path_buf();
+    let (_cancel, flag) = CancelOnDrop::new();
     let producer = tokio::task::spawn_blocking(move || {
-        let r = write_archive(ChanWriter::tokio(tx.clone()), &src, &name, dir);
+        let r = write_archive(ChanWriter::tokio(tx.clone()).until(flag), &src, &name, dir);
         if let Err(e) = &r {
             // Fail the upload rather than let a short archive look whole.
             let _ = tx.blocking_send(Err(io::Error::other(format!("{e:#}"))));
@@ -262,7 +290,8 @@ async fn consume<T: Send + 'static>(
     f: impl FnOnce(ChanReader) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let consumer = tokio::task::spawn_blocking(move || f(ChanReader::tokio(rx)));
+    let (_cancel, flag) = CancelOnDrop::new();
+    let consumer = tokio::task::spawn_blocking(move || f(ChanReader::tokio(rx).until(flag)));
     let feed = async move {
         if tx.send(Ok(first)).await.is_err() {
             return;
@@ -436,6 +465,7 @@ pub async fn pull_via_exec(
     let (parent, name) = split_testbed_path(testbed);
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let dst = host.to_path_buf();
+    let (_cancel, flag) = CancelOnDrop::new();
     let consumer = tokio::task::spawn_blocking(move || -> Result<()> {
         // Wait for data before touching the host.
         let first = match rx.recv() {
@@ -443,7 +473,7 @@ pub async fn pull_via_exec(
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => bail!("the testbed sent nothing"),
         };
-        let mut r = ChanReader::std(rx);
+        let mut r = ChanReader::std(rx).until(flag);
         r.cur = first;
         if dir {
             archive::extract_tree(&mut r, &dst)?;
@@ -642,8 +672,10 @@ pub async fn push_via_exec(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     let src = host.to_path_buf();
-    let producer =
-        tokio::task::spawn_blocking(move || write_unpack_stream(BytesWriter(tx), &src, &name, dir));
+    let (_cancel, flag) = CancelOnDrop::new();
+    let producer = tokio::task::spawn_blocking(move || {
+        write_unpack_stream(BytesWriter(tx, flag), &src, &name, dir)
+    });
     let mut cap = Captured::quiet_stdout();
     let args = vec![parent.clone()];
     let ran =
@@ -687,11 +719,12 @@ fn produced_ok(r: Result<Result<()>, tokio::task::JoinError>) -> Result<()> {
     r.context("the archive writer panicked")?
 }
 
-/// A Write that feeds an exec's stdin.
-struct BytesWriter(mpsc::Sender<Bytes>);
+/// A Write that feeds an exec's stdin, until the copy is cancelled.
+struct BytesWriter(mpsc::Sender<Bytes>, Arc<AtomicBool>);
 
 impl BytesWriter {
     fn send(&mut self, b: Bytes) -> io::Result<()> {
+        cancel::check(&self.1)?;
         self.0.blocking_send(b).map_err(|_| {
             io::Error::new(
                 io::ErrorKind::BrokenPipe,
@@ -731,6 +764,23 @@ mod tests {
             last.iter().any(|&b| b) && last.iter().any(|&b| !b),
             "{last:?}"
         );
+    }
+
+    #[test]
+    fn a_cancelled_copy_fails_its_channel_reads_and_writes() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        let (guard, flag) = CancelOnDrop::new();
+        let mut w = ChanWriter::std(tx).until(flag.clone());
+        let mut r = ChanReader::std(rx).until(flag);
+        w.write_all(b"abc").unwrap();
+        let mut buf = [0u8; 3];
+        r.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"abc");
+        w.write_all(b"def").unwrap();
+        drop(guard);
+        // Even with data waiting, and a sender still there.
+        assert!(r.read(&mut buf).is_err());
+        assert!(w.write(b"ghi").is_err());
     }
 
     #[test]

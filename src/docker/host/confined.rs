@@ -245,9 +245,11 @@ impl Entry {
     }
 }
 
-/// The names in the directory `dir` (opened by `open_dir`), sorted,
-/// without `.` and `..`.
-pub fn names(dir: BorrowedFd) -> Result<Vec<std::ffi::OsString>> {
+/// Each name in the directory `dir` (opened by `open_dir`), without `.`
+/// and `..`, handed to `f` as the kernel lists it: unsorted, and never a
+/// whole listing in memory (a testbed can put millions of names in one
+/// directory).
+pub fn each_name(dir: BorrowedFd, mut f: impl FnMut(&OsStr) -> Result<()>) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     // "." of a directory we hold is that directory: no name to swap.
     let mut d = nix::dir::Dir::openat(
@@ -256,15 +258,14 @@ pub fn names(dir: BorrowedFd) -> Result<Vec<std::ffi::OsString>> {
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
-    let mut out = Vec::new();
     for e in d.iter() {
-        let n = e?.file_name().to_bytes().to_vec();
+        let e = e?;
+        let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            out.push(OsStr::from_bytes(&n).to_os_string());
+            f(OsStr::from_bytes(n))?;
         }
     }
-    out.sort();
-    Ok(out)
+    Ok(())
 }
 
 /// `open_ours` for a fifo that may have no reader yet: ENXIO stays an

@@ -22,7 +22,6 @@ use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::stat::SFlag;
 use nix::unistd::{unlinkat, UnlinkatFlags};
-use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::thread::JoinHandle;
 
@@ -153,12 +152,11 @@ impl Drop for Fifos {
     fn drop(&mut self) {
         // Whatever is in it: the fifos, and what the agent route put there
         // (agent.rs's cmd and st, the agent's claim).
-        let names = confined::names(self.dir.as_fd()).unwrap_or_default();
-        for n in names
-            .iter()
-            .map(|n| n.as_os_str())
-            .chain(STREAMS.iter().map(OsStr::new))
-        {
+        let _ = confined::each_name(self.dir.as_fd(), |n| {
+            let _ = unlinkat(&self.dir, n, UnlinkatFlags::NoRemoveDir);
+            Ok(())
+        });
+        for n in STREAMS {
             let _ = unlinkat(&self.dir, n, UnlinkatFlags::NoRemoveDir);
         }
         let _ = unlinkat(&self.run, self.name.as_str(), UnlinkatFlags::RemoveDir);

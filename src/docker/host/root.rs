@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use super::confined::{self, Entry, Made};
 use crate::docker::archive;
+use crate::docker::cancel::CancelOnDrop;
 use crate::docker::daemon::client::Client;
 use crate::docker::names::split_testbed_path;
 
@@ -467,23 +468,12 @@ pub fn copy_hinted(
     Ok(())
 }
 
-/// A cancellation flag that is set when the copy's future is dropped (the
-/// copy timeout), so that the blocking thread stops too.
-pub struct CancelOnDrop(pub Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Run a direct copy on a blocking thread, stopped if the caller gives up.
 pub async fn run(
     root: Arc<Root>,
-    f: impl FnOnce(&Root, &AtomicBool) -> Result<bool> + Send + 'static,
+    f: impl FnOnce(&Root, &Arc<AtomicBool>) -> Result<bool> + Send + 'static,
 ) -> Result<bool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let _guard = CancelOnDrop(flag.clone());
+    let (_guard, flag) = CancelOnDrop::new();
     tokio::task::spawn_blocking(move || f(&root, &flag))
         .await
         .map_err(|e| anyhow!("the copy thread failed: {e}"))?

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::confined::{self, names};
+use super::confined::{self, each_name};
 use super::root::{self, Root};
 use crate::docker::api::copy::{ChanReader, ChanWriter};
 use crate::docker::archive;
@@ -258,14 +258,14 @@ impl<'a> Walk<'a> {
             shared: self.shared,
             _parent: parent.cloned(),
         });
+        // As the kernel lists it, one entry at a time: a listing is never
+        // held whole, nor sorted.
         let entries =
             std::fs::read_dir(host).with_context(|| format!("cannot list {}", host.display()))?;
-        let mut list: Vec<_> = entries
-            .collect::<io::Result<_>>()
-            .with_context(|| format!("cannot list {}", host.display()))?;
-        list.sort_by_key(|e| e.file_name());
         self.depth += 1;
-        for e in list {
+        for e in entries {
+            let e = e.with_context(|| format!("cannot list {}", host.display()))?;
+            self.shared.stopped()?;
             let path = e.path();
             let md = std::fs::symlink_metadata(&path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -323,11 +323,16 @@ fn remove(dir: BorrowedFd, name: &OsStr, depth: usize, cancel: &AtomicBool) -> R
         bail!("the tree in the way is too deep to remove");
     }
     let sub = subdir(dir, name)?;
-    for n in names(sub.as_fd())? {
-        remove(sub.as_fd(), &n, depth + 1, cancel)?;
+    // Removing while listing: a listing may miss names that move (or that
+    // the testbed adds meanwhile), so list again while it is not empty.
+    for _ in 0..3 {
+        each_name(sub.as_fd(), |n| remove(sub.as_fd(), n, depth + 1, cancel))?;
+        match unlinkat(dir, name, UnlinkatFlags::RemoveDir) {
+            Err(Errno::ENOTEMPTY) => continue,
+            r => return Ok(r?),
+        }
     }
-    unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
-    Ok(())
+    bail!("the tree in the way keeps changing while it is removed")
 }
 
 /// What is at `name` in `dir`, made ready for a new entry: removed unless
@@ -432,7 +437,7 @@ fn entry(shared: &Shared, job: &Job, range: &mut bool) -> Result<()> {
 /// copyup of the testbed directory `testbed` to `host`. Ok(false): not a
 /// case for this route (no such directory); the archive route then gives
 /// its own answer.
-pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Result<bool> {
+pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &Arc<AtomicBool>) -> Result<bool> {
     root.check_alive()?;
     let Ok(top) = root.lookup(testbed, true) else {
         return Ok(false);
@@ -445,7 +450,7 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Bytes>>(8);
     let written = std::thread::scope(|s| {
         let producer = s.spawn(move || {
-            let w = ChanWriter::std(tx.clone());
+            let w = ChanWriter::std(tx.clone()).until(cancel.clone());
             let r = (|| -> Result<()> {
                 let mut b = tar::Builder::new(io::BufWriter::with_capacity(256 * 1024, w));
                 b.mode(tar::HeaderMode::Complete);
@@ -469,7 +474,7 @@ pub fn pull(root: &Root, testbed: &str, host: &Path, cancel: &AtomicBool) -> Res
             }
             r
         });
-        let extracted = archive::extract_tree(ChanReader::std(rx), host);
+        let extracted = archive::extract_tree(ChanReader::std(rx).until(cancel.clone()), host);
         let produced = producer
             .join()
             .map_err(|_| anyhow!("the copy thread panicked"))?;
@@ -543,10 +548,14 @@ struct Up<'a> {
     cancel: &'a AtomicBool,
     /// Files with more than one link, by (device, inode): the first name
     /// each was stored under, so the others become hard links, as in the
-    /// daemon's archives.
+    /// daemon's archives. At most MAX_LINKS: past that, a file is copied
+    /// again rather than linked (a testbed picks how many links it has).
     links: HashMap<(u64, u64), PathBuf>,
     depth: usize,
 }
+
+/// Files kept in `Up::links`: a few MiB at most.
+const MAX_LINKS: usize = 16384;
 
 impl Up<'_> {
     fn walk<W: Write>(
@@ -559,58 +568,78 @@ impl Up<'_> {
             bail!("{} is too deep", name.display());
         }
         self.depth += 1;
-        for n in names(dir)? {
-            cancelled(self.cancel)?;
-            let ename = name.join(&n);
-            // The entry itself, whatever it is, held as O_PATH: a symlink
-            // or a device is never opened, and what is read below is
-            // this object, whatever the name holds by then.
-            let e = match confined::child(dir, n.as_os_str()) {
-                Ok(e) => e,
-                // Deleted since the listing: as if never there.
-                Err(Errno::ENOENT) => continue,
-                Err(e) => {
-                    return Err(e).with_context(|| format!("cannot open {}", ename.display()))
-                }
-            };
-            let st = *e.stat();
-            let mut h = header(&st);
-            let what = || ename.display().to_string();
-            match e.kind() {
-                SFlag::S_IFDIR => {
-                    b.append_data(&mut h, &ename, io::empty())?;
-                    let sub = e.open_dir(&what())?;
-                    self.walk(b, sub.as_fd(), &ename)?;
-                }
-                SFlag::S_IFLNK => {
-                    b.append_link(&mut h, &ename, e.link_target()?)?;
-                }
-                SFlag::S_IFREG => {
-                    let key = (st.st_dev as u64, st.st_ino as u64);
-                    if st.st_nlink > 1 {
-                        if let Some(first) = self.links.get(&key) {
-                            h.set_entry_type(tar::EntryType::Link);
-                            h.set_size(0);
-                            b.append_link(&mut h, &ename, first)?;
-                            continue;
-                        }
+        each_name(dir, |n| self.entry(b, dir, name, n))?;
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// The entry `n` of `dir`, whose own name in the archive is `name`.
+    fn entry<W: Write>(
+        &mut self,
+        b: &mut tar::Builder<W>,
+        dir: BorrowedFd,
+        name: &Path,
+        n: &OsStr,
+    ) -> Result<()> {
+        cancelled(self.cancel)?;
+        let ename = name.join(n);
+        // The entry itself, whatever it is, held as O_PATH: a symlink
+        // or a device is never opened, and what is read below is
+        // this object, whatever the name holds by then.
+        let e = match confined::child(dir, n) {
+            Ok(e) => e,
+            // Deleted since the listing: as if never there.
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", ename.display())),
+        };
+        let st = *e.stat();
+        let mut h = header(&st);
+        let what = || ename.display().to_string();
+        match e.kind() {
+            SFlag::S_IFDIR => {
+                b.append_data(&mut h, &ename, io::empty())?;
+                let sub = e.open_dir(&what())?;
+                self.walk(b, sub.as_fd(), &ename)?;
+            }
+            SFlag::S_IFLNK => {
+                b.append_link(&mut h, &ename, e.link_target()?)?;
+            }
+            SFlag::S_IFREG => {
+                let key = (st.st_dev as u64, st.st_ino as u64);
+                if st.st_nlink > 1 {
+                    if let Some(first) = self.links.get(&key) {
+                        h.set_entry_type(tar::EntryType::Link);
+                        h.set_size(0);
+                        b.append_link(&mut h, &ename, first)?;
+                        return Ok(());
+                    }
+                    if self.links.len() < MAX_LINKS {
                         self.links.insert(key, ename.clone());
                     }
-                    let data = Exact {
-                        f: e.read_regular(&what())?,
-                        left: st.st_size as u64,
-                        cancel: self.cancel,
-                    };
-                    b.append_data(&mut h, &ename, data)?;
                 }
-                SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => {
-                    b.append_data(&mut h, &ename, io::empty())?;
+                let mut f = e.read_regular(&what())?;
+                let size = st.st_size as u64;
+                if archive::has_holes(size, st.st_blocks as u64) {
+                    // tar's sparse form, by the crate's own writer
+                    // (SEEK_DATA), carries the data regions only: a 15 TiB
+                    // file of holes costs nothing. The header is the one
+                    // `header` makes, from this open file's fstat.
+                    b.append_file(&ename, &mut f)?;
+                    return Ok(());
                 }
-                _ => {}
+                let data = Exact {
+                    f,
+                    left: size,
+                    cancel: self.cancel,
+                };
+                b.append_data(&mut h, &ename, data)?;
+            }
+            SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => {
+                b.append_data(&mut h, &ename, io::empty())?;
             }
             // Sockets have no tar form; the daemon's archives skip them too.
+            _ => {}
         }
-        self.depth -= 1;
         Ok(())
     }
 }
