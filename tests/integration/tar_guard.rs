@@ -191,8 +191,8 @@ fn a_tar_with_a_huge_long_name_after_odd_headers_cannot_exhaust_memory() {
 
 /// The costliest header the bound lets through: an old-GNU sparse map of
 /// just under 1 MiB, 42,970 chunks of data and holes, which the crate
-/// keeps as a list while it reads the member. The copy succeeds, holes
-/// kept, with the server still under +8 MiB.
+/// keeps as a list while it reads the member. The copy succeeds with the
+/// server still under +8 MiB.
 #[test]
 fn a_sparse_map_as_big_as_the_bound_stays_within_memory() {
     const EXT: usize = 2046;
@@ -253,9 +253,11 @@ fn a_sparse_map_as_big_as_the_bound_stays_within_memory() {
     );
     let md = fs::metadata(host.path().join("map")).unwrap();
     assert_eq!(md.len(), real);
+    // The map's data regions are written as the map says (one in every
+    // 1 KiB here, so every block); nothing past them.
     assert!(
-        std::os::unix::fs::MetadataExt::blocks(&md) * 512 < 1 << 20,
-        "the holes were filled"
+        std::os::unix::fs::MetadataExt::blocks(&md) * 512 <= real + (64 << 10),
+        "more was written than the map holds"
     );
     s.quit();
 }
