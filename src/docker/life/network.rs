@@ -376,18 +376,7 @@ pub async fn sweep_own(client: &Client) -> Result<()> {
 
 /// The session networks on the daemon, with their labels, for `--reap`.
 pub async fn sessions(client: &Client) -> Result<Vec<(String, String, HashMap<String, String>)>> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL}={LABEL_SESSION}")])]);
-    let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-    let nets = client
-        .docker
-        .list_networks(Some(opts))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot list networks on the daemon at {}",
-                client.endpoint.host
-            )
-        })?;
+    let nets = labelled(client, LABEL_SESSION).await?;
     Ok(nets
         .into_iter()
         .filter_map(|n| {
@@ -400,10 +389,11 @@ pub async fn sessions(client: &Client) -> Result<Vec<(String, String, HashMap<St
         .collect())
 }
 
-async fn list(client: &Client) -> Result<Vec<Seen>> {
-    let filters = HashMap::from([("label", vec![format!("{LABEL}={LABEL_VALUE}")])]);
+/// The networks whose rdocker label has `value`.
+async fn labelled(client: &Client, value: &str) -> Result<Vec<bollard::models::Network>> {
+    let filters = HashMap::from([("label", vec![format!("{LABEL}={value}")])]);
     let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-    let nets = client
+    client
         .docker
         .list_networks(Some(opts))
         .await
@@ -412,7 +402,11 @@ async fn list(client: &Client) -> Result<Vec<Seen>> {
                 "cannot list networks on the daemon at {}",
                 client.endpoint.host
             )
-        })?;
+        })
+}
+
+async fn list(client: &Client) -> Result<Vec<Seen>> {
+    let nets = labelled(client, LABEL_VALUE).await?;
     Ok(nets
         .into_iter()
         .filter_map(|n| {
