@@ -65,7 +65,8 @@ fn listen_in(argv: &[String], ip: &str, secret: &str) {
     );
     sh_ok(argv, &script);
     // The host reaches every testbed: the listener is up and answers.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // (30 s: the whole suite runs beside it on 2 cores.)
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect_timeout(
             &format!("{ip}:{PORT}").parse().unwrap(),
@@ -81,10 +82,20 @@ fn listen_in(argv: &[String], ip: &str, secret: &str) {
             );
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the listener in the testbed at {ip}:{PORT} never came up"
-        );
+        if Instant::now() > deadline {
+            let ps = sh(
+                argv,
+                "for p in /proc/[0-9]*; do echo \"$p $(tr '\\0' ' ' <$p/cmdline)\"; done; \
+                 cat /proc/net/tcp",
+            );
+            panic!(
+                "the listener in the testbed at {ip}:{PORT} never came up; the testbed is on \
+                 {:?}; its processes and sockets:\n{}{}",
+                networks_on(&docker(), argv),
+                String::from_utf8_lossy(&ps.stdout),
+                String::from_utf8_lossy(&ps.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
