@@ -62,6 +62,9 @@ impl Url {
             return Err(format!("no host in {uri}"));
         }
         let host = authority.host().to_ascii_lowercase();
+        if !plain_host(&host) {
+            return Err(format!("{host:?} in {uri} is not a host name or address"));
+        }
         let port = match authority.port_u16() {
             None => 80,
             Some(0) => return Err(format!("port 0 in {uri}")),
@@ -164,6 +167,22 @@ impl Fetch {
 pub struct Refusal {
     pub status: StatusCode,
     pub why: String,
+}
+
+/// A registered name (letters, digits, `.-_~`) or a bracketed IPv6
+/// address: what rdocker can resolve and put back into a request line.
+fn plain_host(host: &str) -> bool {
+    match host.strip_prefix('[') {
+        Some(rest) => rest
+            .strip_suffix(']')
+            .is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(&b))
+        }
+    }
 }
 
 fn refuse(status: StatusCode, why: impl Into<String>) -> Refusal {
@@ -278,6 +297,9 @@ mod tests {
             "https://deb.debian.org/",
             "/debian/dists/x",
             "http://u@/x",
+            "http://[@]/x",
+            "http://[1.2.3.4]/x",
+            "http://a%2f/x",
             "http://h:0/",
         ] {
             // hyper's parser refuses some, the policy the rest.
