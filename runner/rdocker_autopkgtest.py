@@ -656,6 +656,10 @@ def move_into(src, dest):
     else:
         if os.path.isdir(dest) and not os.path.islink(dest):
             shutil.rmtree(dest)
+        elif os.path.lexists(dest):
+            # not os.replace alone: renaming one hard link of a file onto
+            # another does nothing (the shards' binaries/ link the build's)
+            os.unlink(dest)
         os.replace(src, dest)
 
 
