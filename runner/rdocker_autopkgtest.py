@@ -492,8 +492,11 @@ class Runner:
         extra = []
         if not tests:
             # Nothing to split: autopkgtest says what it says of no tests.
+            # (the user's --test-name, if any, so that it says "no test
+            # matching" as it would, rather than running every test).
             self.log('no tests to split: one autopkgtest run')
-            shards += self.run_with_retry(Shard('1', [], daemons[0]), [])
+            shards += self.run_with_retry(Shard('1', removed.get('only_tests', []),
+                                                daemons[0]), [])
         else:
             if built:
                 # One build: with the build-needed tests, else --validate
