@@ -13,6 +13,9 @@ Scenarios, each asserting what could fail:
             (one exits 0, the other 8): the merged status is the serial 2.
   build     tests/pkg/rdocker-five, unbuilt: built exactly once, the five
             tests over two shards with the .debs, all pass (exit 0).
+  apt       `autopkgtest hello` (an apt source, two tests): the source is
+            fetched once on the host, each shard tests that .dsc (autopkgtest's own
+            apt-source in no shard), results and status as serial.
   retry     a fault-injecting rdocker (a wrapper that dies at its first
             start): that shard ends in a testbed failure and is run again
             once, marked so in the summary; the run passes.
@@ -25,6 +28,7 @@ RDOCKER_TEST_USER_IMAGE (default rdocker-test/user:bookworm; `sudo
 ci/provision.sh` builds it).
 """
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -149,6 +153,22 @@ def build(tmp):
     check(shard_names(out) == ['1', '2', 'build'], 'build: shards %s' % shard_names(out))
 
 
+def apt(tmp):
+    s_out, s = serial(tmp, 'apt', ['hello'])
+    out, p = parallel(tmp, 'apt', ['hello'], ['-j', '2'], expect=s.returncode)
+    check(s.returncode == 0, 'apt: serial autopkgtest hello exited %d' % s.returncode)
+    check('@@@@ apt-source hello' in open(os.path.join(s_out, 'log'), errors='replace').read(),
+          'apt: the serial run did not fetch hello with apt')
+    check(p.stderr.count('fetched the source of hello once') == 1, 'apt: the source was not fetched once')
+    check(len(summary(out)) >= 2 and summary(out) == summary(s_out),
+          'apt: results %s, serial %s' % (summary(out), summary(s_out)))
+    for d in shard_names(out):
+        log = open(os.path.join(out, 'shards', d, 'log'), errors='replace').read()
+        # autopkgtest names what it tests: "@@@@ apt-source hello" serially
+        check(re.search(r'@@@@ source \S*/hello_[^/\s]*\.dsc', log) and '@@@@ apt-source' not in log,
+              'apt: shard %s did not test the fetched .dsc' % d)
+
+
 def retry(tmp):
     # autopkgtest finds the virt server by its name: a wrapper named as
     # rdocker, first on PATH, that dies the first time it starts.
@@ -263,7 +283,7 @@ def main():
     check(shutil.which('autopkgtest-virt-rdocker'), 'no autopkgtest-virt-rdocker on PATH')
     check(subprocess.run(['docker', 'image', 'inspect', IMAGE], capture_output=True).returncode == 0,
           'the daemon has no image %s: sudo ci/provision.sh builds it' % IMAGE)
-    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'build']
+    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'apt', 'build']
     before = ours()
     tmp = tempfile.mkdtemp(prefix='rdocker-parallel-e2e-')
     keep = os.environ.get('RDOCKER_TEST_LOGS')
