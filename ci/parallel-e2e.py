@@ -88,6 +88,8 @@ def ours():
 
 def parallel(tmp, name, args, own=(), env=None, expect=None):
     out = os.path.join(tmp, name)
+    # Not into the summary of a CI job that runs these tests.
+    env = {k: v for k, v in (env or os.environ).items() if k != 'GITHUB_STEP_SUMMARY'}
     p, took = run([RUNNER] + list(own) + args + ['-o', out, '--', 'rdocker', IMAGE],
                   env=env, log=out + '.console')
     print('parallel-e2e: %s: -j run exit %d in %.1f s' % (name, p.returncode, took))
@@ -112,7 +114,9 @@ def shard_names(out):
 def results(tmp):
     args = ['-B', RESULTS]
     s_out, s = serial(tmp, 'results', args)
-    out, p = parallel(tmp, 'results', args, ['-j', '2'], expect=s.returncode)
+    step = os.path.join(tmp, 'step-summary.md')
+    out, p = parallel(tmp, 'results', args, ['-j', '2', '--step-summary', step],
+                      expect=s.returncode)
     check(s.returncode == 6, 'results: serial autopkgtest exited %d, not 6' % s.returncode)
     check(summary(out) == summary(s_out), 'results: merged summary %s differs from the serial %s'
           % (summary(out), summary(s_out)))
@@ -123,6 +127,9 @@ def results(tmp):
     check(os.path.exists(os.path.join(out, 'junit.xml')), 'results: no junit.xml')
     check(open(os.path.join(out, 'junit.xml')).read().count('<testcase') == 4,
           'results: junit.xml does not have 4 testcases')
+    table = open(step).read()
+    check(all('| `%s` |' % t in table for t in ('passes', 'fails', 'skipped', 'flaky')),
+          'results: the step summary does not list the four tests:\n' + table)
     check(p.stdout == open(os.path.join(out, 'summary')).read(),
           'results: standard output is not the merged summary')
 
