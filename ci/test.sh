@@ -7,6 +7,7 @@
 #      the source package (vendored crates) built offline on trixie with
 #      Debian's Rust (--network none), lintian on source and binaries,
 #   3. a real autopkgtest run of the project's test package through rdocker,
+#      the parallel runner (rdocker-autopkgtest, ci/parallel-e2e.py),
 #      and of rdocker's own package tests (debian/tests) through rdocker,
 #   4. the CI container-job end-to-end scenarios (the GitHub Action too),
 #      and the autopkgtest that users run today: trixie's (5.49) and sid's
@@ -70,7 +71,7 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo fmt --check
 python3 ci/check-imports.py
 actionlint -no-color -oneline   # .github/workflows (ci/install-actionlint.sh)
-python3 -m unittest discover -s ci/tests   # autopkgtest output to JUnit, step summary
+python3 -m unittest discover -s ci/tests   # JUnit, step summary; the parallel runner's merging
 done_step "lint clean"
 
 step "cargo test (unit and integration, against the real daemon)"
@@ -88,6 +89,7 @@ fi
 step "Debian package: build, lintian, install; man page"
 ci/build-deb.sh --install
 ci/check-manpage.sh /usr/bin/autopkgtest-virt-rdocker man/autopkgtest-virt-rdocker.1
+man -w rdocker-autopkgtest >/dev/null   # installed with the runner (its page is checked in ci/tests)
 done_step "package and man page ok"
 
 step "release build: the .deb in a bookworm container, SHA256SUMS (what .github/workflows/release.yml runs)"
@@ -107,6 +109,10 @@ ls "$out"/out/binaries/rdocker-hello*.deb >/dev/null
 grep -qx 'hello, artifacts' "$out/out/artifacts/greeting"
 rm -rf "$out"
 done_step "local autopkgtest run passed"
+
+step "rdocker-autopkgtest: parallel shards merged as autopkgtest's (status, retry, one build, two daemons)"
+python3 ci/parallel-e2e.py /usr/bin/rdocker-autopkgtest
+done_step "parallel runner ok"
 
 step "rdocker's own autopkgtest (debian/tests/smoke) through rdocker, the daemon's socket mounted in the testbed"
 out=$(mktemp -d)

@@ -158,7 +158,9 @@ def parse_log(outdir, names):
         e = ELAPSED.match(line)
         if m:
             ts = seconds(m)
-            if t0 is None and e:
+            if e:
+                # Every such line sets it again: rdocker-autopkgtest's
+                # merged log is several logs, each counting from its start.
                 t0 = ts - int(e.group(1))
         elif e and t0 is not None:
             ts = (t0 + int(e.group(1))) % 86400   # 6.0: every line has its time
