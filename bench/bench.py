@@ -48,9 +48,10 @@ KiB = 1 << 10
 REFERENCE = '/usr/bin/autopkgtest-virt-docker'
 ALL_SERVERS = ['rdocker', 'rdocker-api', 'rdocker-shared', 'docker', 'docker-remote']
 REFERENCES = ['docker', 'docker-remote']
-# Named in --servers only, never by default: another rdocker build, and an
-# arm64 testbed through qemu-user-static (ci/provision-foreign.sh).
-EXTRA_SERVERS = ['rdocker-base', 'rdocker-arm64']
+# Named in --servers only, never by default: another rdocker build, an
+# arm64 testbed through qemu-user-static (ci/provision-foreign.sh), and
+# this build on Docker's default bridge (what keeping sessions apart costs).
+EXTRA_SERVERS = ['rdocker-base', 'rdocker-arm64', 'rdocker-bridge']
 LABELS = {
     'api-ceiling': 'raw API (ceiling)',
     'rdocker': 'rdocker',
@@ -58,6 +59,7 @@ LABELS = {
     'rdocker-shared': 'rdocker --shared-dir',
     'rdocker-base': 'rdocker --baseline build',
     'rdocker-arm64': 'rdocker arm64 (qemu)',
+    'rdocker-bridge': 'rdocker --network bridge',
     'docker': 'docker',
     'docker-remote': 'docker --remote',
 }
@@ -492,6 +494,8 @@ class Bench:
         if name == 'rdocker-arm64':
             # The same build, with a foreign testbed: what emulation costs.
             return [self.rdocker, a.arm64_image, '--platform', 'linux/arm64']
+        if name == 'rdocker-bridge':
+            return [self.rdocker, a.image, '--network', 'bridge']
         if name == 'rdocker-shared':
             self.shared_counter += 1
             d = os.path.join(self.work, 'rdocker-shared-%d' % self.shared_counter)
@@ -1307,7 +1311,8 @@ def parse_args():
     ap.add_argument('--servers', default=','.join(ALL_SERVERS),
                     help='comma-separated, from %s (default all; rdocker-shared is skipped '
                     'with the reason when rdocker refuses --shared-dir); also rdocker-base '
-                    '(--baseline) and rdocker-arm64 (--arm64-image through qemu)' % ','.join(ALL_SERVERS))
+                    '(--baseline), rdocker-arm64 (--arm64-image through qemu) and rdocker-bridge '
+                    '(this build with --network bridge)' % ','.join(ALL_SERVERS))
     ap.add_argument('--ops', default=None,
                     help='comma-separated, from %s (default all but conformance)' % ','.join(ALL_OPS))
     ap.add_argument('--rss-only', action='store_true', help='same as --ops rss')

@@ -444,7 +444,7 @@ scenario_action() {
         -e GITHUB_STEP_SUMMARY="$fc/step_summary_e2e" -e GITHUB_OUTPUT="$fc/set_output_e2e" \
         -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" \
         -e INPUT_PLATFORM=linux/amd64 -e INPUT_RDOCKER_DEB=rdocker.deb \
-        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= \
+        -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE= -e INPUT_OUTPUT_DIR= -e INPUT_JOBS= \
         "$name" bash "$ap/ci/action/run.sh" >"$logf" 2>&1 &
     EXEC_PID=$!
     rc=0; wait "$EXEC_PID" || rc=$?
@@ -472,6 +472,9 @@ scenario_action() {
         log "the output directory $out has no summary with greets PASS"; ok=1
     fi
     grep -qx 'exit-code=0' "$LOGS/action-output" || { log "GITHUB_OUTPUT has no exit-code=0"; ok=1; }
+    # The input jobs is empty: the job's processors, through the parallel runner.
+    [ "$(nproc)" = 1 ] || grep -q "^rdocker-action: rdocker-autopkgtest -j $(nproc) " "$logf" ||
+        { log "the action did not run rdocker-autopkgtest -j $(nproc) (the input jobs defaults to the processors)"; ok=1; }
     for g in '::group::test greets' '::group::test as-root' '::group::test build-and-artifacts' '::group::summary'; do
         grep -qx "$g" "$logf" || { log "the log has no '$g' section"; ok=1; }
     done

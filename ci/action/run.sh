@@ -21,8 +21,11 @@
 #                           kept by an actions/cache step; empty: the run's own
 #   INPUT_OUTPUT_DIR        autopkgtest's output directory
 #                           (default: $RUNNER_TEMP/autopkgtest-output)
+#   INPUT_JOBS              testbeds at once (rdocker-autopkgtest -j); empty:
+#                           the runner's processors; 1: autopkgtest alone
 # It installs autopkgtest (apt) and rdocker when missing, runs
 #   autopkgtest ARGS SOURCE -o OUTPUT_DIR -- rdocker RDOCKER_ARGS IMAGE [--platform P] DOCKER_RUN_ARGS
+# (through rdocker-autopkgtest -j JOBS when JOBS > 1)
 # with its log folded into ::group:: sections, writes OUTPUT_DIR/junit.xml,
 # appends a table of the tests (result, phases: testbed set-up,
 # dependencies, the test) to $GITHUB_STEP_SUMMARY, and writes output-dir,
@@ -167,11 +170,25 @@ virt+=("${run_args[@]}")
 rm -rf "$OUTDIR"
 mkdir -p "$(dirname "$OUTDIR")"
 title="autopkgtest of \`$SOURCE\` on \`$IMAGE\`${INPUT_PLATFORM:+ ($INPUT_PLATFORM)}"
-log "autopkgtest ${at_args[*]} $SOURCE -o $OUTDIR -- ${virt[*]}"
+jobs=${INPUT_JOBS:-}
+[ -n "$jobs" ] || jobs=$(nproc 2>/dev/null || echo 1)
+case $jobs in
+    ''|*[!0-9]*|0) die "the input 'jobs' must be a number of testbeds at once (1 or more), not '$jobs'" ;;
+esac
+runner=(autopkgtest)
+if [ "$jobs" -gt 1 ]; then
+    if command -v rdocker-autopkgtest >/dev/null; then
+        # The step summary is this script's, below.
+        runner=(rdocker-autopkgtest -j "$jobs" --step-summary /dev/null)
+    else
+        echo "::warning title=rdocker action::no rdocker-autopkgtest in the installed rdocker (older than the parallel runner): the tests run one after another"
+    fi
+fi
+log "${runner[*]} ${at_args[*]} $SOURCE -o $OUTDIR -- ${virt[*]}"
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 start=$(date +%s)
 set +e
-autopkgtest "${at_args[@]}" "$SOURCE" -o "$OUTDIR" -- "${virt[@]}" 2>&1 | python3 -u "$HERE/report.py" fold "$token"
+"${runner[@]}" "${at_args[@]}" "$SOURCE" -o "$OUTDIR" -- "${virt[@]}" 2>&1 | python3 -u "$HERE/report.py" fold "$token"
 rc=${PIPESTATUS[0]}
 set -e
 took=$(( $(date +%s) - start ))
