@@ -32,6 +32,8 @@
 #                                       ci/e2e-container-job.sh builds it)
 #   firecow/gitlab-ci-local-util:latest gitlab-ci-local's helper image
 #   rdocker-test/gitlab-dind:bookworm   the docker:dind stand-in
+# (RDOCKER_TEST_GITLAB_JOB_IMAGE names another tag for the job image, so
+# that a run on a shared machine leaves that one alone.)
 # Needs root, the daemon at /var/run/docker.sock, gitlab-ci-local, rsync,
 # dpkg-buildpackage and debhelper (ci/provision.sh installs them).  Never
 # skips: a missing piece is an error.
@@ -45,7 +47,7 @@ TREE=$(cd "$(dirname "$0")/.." && pwd)
 SOCK=/var/run/docker.sock
 BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TESTBED_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
-JOB_IMAGE=rdocker-test/ci-job:bookworm
+JOB_IMAGE=${RDOCKER_TEST_GITLAB_JOB_IMAGE:-rdocker-test/ci-job:bookworm}
 UTIL_IMAGE=firecow/gitlab-ci-local-util:latest
 DIND_IMAGE=rdocker-test/gitlab-dind:bookworm
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
@@ -212,8 +214,12 @@ check_run() {
     for f in log summary junit.xml; do
         [ -s "$out/$f" ] || { log "$name: no $f in the job's artifacts ($out)"; ok=1; }
     done
-    ls "$out"/binaries/rdocker-five_*.deb >/dev/null 2>&1 ||
-        { log "$name: no binaries/rdocker-five_*.deb in the artifacts"; ok=1; }
+    # autopkgtest took the build's .deb from the .changes, and built nothing.
+    [ -s "$out/binaries/rdocker-five.deb" ] ||
+        { log "$name: no binaries/rdocker-five.deb (the .deb of debian/output/) in the artifacts"; ok=1; }
+    if grep -q 'dpkg-buildpackage' "$out/log"; then
+        log "$name: autopkgtest built the package again; it had the .changes"; ok=1
+    fi
     if [ -s "$out/summary" ] && [ -s "$out/junit.xml" ]; then
         python3 - "$out/summary" "$out/junit.xml" <<'EOF' || ok=1
 import sys
@@ -254,10 +260,14 @@ EOF
     return $ok
 }
 
-# leftovers NAME LOG: nothing of the run is left on this daemon (a job
-# container left would hold its gcl- volume).
+# leftovers NAME LOG VOLUMES-BEFORE: nothing of the run is left on this
+# daemon.  gitlab-ci-local 4.55 runs its clean-up twice at once at the end
+# of a job (job.js: once unawaited, once from its handler), and the two
+# race: one's "volume rm" may come before the other's "rm -v" of the
+# containers, so a volume or two may stay.  Those are removed here, once
+# nothing uses them; containers and networks must be gone.
 leftovers() {
-    local name=$1 logf=$2 host ids ok=0
+    local name=$1 logf=$2 before=$3 host ids v ok=0
     host=$(sed -n 's/.*rdocker: job container \([0-9a-z]*\) .*/\1/p' "$logf" | head -n1)
     if [ -z "$host" ]; then
         log "$name: the job did not print its container's hostname"; ok=1
@@ -268,8 +278,14 @@ leftovers() {
     fi
     ids=$(docker ps -aq --filter "ancestor=$DIND_IMAGE")
     [ -z "$ids" ] || { log "$name: gitlab-ci-local left containers: $ids"; docker rm -fv $ids >/dev/null; ok=1; }
-    ids=$(docker volume ls -q --filter name=gcl-$JOB-)
-    [ -z "$ids" ] || { log "$name: gitlab-ci-local left volumes: $ids"; ok=1; }
+    for v in $(docker volume ls -q --filter "name=gcl-$JOB-"); do
+        grep -qxF "$v" <<<"$before" && continue
+        ids=$(docker ps -aq --filter "volume=$v")
+        if [ -n "$ids" ]; then
+            log "$name: containers that use the job's volume $v are left: $ids"; docker rm -fv $ids >/dev/null; ok=1
+        fi
+        docker volume rm "$v" >/dev/null && log "  removed the volume $v that gitlab-ci-local left"
+    done
     ids=$(docker network ls -q --filter name=gitlab-ci-local-)
     [ -z "$ids" ] || { log "$name: gitlab-ci-local left networks: $ids"; ok=1; }
     return $ok
@@ -298,7 +314,7 @@ EOF
 }
 
 scenario_socket() {
-    local dir=$TMP/socket ok=0 t
+    local dir=$TMP/socket ok=0 t before
     make_project "$dir"
     { common_vars; cat <<'EOF'
 autopkgtest-rdocker:
@@ -308,18 +324,19 @@ autopkgtest-rdocker:
 EOF
     } >"$dir/.gitlab-ci.yml"
     t=$(now)
+    before=$(docker volume ls -q)
     run_pipeline socket "$dir" --volume "$SOCK:$SOCK"
     log "socket: the pipeline took $(( $(now) - t )) s (exit $RC)"
     check_run socket "$dir" "$LOGS/socket.log" "$RC" || ok=1
     grep -q 'copies go through the Engine API: rdocker runs inside a container' "$LOGS/socket.log" ||
         { log "socket: rdocker did not reach the daemon through the mounted socket from inside a container"; ok=1; }
-    leftovers socket "$LOGS/socket.log" || ok=1
+    leftovers socket "$LOGS/socket.log" "$before" || ok=1
     cp -r "$dir/.gitlab-ci-local/artifacts/$JOB/autopkgtest-output" "$LOGS/socket-output" 2>/dev/null || true
     return $ok
 }
 
 scenario_dind() {
-    local dir=$TMP/dind ok=0 t wrapper=$TMP/docker-dind-wrapper
+    local dir=$TMP/dind ok=0 t before wrapper=$TMP/docker-dind-wrapper
     make_project "$dir"
     # The template alone: only variables, the dind service's image among them.
     { common_vars; echo "  RDOCKER_DIND_IMAGE: $DIND_IMAGE"; } >"$dir/.gitlab-ci.yml"
@@ -337,12 +354,13 @@ exec docker "\$@"
 EOF
     chmod +x "$wrapper"
     t=$(now)
+    before=$(docker volume ls -q)
     run_pipeline dind "$dir" --container-executable "$wrapper" --volume "$PRELOAD:/preload:ro"
     log "dind: the pipeline took $(( $(now) - t )) s (exit $RC)"
     check_run dind "$dir" "$LOGS/dind.log" "$RC" || ok=1
     grep -Eq 'copies go through the Engine API: .*tcp://docker:2375' "$LOGS/dind.log" ||
         { log "dind: rdocker did not reach the daemon at tcp://docker:2375"; ok=1; }
-    leftovers dind "$LOGS/dind.log" || ok=1
+    leftovers dind "$LOGS/dind.log" "$before" || ok=1
     cp -r "$dir/.gitlab-ci-local/artifacts/$JOB/autopkgtest-output" "$LOGS/dind-output" 2>/dev/null || true
     return $ok
 }
