@@ -8,8 +8,11 @@
 #
 #   socket  the runner's socket mounted in the job (gitlab-ci-local
 #           --volume /var/run/docker.sock:...); the job sets "services: []"
-#           and DOCKER_HOST "", as docs/ci.md says for such runners.
-#   dind    the template alone: its docker:dind service, here a local daemon
+#           and DOCKER_HOST "", as docs/ci.md says for such runners.  Its
+#           job image has autopkgtest but no rdocker: the template installs
+#           the .deb from RDOCKER_RELEASE, a release download served over
+#           HTTP (SHA256SUMS checked), as users get it.
+#   dind    the template alone, in a job image with rdocker: its docker:dind service, here a local daemon
 #           image from Debian's docker.io (RDOCKER_DIND_IMAGE), reached at
 #           tcp://docker:2375.  The testbed image is loaded into it from
 #           a docker save (no registry).  This machine's daemon cannot
@@ -30,6 +33,8 @@
 # Images it builds and caches (rebuilt when their inputs change):
 #   rdocker-test/ci-job:bookworm        autopkgtest + rdocker (as
 #                                       ci/e2e-container-job.sh builds it)
+#   rdocker-test/ci-job-autopkgtest:bookworm  autopkgtest, no rdocker (as
+#                                       ci/e2e-action-release.sh builds it)
 #   firecow/gitlab-ci-local-util:latest gitlab-ci-local's helper image
 #   rdocker-test/gitlab-dind:bookworm   the docker:dind stand-in
 # (RDOCKER_TEST_GITLAB_JOB_IMAGE names another tag for the job image, so
@@ -48,6 +53,7 @@ SOCK=/var/run/docker.sock
 BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TESTBED_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
 JOB_IMAGE=${RDOCKER_TEST_GITLAB_JOB_IMAGE:-rdocker-test/ci-job:bookworm}
+BARE_JOB_IMAGE=rdocker-test/ci-job-autopkgtest:bookworm
 UTIL_IMAGE=firecow/gitlab-ci-local-util:latest
 DIND_IMAGE=rdocker-test/gitlab-dind:bookworm
 CACHE=${RDOCKER_TEST_CACHE:-/var/cache/rdocker-test}
@@ -144,6 +150,9 @@ job_key=$(printf '%s\n' "deb=$DEB_SHA" "dockerfile=$(sha "$TREE/ci/e2e/ci-job.Do
 build_image "$JOB_IMAGE" "$TREE/ci/e2e/ci-job.Dockerfile" "$job_key" \
     --build-arg "BASE=$BASE_IMAGE" --label "org.debian.autopkgtest.rdocker.e2e.deb-sha256=$DEB_SHA" \
     -- "$TMP/rdocker.deb"
+bare_key=$(printf '%s\n' "$(sha "$TREE/ci/e2e/ci-job-autopkgtest.Dockerfile")" "$(image_id "$BASE_IMAGE")" |
+    sha256sum | cut -d' ' -f1)
+build_image "$BARE_JOB_IMAGE" "$TREE/ci/e2e/ci-job-autopkgtest.Dockerfile" "$bare_key" --build-arg "BASE=$BASE_IMAGE" --
 G=$TREE/ci/e2e/gitlab
 util_key=$(printf '%s\n' "dockerfile=$(sha "$G/util.Dockerfile")" "base=$(image_id "$BASE_IMAGE")" |
     sha256sum | cut -d' ' -f1)
@@ -176,10 +185,17 @@ cp -r "$TREE/tests/pkg/rdocker-five" "$TMP/build/"
 (cd "$TMP/build/rdocker-five" && debian/rules clean >/dev/null 2>&1) || true
 log "built rdocker-five's source and .deb in $(( $(now) - t )) s"
 
-# The template over HTTP on loopback: "include: remote:" as users write it.
-mkdir -p "$TMP/www"
+# The template over HTTP ("include: remote:" as users write it), and a
+# release download beside it, on the default bridge's gateway, where job
+# containers reach this machine.
+GW=$(docker network inspect bridge --format '{{(index .IPAM.Config 0).Gateway}}')
+[ -n "$GW" ] || die "no gateway address for docker's default bridge"
+mkdir -p "$TMP/www/release/v0.1.0"
 cp "$TREE/ci/gitlab/autopkgtest-rdocker.yml" "$TMP/www/"
-python3 -m http.server --bind 127.0.0.1 0 --directory "$TMP/www" >"$TMP/http.log" 2>&1 &
+cp "$DEB" "$TMP/www/release/v0.1.0/"
+(cd "$TMP/www/release/v0.1.0" && sha256sum -- *.deb >SHA256SUMS)
+chmod -R a+rX "$TMP/www"
+python3 -m http.server --bind "$GW" 0 --directory "$TMP/www" >"$TMP/http.log" 2>&1 &
 HTTP_PID=$!
 PORT=""
 for _ in $(seq 50); do
@@ -188,7 +204,8 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 [ -n "$PORT" ] || die "the HTTP server for the template did not start: $(cat "$TMP/http.log")"
-TEMPLATE_URL=http://127.0.0.1:$PORT/autopkgtest-rdocker.yml
+TEMPLATE_URL=http://$GW:$PORT/autopkgtest-rdocker.yml
+RELEASE_URL=http://$GW:$PORT/release/v0.1.0
 
 # make_project DIR: the package's tree, its debian/output/, a git repository.
 make_project() {
@@ -264,8 +281,8 @@ EOF
 # daemon.  gitlab-ci-local 4.55 runs its clean-up twice at once at the end
 # of a job (job.js: once unawaited, once from its handler), and the two
 # race: one's "volume rm" may come before the other's "rm -v" of the
-# containers, so a volume or two may stay.  Those are removed here, once
-# nothing uses them; containers and networks must be gone.
+# containers, so a volume or two, or the service network, may stay.  Those
+# are removed here; a container left is a failure.
 leftovers() {
     local name=$1 logf=$2 before=$3 host ids v ok=0
     host=$(sed -n 's/.*rdocker: job container \([0-9a-z]*\) .*/\1/p' "$logf" | head -n1)
@@ -286,8 +303,14 @@ leftovers() {
         fi
         docker volume rm "$v" >/dev/null && log "  removed the volume $v that gitlab-ci-local left"
     done
-    ids=$(docker network ls -q --filter name=gitlab-ci-local-)
-    [ -z "$ids" ] || { log "$name: gitlab-ci-local left networks: $ids"; ok=1; }
+    # The service network goes in the same race.
+    for v in $(docker network ls -q --filter name=gitlab-ci-local-); do
+        ids=$(docker network inspect --format '{{range $k, $c := .Containers}}{{$k}} {{end}}' "$v")
+        if [ -n "$ids" ]; then
+            log "$name: containers on the job's network $v are left: $ids"; docker rm -fv $ids >/dev/null; ok=1
+        fi
+        docker network rm "$v" >/dev/null && log "  removed the network $v that gitlab-ci-local left"
+    done
     return $ok
 }
 
@@ -297,7 +320,7 @@ RC=0
 run_pipeline() {
     local name=$1 dir=$2; shift 2
     RC=0
-    (cd "$dir" && env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY NO_PROXY=127.0.0.1 \
+    (cd "$dir" && env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY NO_PROXY="$GW" \
         gitlab-ci-local --no-color --pull-policy if-not-present "$@" "$JOB") >"$LOGS/$name.log" 2>&1 || RC=$?
 }
 
@@ -306,7 +329,6 @@ common_vars() {
 include:
   - remote: $TEMPLATE_URL
 variables:
-  RDOCKER_JOB_IMAGE: $JOB_IMAGE
   RDOCKER_IMAGE: $TESTBED_IMAGE
   RDOCKER_SOURCE: debian/output/*.changes
   RDOCKER_ARGS: -d
@@ -316,7 +338,9 @@ EOF
 scenario_socket() {
     local dir=$TMP/socket ok=0 t before
     make_project "$dir"
-    { common_vars; cat <<'EOF'
+    { common_vars; cat <<EOF
+  RDOCKER_JOB_IMAGE: $BARE_JOB_IMAGE
+  RDOCKER_RELEASE: $RELEASE_URL
 autopkgtest-rdocker:
   services: []
   variables:
@@ -328,6 +352,8 @@ EOF
     run_pipeline socket "$dir" --volume "$SOCK:$SOCK"
     log "socket: the pipeline took $(( $(now) - t )) s (exit $RC)"
     check_run socket "$dir" "$LOGS/socket.log" "$RC" || ok=1
+    grep -q "Setting up rdocker ($(dpkg-deb -f "$DEB" Version))" "$LOGS/socket.log" ||
+        { log "socket: the job did not install rdocker from the release download"; ok=1; }
     grep -q 'copies go through the Engine API: rdocker runs inside a container' "$LOGS/socket.log" ||
         { log "socket: rdocker did not reach the daemon through the mounted socket from inside a container"; ok=1; }
     leftovers socket "$LOGS/socket.log" "$before" || ok=1
@@ -339,7 +365,7 @@ scenario_dind() {
     local dir=$TMP/dind ok=0 t before wrapper=$TMP/docker-dind-wrapper
     make_project "$dir"
     # The template alone: only variables, the dind service's image among them.
-    { common_vars; echo "  RDOCKER_DIND_IMAGE: $DIND_IMAGE"; } >"$dir/.gitlab-ci.yml"
+    { common_vars; echo "  RDOCKER_JOB_IMAGE: $JOB_IMAGE"; echo "  RDOCKER_DIND_IMAGE: $DIND_IMAGE"; } >"$dir/.gitlab-ci.yml"
     cat >"$wrapper" <<EOF
 #!/bin/bash
 # gitlab-ci-local's docker: the dind service gets what --privileged would
