@@ -29,7 +29,7 @@ fi
 
 need_pkgs=()
 for p in docker.io autopkgtest debootstrap dpkg-dev debhelper lintian man-db curl socat devscripts fakeroot build-essential \
-         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils apt-cacher-ng; do
+         openssl openssh-server openssh-client podman autodep8 git docker-registry apache2-utils apt-cacher-ng rsync; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 # apt-get source autopkgtest needs deb-src entries
@@ -240,9 +240,19 @@ if [ -n "${acng_restart:-}" ] || [ "$(acng_says)" != 200 ]; then
     done
     [ "$(acng_says)" = 200 ] || { log "apt-cacher-ng did not come up; see /var/log/apt-cacher-ng/"; exit 1; }
 fi
+# gitlab-ci-local runs the GitLab template's pipelines (ci/e2e-gitlab.sh);
+# 4.55 is the newest that runs on Node 20.  It also needs rsync (above).
+GCL_VERSION=4.55
+if ! gitlab-ci-local --version 2>/dev/null | grep -q "^$GCL_VERSION\."; then
+    command -v npm >/dev/null || { log "installing npm"; DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm >/dev/null; }
+    log "installing gitlab-ci-local@$GCL_VERSION with npm"
+    npm install -g --no-audit --no-fund "gitlab-ci-local@$GCL_VERSION" >"$CACHE/npm-gitlab-ci-local.log" 2>&1 || {
+        tail -20 "$CACHE/npm-gitlab-ci-local.log" >&2; log "npm install gitlab-ci-local@$GCL_VERSION failed"; exit 1; }
+fi
+
 # sshd's privilege separation directory, for the throwaway sshd of the tests.
 mkdir -p /run/sshd
 "$(dirname "$0")/provision-foreign.sh"  # arm64 testbeds through qemu-user-static (issue 20)
 "$(dirname "$0")/install-actionlint.sh"  # lints .github/workflows (issue 27)
 
-log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142"
+log "ready: daemon up, images $BASE_IMAGE, $TRIXIE_IMAGE, $SID_IMAGE, $TEST_IMAGE, $USER_IMAGE, $SYSTEMD_IMAGE and $LOGIND_IMAGE, $PRIVATE_IMAGE behind a login, autopkgtest source in $CACHE/autopkgtest-src; podman API on $PODMAN_SOCKET; apt-cacher-ng on port 3142; gitlab-ci-local $GCL_VERSION"

@@ -9,7 +9,8 @@
 #   3. a real autopkgtest run of the project's test package through rdocker,
 #      the parallel runner (rdocker-autopkgtest, ci/parallel-e2e.py),
 #      and of rdocker's own package tests (debian/tests) through rdocker,
-#   4. the CI container-job end-to-end scenarios (the GitHub Action too),
+#   4. the CI container-job end-to-end scenarios (the GitHub Action too,
+#      and the GitLab template under gitlab-ci-local, socket and dind),
 #      and the autopkgtest that users run today: trixie's (5.49) and sid's
 #      (6.x, a revert before every test) in container jobs,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
@@ -132,6 +133,8 @@ if [ -x ci/e2e-container-job.sh ]; then
     ci/e2e-container-job.sh
     # The Action with no cargo: rdocker from a release download, checksum checked.
     ci/e2e-action-release.sh
+    # The GitLab template under gitlab-ci-local: the runner's socket, and dind.
+    ci/e2e-gitlab.sh
     done_step "container-job scenarios passed"
 fi
 

@@ -10,6 +10,12 @@ report.py fold TOKEN
     summary.  Within a section, workflow commands are off
     (::stop-commands::TOKEN), so that nothing a test prints is taken for one.
 
+report.py fold-gitlab
+    The same for GitLab CI: the setup, each test and the summary as
+    collapsible sections of the job log (section_start/section_end), the
+    setup collapsed.  A line that a test prints cannot open or close one:
+    the escape before "section_" is taken out of every line but ours.
+
 report.py summary OUTDIR TITLE
     Markdown for $GITHUB_STEP_SUMMARY from autopkgtest's output directory:
     each test of OUTDIR/summary with its result and its phases, read from
@@ -40,6 +46,7 @@ import collections
 import os
 import re
 import sys
+import time
 import xml.etree.ElementTree as ET
 
 # autopkgtest's own lines; 6.0 puts the seconds since its start before
@@ -61,14 +68,44 @@ NOT_XML = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]')
 
 
 def fold(token):
+    def open_group(title, _first):
+        return '::group::%s\n::stop-commands::%s\n' % (title, token)
+
+    def close_group(_title):
+        return '::%s::\n::endgroup::\n' % token
+
+    _fold(open_group, close_group, lambda line: line)
+
+
+GITLAB_MARK = '\x1b[0Ksection_'
+
+
+def fold_gitlab():
+    def name(title):
+        return re.sub(r'[^A-Za-z0-9_.-]+', '_', title)[:64]
+
+    def open_section(title, first):
+        return '%s%s:%d:%s[collapsed=%s]\r\x1b[0K%s\n' % (
+            GITLAB_MARK, 'start', int(time.time()), name(title), 'true' if first else 'false', title)
+
+    def close_section(title):
+        return '%s%s:%d:%s\r\x1b[0K\n' % (GITLAB_MARK, 'end', int(time.time()), name(title))
+
+    _fold(open_section, close_section, lambda line: line.replace(GITLAB_MARK, 'section_'))
+
+
+def _fold(open_group, close_group, neutral):
+    """stdin to stdout, line by line, in groups: open_group(title, first)
+    and close_group(title) give the markers, neutral(line) takes the
+    markers' power from a line of the log."""
     out = sys.stdout
     current = None
 
     def start(title):
         nonlocal current
         if current is not None:
-            out.write('::%s::\n::endgroup::\n' % token)
-        out.write('::group::%s\n::stop-commands::%s\n' % (title, token))
+            out.write(close_group(current))
+        out.write(open_group(title, current is None))
         current = title
 
     start('autopkgtest: setup')
@@ -82,10 +119,10 @@ def fold(token):
                 start('test %s' % t.group(1))
             elif body.startswith('@@@@') and 'summary' in body and current != 'summary':
                 start('summary')
-        out.write(line + '\n')
+        out.write(neutral(line) + '\n')
         out.flush()
     if current is not None:
-        out.write('::%s::\n::endgroup::\n' % token)
+        out.write(close_group(current))
 
 
 def seconds(m):
@@ -323,6 +360,8 @@ def junit(outdir):
 if __name__ == '__main__':
     if len(sys.argv) == 3 and sys.argv[1] == 'fold':
         fold(sys.argv[2])
+    elif len(sys.argv) == 2 and sys.argv[1] == 'fold-gitlab':
+        fold_gitlab()
     elif len(sys.argv) == 4 and sys.argv[1] == 'summary':
         summary(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == 'junit':

@@ -23,6 +23,12 @@
 #                           (default: $RUNNER_TEMP/autopkgtest-output)
 #   INPUT_JOBS              testbeds at once (rdocker-autopkgtest -j); empty:
 #                           the runner's processors; 1: autopkgtest alone
+# INPUT_SOURCE may be a glob that matches one file (debian/output/*.changes).
+# On GitLab CI (RDOCKER_CI=gitlab, as the template ci/gitlab/autopkgtest-rdocker.yml
+# sets it when it runs this script as the .deb installs it,
+# /usr/share/rdocker/ci-run.sh; or GITLAB_CI=true)
+# the workspace is CI_PROJECT_DIR, the log is folded into collapsible
+# sections, and the summary table goes to the job log.
 # It installs autopkgtest (apt) and rdocker when missing, runs
 #   autopkgtest ARGS SOURCE -o OUTPUT_DIR -- rdocker RDOCKER_ARGS IMAGE [--platform P] DOCKER_RUN_ARGS
 # (through rdocker-autopkgtest -j JOBS when JOBS > 1)
@@ -33,19 +39,72 @@
 # 2 (some test skipped), which passes.
 set -euo pipefail
 
+GITLAB=""
+# (gitlab-ci-local sets GITLAB_CI=false, hence the template's own variable.)
+if [ "${RDOCKER_CI:-}" = gitlab ] || [ "${GITLAB_CI:-}" = true ]; then GITLAB=1; fi
 log() { echo "rdocker-action: $*" >&2; }
-die() { echo "::error title=rdocker action::$*"; log "error: $*"; exit 1; }
+die() { [ -n "$GITLAB" ] || echo "::error title=rdocker action::$*"; log "error: $*"; exit 1; }
+# A foldable part of the log: ::group:: on GitHub, a section on GitLab.
+group() {
+    if [ -n "$GITLAB" ]; then printf '\e[0Ksection_start:%s:rdocker_%s[collapsed=true]\r\e[0K%s\n' "$(date +%s)" "$1" "$2"
+    else echo "::group::$2"; fi
+}
+endgroup() {
+    if [ -n "$GITLAB" ]; then printf '\e[0Ksection_end:%s:rdocker_%s\r\e[0K\n' "$(date +%s)" "$1"
+    else echo "::endgroup::"; fi
+}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
+# Beside it in the checkout; installed by the .deb under another name.
+REPORT=$HERE/report.py
+[ -f "$REPORT" ] || REPORT=$HERE/autopkgtest_report.py
 ACTION_PATH=${GITHUB_ACTION_PATH:-$(cd "$HERE/../.." && pwd)}
-WORKSPACE=${GITHUB_WORKSPACE:-$PWD}
+WORKSPACE=${GITHUB_WORKSPACE:-${CI_PROJECT_DIR:-$PWD}}
 SOURCE=${INPUT_SOURCE:-.}
 IMAGE=${INPUT_IMAGE:-}
 OUTDIR=${INPUT_OUTPUT_DIR:-${RUNNER_TEMP:-/tmp}/autopkgtest-output}
 
 [ -n "$IMAGE" ] || die "the input 'image' is required: the testbed image, e.g. debian:sid"
-cd "$WORKSPACE" || die "cannot enter GITHUB_WORKSPACE=$WORKSPACE"
+cd "$WORKSPACE" || die "cannot enter the workspace $WORKSPACE"
+if [[ $SOURCE == *[*?[]* ]]; then
+    shopt -s nullglob
+    # shellcheck disable=SC2206  # a glob, on purpose
+    matches=($SOURCE)
+    shopt -u nullglob
+    [ ${#matches[@]} -eq 1 ] ||
+        die "the source '$SOURCE' matches ${#matches[@]} files in $WORKSPACE (${matches[*]:-none}): it must match exactly one .dsc, .changes or tree"
+    SOURCE=${matches[0]}
+fi
 [ -e "$SOURCE" ] || die "no source package at '$SOURCE' (relative to $WORKSPACE): give a source tree or a .dsc as the input 'source'"
+
+# The daemon.  A docker:dind-style service at DOCKER_HOST=tcp://HOST:PORT
+# may still be starting: wait for its port.  A HOST that does not resolve
+# (no such service) with the runner's socket mounted: take the socket, so
+# that one job definition serves both kinds of runner.
+daemon_wait() {
+    local hp host port i wait=${RDOCKER_DAEMON_WAIT:-120}
+    [ -n "${DOCKER_HOST:-}" ] || { unset DOCKER_HOST; return 0; }
+    case "$DOCKER_HOST" in tcp://*) ;; *) return 0 ;; esac
+    hp=${DOCKER_HOST#tcp://}; hp=${hp%%/*}; host=${hp%:*}; port=${hp##*:}
+    [ "$host" != "$hp" ] || port=2375
+    if ! getent hosts "$host" >/dev/null 2>&1; then
+        if [ -S /var/run/docker.sock ]; then
+            log "DOCKER_HOST=$DOCKER_HOST: there is no host '$host' (no such service); taking the socket /var/run/docker.sock"
+            unset DOCKER_HOST
+            return 0
+        fi
+        die "DOCKER_HOST=$DOCKER_HOST: there is no host '$host', and no /var/run/docker.sock: add a docker:dind service with that alias (on a runner that allows privileged services), or mount the runner's socket"
+    fi
+    for ((i = 0; i < wait; i++)); do
+        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
+            [ "$i" = 0 ] || log "the daemon at $DOCKER_HOST took connections after $i s"
+            return 0
+        fi
+        sleep 1
+    done
+    die "nothing listens at $DOCKER_HOST after $wait s: is the docker:dind service running? It needs a runner that allows privileged services (its log is in the job's services output)"
+}
+daemon_wait
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
@@ -122,7 +181,7 @@ install_release() {
     log "installed $name from the release $ref of $repo in $(( $(date +%s) - t0 )) s"
 }
 
-echo "::group::install autopkgtest and rdocker"
+group install "install autopkgtest and rdocker"
 t_install=$(date +%s)
 command -v autopkgtest >/dev/null || apt_install autopkgtest
 deb=${INPUT_RDOCKER_DEB:-}
@@ -154,7 +213,7 @@ elif ! command -v autopkgtest-virt-rdocker >/dev/null; then
 fi
 command -v autopkgtest-virt-rdocker >/dev/null || die "autopkgtest-virt-rdocker is not on PATH after installing it"
 log "$(autopkgtest-virt-rdocker --version), $(dpkg-query -W -f '${Package} ${Version}' autopkgtest 2>/dev/null || echo autopkgtest); installing took $(( $(date +%s) - t_install )) s"
-echo "::endgroup::"
+endgroup install
 
 read -r -a at_args <<<"${INPUT_AUTOPKGTEST_ARGS:-}"
 read -r -a rd_args <<<"${INPUT_RDOCKER_ARGS:-}"
@@ -181,29 +240,37 @@ if [ "$jobs" -gt 1 ]; then
         # The step summary is this script's, below.
         runner=(rdocker-autopkgtest -j "$jobs" --step-summary /dev/null)
     else
-        echo "::warning title=rdocker action::no rdocker-autopkgtest in the installed rdocker (older than the parallel runner): the tests run one after another"
+        w="no rdocker-autopkgtest in the installed rdocker (older than the parallel runner): the tests run one after another"
+        if [ -n "$GITLAB" ]; then log "warning: $w"; else echo "::warning title=rdocker action::$w"; fi
     fi
 fi
 log "${runner[*]} ${at_args[*]} $SOURCE -o $OUTDIR -- ${virt[*]}"
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+fold=(fold "$token")
+[ -z "$GITLAB" ] || fold=(fold-gitlab)
 start=$(date +%s)
 set +e
-"${runner[@]}" "${at_args[@]}" "$SOURCE" -o "$OUTDIR" -- "${virt[@]}" 2>&1 | python3 -u "$HERE/report.py" fold "$token"
+"${runner[@]}" "${at_args[@]}" "$SOURCE" -o "$OUTDIR" -- "${virt[@]}" 2>&1 | python3 -u "$REPORT" "${fold[@]}"
 rc=${PIPESTATUS[0]}
 set -e
 took=$(( $(date +%s) - start ))
 
 # JUnit XML beside autopkgtest's summary, for actions that show test reports.
 junit=""
-if python3 "$HERE/report.py" junit "$OUTDIR" >&2; then
+if python3 "$REPORT" junit "$OUTDIR" >&2; then
     junit=$OUTDIR/junit.xml
 else
-    echo "::warning title=rdocker action::could not write $OUTDIR/junit.xml (see the log)"
+    [ -n "$GITLAB" ] || echo "::warning title=rdocker action::could not write $OUTDIR/junit.xml (see the log)"
+    log "warning: could not write $OUTDIR/junit.xml (see the log)"
 fi
 {
-    python3 "$HERE/report.py" summary "$OUTDIR" "$title"
+    python3 "$REPORT" summary "$OUTDIR" "$title"
     echo
-    echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)${junit:+; JUnit XML \`$junit\` (the output \`junit\`)}."
+    if [ -n "$GITLAB" ]; then
+        echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the job's artifacts)${junit:+; JUnit XML \`$junit\` (the test report of the job)}."
+    else
+        echo "autopkgtest exit status $rc after $took s; output directory \`$OUTDIR\` (the output \`output-dir\`, for actions/upload-artifact)${junit:+; JUnit XML \`$junit\` (the output \`junit\`)}."
+    fi
 } >"$OUTDIR.summary.md" || true
 if [ -n "${GITHUB_STEP_SUMMARY:-}" ]; then
     cat "$OUTDIR.summary.md" >>"$GITHUB_STEP_SUMMARY"
@@ -216,6 +283,7 @@ fi
 case $rc in
     0) log "all tests passed ($took s)" ;;
     2) log "tests passed, some skipped ($took s)"; exit 0 ;;
-    *) echo "::error title=autopkgtest::autopkgtest exited with status $rc (4: a test failed, 8: no tests, 12: erroneous package, 16: testbed failure); see the log and $OUTDIR"
+    *) [ -n "$GITLAB" ] || echo "::error title=autopkgtest::autopkgtest exited with status $rc (4: a test failed, 8: no tests, 12: erroneous package, 16: testbed failure); see the log and $OUTDIR"
+       log "autopkgtest exited with status $rc (4: a test failed, 8: no tests, 12: erroneous package, 16: testbed failure); see the log and $OUTDIR"
        exit "$rc" ;;
 esac

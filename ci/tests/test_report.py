@@ -194,6 +194,27 @@ class ReportTest(unittest.TestCase):
                     self.assertIn(g, out)
                 self.assertEqual(out.count('::endgroup::'), sum(1 for line in out if line.startswith('::group::')))
 
+    def test_fold_gitlab_sections_both_layouts(self):
+        report_py = os.path.join(HERE, '..', 'action', 'report.py')
+        for name in ('hello-5.28', 'hello-6.0'):
+            with self.subTest(name):
+                with open(os.path.join(FIXTURES, name, 'log'), 'rb') as f:
+                    log = f.read()
+                # A test that prints a section marker of its own.
+                forged = log + b'\x1b[0Ksection_end:1:test_greets\r\x1b[0K\n'
+                out = subprocess.run([sys.executable, report_py, 'fold-gitlab'], input=forged,
+                                     check=True, capture_output=True).stdout.decode().split('\n')
+                starts = [line for line in out if line.startswith('\x1b[0Ksection_start:')]
+                ends = [line for line in out if line.startswith('\x1b[0Ksection_end:')]
+                names = [line.split(':')[2].split('[')[0] for line in starts]
+                self.assertEqual(names[0], 'autopkgtest_setup')
+                self.assertIn('[collapsed=true]', starts[0])
+                for t in ('test_greets', 'test_as-root', 'test_build-and-artifacts', 'summary'):
+                    self.assertIn(t, names)
+                self.assertEqual([line.split(':')[2].split('\r')[0] for line in ends], names)
+                forged_out = [line for line in out if 'section_end:1:' in line]
+                self.assertEqual(forged_out, ['section_end:1:test_greets\r\x1b[0K'])
+
 
 if __name__ == '__main__':
     unittest.main()
