@@ -62,13 +62,10 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         cache: docker::apt::plan::CacheChoice::parse(cli.apt_cache.as_deref()),
     };
     let endpoint = endpoint(&cli)?;
-    let copy_mode = locality::choose_copy_mode(
-        &endpoint,
-        &Evidence::gather(),
-        cli.remote,
-        cli.shared_dir.as_deref(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let evidence = Evidence::gather();
+    let copy_mode =
+        locality::choose_copy_mode(&endpoint, &evidence, cli.remote, cli.shared_dir.as_deref())
+            .map_err(anyhow::Error::msg)?;
     debug!("daemon: {} (from {})", endpoint.host, endpoint.source);
     match &copy_mode {
         CopyMode::Api { why, local } => debug!(
@@ -108,6 +105,7 @@ fn run(cli: cli::Cli) -> Result<ExitCode> {
         if let Some(r) = &relay {
             client.via = Some(r.socket().to_path_buf());
         }
+        docker::note_own_container(&client, &evidence).await;
         let tb = docker::DockerTestbed::new(
             client,
             image,

@@ -820,6 +820,25 @@ impl DockerTestbed {
 
 /// The first user in Debian Policy's dynamically allocated range
 /// (1000-59999) of an /etc/passwd.
+/// In a container the daemon runs (a CI job container beside it): its
+/// id goes into the owner labels, so that `--reap` removes what this
+/// process leaves once that container is gone.
+pub async fn note_own_container(client: &Client, evidence: &daemon::locality::Evidence) {
+    if evidence.container_reason().is_none() {
+        return;
+    }
+    match daemon::locality::own_container(client, evidence).await {
+        Some(id) => {
+            debug!(
+                "rdocker runs in container {} on the daemon: its testbeds are labelled with it",
+                &id[..12]
+            );
+            life::labels::set_own_container(id);
+        }
+        None => debug!("rdocker runs in a container that the daemon does not run"),
+    }
+}
+
 pub fn first_normal_user(passwd: &str) -> Option<String> {
     passwd
         .lines()

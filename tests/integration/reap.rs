@@ -1,6 +1,7 @@
 //! `--reap`: orphans of an rdocker killed with SIGKILL are found by label
 //! and removed; containers with a live owner, or an owner we cannot see,
-//! are left alone.
+//! are left alone. Those of an rdocker in a CI job container go once that
+//! container is gone from the daemon (a cancelled job), and only then.
 
 use crate::util::*;
 use std::collections::HashMap;
@@ -63,6 +64,88 @@ fn reap_removes_orphans_and_nothing_else() {
     );
     live.quit();
     drop(dead);
+}
+
+const LABEL_OWNER_CONTAINER: &str = "org.debian.autopkgtest.rdocker.owner-container";
+
+/// Wait until the job's rdocker has its testbed and the spare beside it.
+fn two_testbeds(job: &JobContainer) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let t = job.testbeds();
+        if t.len() == 2 {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rdocker in {} has {t:?}, not a testbed and a spare",
+            job.0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A cancelled CI job: the runner kills and removes its job container (on
+/// a `github_network_<id>` of its own), whose rdocker leaves its testbed,
+/// the spare and its session's network. `--reap` on the host removes
+/// those, by the job container's id in their labels, and leaves a running
+/// job container's alone, as its rdocker still uses them.
+#[test]
+fn reap_removes_what_a_removed_job_container_left_and_only_that() {
+    let gone = JobContainer::start("reap-gone", Some("reapgone"));
+    let live = JobContainer::start("reap-live", Some("reaplive"));
+    let mut a = JobServer::start(&gone);
+    let mut b = JobServer::start(&live);
+    assert!(a.cmd("open").starts_with("ok "));
+    assert!(b.cmd("open").starts_with("ok "));
+    let argv_b = live.argv(&b.exec_argv());
+    let gone_id = gone.id();
+    let testbed_a = testbed_of(&a.exec_argv());
+    let labels = runtime_block(docker().inspect_container(&testbed_a, None))
+        .unwrap()
+        .config
+        .and_then(|c| c.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get(LABEL_OWNER_CONTAINER),
+        Some(&gone_id),
+        "the testbed does not name its owner's container"
+    );
+    let left = two_testbeds(&gone);
+    let nets = gone.session_networks();
+    assert_eq!(nets.len(), 1, "the job's rdocker made networks {nets:?}");
+    let kept = two_testbeds(&live);
+    let kept_nets = live.session_networks();
+    assert_eq!(kept_nets.len(), 1, "{kept_nets:?}");
+
+    gone.kill();
+    drop(a);
+    assert_eq!(
+        gone.testbeds(),
+        left,
+        "a killed job's rdocker cannot clean up; the test needs what it left"
+    );
+    let out = reap();
+    let why = format!("its owner's container {} is gone", &gone_id[..12]);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(&why)).count(),
+        3,
+        "not the testbed, the spare and the network: {out}"
+    );
+    assert_eq!(
+        gone.testbeds(),
+        Vec::<String>::new(),
+        "--reap left them: {out}"
+    );
+    assert_eq!(
+        gone.session_networks(),
+        Vec::<String>::new(),
+        "--reap left the network: {out}"
+    );
+    assert_eq!(live.testbeds(), kept, "--reap removed a live job's: {out}");
+    assert_eq!(live.session_networks(), kept_nets, "{out}");
+    assert_eq!(sh_ok(&argv_b, "echo still here"), "still here\n");
+    assert_eq!(b.cmd("close"), "ok");
 }
 
 fn create_foreign_container() -> String {

@@ -469,129 +469,6 @@ fn podman_sessions_apart_and_their_networks_go() {
     );
 }
 
-/// A CI job container: the host's socket and rdocker mounted in, removed
-/// when dropped (its testbeds, found by its host name, with it).
-struct JobContainer(String);
-
-impl JobContainer {
-    fn start() -> JobContainer {
-        let name = format!("rdocker-test-job-{}", std::process::id());
-        let out = std::process::Command::new("docker")
-            .args(["run", "-d", "--name", &name, "--hostname", &name])
-            .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
-            .args(["-v", &format!("{BIN}:/usr/local/bin/rdocker:ro")])
-            .args([&image(), "sleep", "600"])
-            .output()
-            .expect("the docker CLI must run: the test makes a job container with it");
-        assert!(
-            out.status.success(),
-            "cannot start a job container: {out:?}"
-        );
-        JobContainer(name)
-    }
-
-    /// The exec argv of a testbed, as run from the host.
-    fn argv(&self, inside: &[String]) -> Vec<String> {
-        let mut a = vec!["docker".into(), "exec".into(), self.0.clone()];
-        a.extend(inside.iter().cloned());
-        a
-    }
-
-    fn networks(&self) -> Vec<String> {
-        let c = runtime_block(docker().inspect_container(&self.0, None)).unwrap();
-        let mut n: Vec<String> = c
-            .network_settings
-            .and_then(|n| n.networks)
-            .unwrap_or_default()
-            .into_keys()
-            .collect();
-        n.sort();
-        n
-    }
-}
-
-impl Drop for JobContainer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["rm", "-f", &self.0])
-            .output();
-        let host = format!("org.debian.autopkgtest.rdocker.owner-host={}", self.0);
-        let filters = HashMap::from([("label".to_string(), vec![host])]);
-        let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        for c in runtime_block(docker().list_containers(Some(opts))).unwrap_or_default() {
-            let _ = std::panic::catch_unwind(|| remove_container(&c.id.unwrap_or_default()));
-        }
-    }
-}
-
-/// A server in the job container, driven over its protocol.
-struct JobServer {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl JobServer {
-    fn start(job: &JobContainer) -> JobServer {
-        let mut child = std::process::Command::new("docker")
-            .args(["exec", "-i", &job.0, "rdocker", "-d", &image()])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("cannot run docker exec");
-        let stdin = child.stdin.take().unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut s = JobServer {
-            child,
-            stdin,
-            lines,
-        };
-        assert_eq!(
-            s.reply(),
-            "ok",
-            "the server in the job container did not start"
-        );
-        s
-    }
-
-    fn reply(&mut self) -> String {
-        self.lines
-            .recv_timeout(REPLY_TIMEOUT)
-            .expect("no reply from the server in the job container")
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.reply()
-    }
-
-    fn exec_argv(&mut self) -> Vec<String> {
-        let r = self.cmd("print-execute-command");
-        let list = r.strip_prefix("ok ").unwrap_or_else(|| panic!("{r}"));
-        list.split(',').map(unquote).collect()
-    }
-}
-
-impl Drop for JobServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// rdocker in a CI job container (the host's socket mounted in, no
 /// --remote) cannot listen on the shared network's gateway: each session
 /// makes a network of its own and the job container joins it, where the
@@ -600,7 +477,7 @@ impl Drop for JobServer {
 #[test]
 fn a_job_container_joins_a_network_of_each_session() {
     let _one = serial();
-    let job = JobContainer::start();
+    let job = JobContainer::start("sessions", None);
     let before = job.networks();
     let mut a = JobServer::start(&job);
     let mut b = JobServer::start(&job);

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+mod job;
+pub use job::{JobContainer, JobServer};
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

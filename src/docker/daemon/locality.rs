@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use super::client::Client;
 use super::endpoint::Endpoint;
 
 /// Evidence that this process runs inside a container, where a path of
@@ -16,6 +17,9 @@ pub struct Evidence {
     pub containerenv: bool,
     pub cgroup: String,
     pub mountinfo_root: Option<String>,
+    /// The whole of /proc/self/mountinfo: the files a runtime bind-mounts
+    /// in (/etc/hostname, /etc/hosts) come from its container's directory.
+    pub mountinfo: String,
 }
 
 impl Evidence {
@@ -26,6 +30,7 @@ impl Evidence {
             containerenv: Path::new("/run/.containerenv").exists(),
             cgroup: std::fs::read_to_string("/proc/1/cgroup").unwrap_or_default(),
             mountinfo_root: root_mount_line(&mountinfo).map(str::to_string),
+            mountinfo,
         }
     }
 
@@ -62,6 +67,64 @@ impl Evidence {
         }
         None
     }
+}
+
+/// The ids that may be this process's container: a 64-hex name right
+/// under a `…containers` directory in the source of a mount (Docker's
+/// /var/lib/docker/containers/ID/hostname, Podman's
+/// overlay-containers/ID/userdata/hosts), or in a cgroup path (cgroup v1:
+/// /docker/ID, docker-ID.scope). Only candidates: the daemon confirms.
+pub fn container_candidates(e: &Evidence) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    let mut add = |id: &str| {
+        if is_container_id(id) && !found.iter().any(|f| f == id) {
+            found.push(id.to_string());
+        }
+    };
+    for line in e.mountinfo.lines() {
+        let Some(root) = line.split_whitespace().nth(3) else {
+            continue;
+        };
+        let parts: Vec<&str> = root.split('/').collect();
+        for w in parts.windows(2) {
+            if w[0].ends_with("containers") {
+                add(w[1]);
+            }
+        }
+    }
+    for line in e.cgroup.lines() {
+        let path = line.splitn(3, ':').nth(2).unwrap_or("");
+        for part in path.split('/') {
+            let part = part.strip_suffix(".scope").unwrap_or(part);
+            add(part.rsplit('-').next().unwrap_or(part));
+        }
+    }
+    found
+}
+
+/// A container's full id, as the Engine API gives it.
+pub fn is_container_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The container this process runs in, if it runs on `client`'s daemon:
+/// the first candidate the daemon knows and runs (a job container beside
+/// the daemon; not a dind's outer container, which that daemon does not
+/// know).
+pub async fn own_container(client: &Client, e: &Evidence) -> Option<String> {
+    for id in container_candidates(e) {
+        match client.docker.inspect_container(&id, None).await {
+            Ok(c)
+                if c.id.as_deref() == Some(id.as_str())
+                    && c.state.as_ref().and_then(|s| s.running) == Some(true) =>
+            {
+                return Some(id)
+            }
+            Ok(_) => {}
+            Err(e) => crate::debug!("container {}: not on the daemon ({e})", &id[..12]),
+        }
+    }
+    None
 }
 
 /// The mountinfo line of the mount at "/".
@@ -187,6 +250,54 @@ mod tests {
             ..Default::default()
         };
         assert!(e.container_reason().is_some());
+    }
+
+    #[test]
+    fn container_ids_from_mounts_and_cgroups() {
+        let id = "0123456789abcdef".repeat(4);
+        let other = "fedcba9876543210".repeat(4);
+        let docker = format!(
+            "1 0 0:1 / / rw - overlay overlay rw\n\
+             2 1 8:1 /var/lib/docker/containers/{id}/resolv.conf /etc/resolv.conf rw - ext4 /dev/sda1 rw\n\
+             3 1 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw - ext4 /dev/sda1 rw\n\
+             4 1 8:2 /containers/{other}/hosts /etc/hosts rw - ext4 /dev/sdb1 rw\n"
+        );
+        let e = Evidence {
+            mountinfo: docker,
+            ..Default::default()
+        };
+        assert_eq!(container_candidates(&e), vec![id.clone(), other.clone()]);
+        let podman = format!(
+            "5 1 0:30 /containers/storage/overlay-containers/{id}/userdata/hostname /etc/hostname rw - tmpfs tmpfs rw\n"
+        );
+        let e = Evidence {
+            mountinfo: podman,
+            ..Default::default()
+        };
+        assert_eq!(container_candidates(&e), vec![id.clone()]);
+        for cgroup in [
+            format!("12:pids:/docker/{id}\n"),
+            format!("0::/system.slice/docker-{id}.scope\n"),
+        ] {
+            let e = Evidence {
+                cgroup,
+                ..Default::default()
+            };
+            assert_eq!(container_candidates(&e), vec![id.clone()], "{}", e.cgroup);
+        }
+        // A host: nothing; nor a short, upper-case or non-hex name.
+        let e = Evidence {
+            mountinfo: "1 0 0:1 / / rw - ext4 /dev/sda1 rw\n\
+                        2 1 0:2 /containers/abc/x /x rw - ext4 /dev/sda1 rw\n"
+                .into(),
+            cgroup: "0::/user.slice/session-2.scope\n".into(),
+            ..Default::default()
+        };
+        assert!(container_candidates(&e).is_empty());
+        assert!(is_container_id(&id));
+        assert!(!is_container_id(&id.to_uppercase()));
+        assert!(!is_container_id(&id[..12]));
+        assert!(!is_container_id(&format!("{}g", &id[..63])));
     }
 
     #[test]

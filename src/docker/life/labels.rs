@@ -14,6 +14,19 @@ pub const LABEL_OWNER_START: &str = "org.debian.autopkgtest.rdocker.owner-start"
 /// namespace, and the boot, it was taken in.
 pub const LABEL_OWNER_PIDNS: &str = "org.debian.autopkgtest.rdocker.owner-pidns";
 pub const LABEL_OWNER_BOOT: &str = "org.debian.autopkgtest.rdocker.owner-boot";
+/// The container the owner ran in, on the testbed's daemon (a CI job
+/// container beside it): once that container is gone, so is the owner,
+/// whatever its pid namespace.
+pub const LABEL_OWNER_CONTAINER: &str = "org.debian.autopkgtest.rdocker.owner-container";
+
+/// The container this process runs in, once found on the daemon.
+static OWN_CONTAINER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Record the container this process runs in (its full id), for the
+/// labels of what it makes from now on.
+pub fn set_own_container(id: String) {
+    let _ = OWN_CONTAINER.set(id);
+}
 
 /// Where the process that owns a container lives.
 pub struct Owner {
@@ -21,6 +34,8 @@ pub struct Owner {
     pub start: Option<u64>,
     pub pidns: Option<String>,
     pub boot: Option<String>,
+    /// Its container on the daemon, if it runs in one there.
+    pub container: Option<String>,
 }
 
 impl Owner {
@@ -34,6 +49,7 @@ impl Owner {
             boot: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
                 .ok()
                 .map(|b| b.trim().to_string()),
+            container: OWN_CONTAINER.get().cloned(),
         }
     }
 
@@ -49,6 +65,7 @@ impl Owner {
             (LABEL_OWNER_START, self.start.map(|s| s.to_string())),
             (LABEL_OWNER_PIDNS, self.pidns.clone()),
             (LABEL_OWNER_BOOT, self.boot.clone()),
+            (LABEL_OWNER_CONTAINER, self.container.clone()),
         ] {
             if let Some(v) = v {
                 l.insert(k.to_string(), v);

@@ -175,9 +175,13 @@ fn unreachable_gateway(needs_gateway: bool, g: Option<IpAddr>, name: &str) -> Op
     })
 }
 
-/// The container this process runs in, on a local daemon: the one with
-/// the address we reach `toward` from.
+/// The container this process runs in, on a local daemon: the one found
+/// at start (labels.rs), else the one with the address we reach `toward`
+/// from.
 async fn find_self(client: &Client, toward: IpAddr) -> Option<String> {
+    if let Some(c) = Owner::current().container {
+        return Some(c);
+    }
     let any: IpAddr = match toward {
         IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
         IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),

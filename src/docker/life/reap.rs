@@ -1,18 +1,19 @@
 //! `--reap`: remove rdocker containers whose owner process is gone (an
-//! rdocker killed with SIGKILL cannot clean up after itself), and no
-//! others. Containers are matched by label, never by name; so are the
+//! rdocker killed with SIGKILL cannot clean up after itself, nor one in a
+//! CI job container removed when the job was cancelled), and no others. Containers are matched by label, never by name; so are the
 //! networks of sessions (network.rs, Podman), and copies of the shared
 //! network that a race left.
 
 use anyhow::{Context, Result};
-use bollard::query_parameters::RemoveContainerOptionsBuilder;
-use std::collections::HashMap;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use std::collections::{HashMap, HashSet};
 
 use super::labels::{
-    start_time, Owner, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_HOST, LABEL_OWNER_PID,
-    LABEL_OWNER_PIDNS, LABEL_OWNER_START,
+    start_time, Owner, LABEL_MANAGED, LABEL_OWNER_BOOT, LABEL_OWNER_CONTAINER, LABEL_OWNER_HOST,
+    LABEL_OWNER_PID, LABEL_OWNER_PIDNS, LABEL_OWNER_START,
 };
 use crate::docker::daemon::client::{status_of, Client};
+use crate::docker::daemon::locality::{self, is_container_id, Evidence};
 
 /// What to do with one labelled container.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,13 +28,36 @@ pub enum Verdict {
 }
 
 /// Decide for one container from its labels. `alive(pid)` gives the start
-/// time of a running process, or None.
+/// time of a running process, or None; `exists(id)`, whether the daemon
+/// has a container of that full id (in any state).
 pub fn judge(
     labels: &HashMap<String, String>,
     me: &Owner,
     alive: impl Fn(u32) -> Option<u64>,
+    exists: impl Fn(&str) -> bool,
 ) -> Verdict {
     let label = |k: &str| labels.get(k).map(String::as_str);
+    // Its owner ran in a container on this daemon (labels.rs): that
+    // container gone, its processes are. Ours: its pids are ours to judge.
+    if let Some(c) = label(LABEL_OWNER_CONTAINER) {
+        if !is_container_id(c) {
+            return Verdict::Foreign(format!("unreadable owner-container label {c:?}"));
+        }
+        if me.container.as_deref() != Some(c) {
+            return if exists(c) {
+                Verdict::Foreign(format!(
+                    "its owner's container {} is still on the daemon (`--reap` in it \
+                     removes what its killed rdockers left)",
+                    &c[..12]
+                ))
+            } else {
+                Verdict::Orphan(format!(
+                    "its owner's container {} is gone from the daemon",
+                    &c[..12]
+                ))
+            };
+        }
+    }
     let host = label(LABEL_OWNER_HOST).unwrap_or("");
     if host != me.host {
         return Verdict::Foreign(format!("owned by host {host:?}"));
@@ -74,7 +98,23 @@ pub async fn reap(client: &Client) -> Result<()> {
     let list = super::container::labelled(client, vec![format!("{LABEL_MANAGED}=1")])
         .await
         .with_context(|| format!("cannot list containers on {}", client.endpoint.host))?;
-    let me = Owner::current();
+    let mut me = Owner::current();
+    let evidence = Evidence::gather();
+    if evidence.container_reason().is_some() {
+        me.container = locality::own_container(client, &evidence).await;
+    }
+    // Every container on the daemon, listed after the labelled ones: an
+    // owner's container made since is listed too, and never taken for gone.
+    let opts = ListContainersOptionsBuilder::new().all(true).build();
+    let all: HashSet<String> = client
+        .docker
+        .list_containers(Some(opts))
+        .await
+        .with_context(|| format!("cannot list containers on {}", client.endpoint.host))?
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    let exists = |id: &str| all.contains(id);
     let (mut removed, mut kept, mut foreign) = (0, 0, 0);
     for c in list {
         let id = c.id.unwrap_or_default();
@@ -83,7 +123,7 @@ pub async fn reap(client: &Client) -> Result<()> {
             .and_then(|n| n.into_iter().next())
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_else(|| id.clone());
-        match judge(&c.labels.unwrap_or_default(), &me, start_time) {
+        match judge(&c.labels.unwrap_or_default(), &me, start_time, exists) {
             Verdict::Orphan(why) => {
                 let opts = RemoveContainerOptionsBuilder::new()
                     .force(true)
@@ -108,13 +148,14 @@ pub async fn reap(client: &Client) -> Result<()> {
         }
     }
     println!(
-        "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts left alone"
+        "reaped {removed} orphaned container(s); {kept} in use here; {foreign} of other hosts or \
+         live containers left alone"
     );
     // Sessions' networks (Podman, job containers) once their testbeds
     // are gone.
     let mut nets = 0;
     for (id, name, labels) in super::network::sessions(client).await? {
-        match judge(&labels, &me, start_time) {
+        match judge(&labels, &me, start_time, exists) {
             Verdict::Orphan(why) => {
                 let joined = labels.get(super::network::LABEL_JOINED).map(String::as_str);
                 super::network::remove_when_free(client, &id, &name, joined).await?;
@@ -142,8 +183,16 @@ mod tests {
             start: None,
             pidns: Some("pid:[1]".into()),
             boot: Some("b1".into()),
+            container: None,
         }
     }
+
+    fn none(_: &str) -> bool {
+        false
+    }
+
+    const JOB: &str = "1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a";
+    const OTHER: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
     fn labels(host: &str, pid: &str, start: Option<&str>) -> HashMap<String, String> {
         let mut l = HashMap::from([
@@ -162,36 +211,111 @@ mod tests {
         let alive = |pid: u32| (pid == 10).then_some(500u64);
         let me = me();
         assert_eq!(
-            judge(&labels("h", "10", Some("500")), &me, alive),
+            judge(&labels("h", "10", Some("500")), &me, alive, none),
             Verdict::Owned
         );
         assert!(matches!(
-            judge(&labels("h", "11", Some("500")), &me, alive),
+            judge(&labels("h", "11", Some("500")), &me, alive, none),
             Verdict::Orphan(_)
         ));
         // Same pid, another process.
         assert!(matches!(
-            judge(&labels("h", "10", Some("499")), &me, alive),
+            judge(&labels("h", "10", Some("499")), &me, alive, none),
             Verdict::Orphan(_)
         ));
         // Without a start label, a live pid counts as the owner.
-        assert_eq!(judge(&labels("h", "10", None), &me, alive), Verdict::Owned);
+        assert_eq!(
+            judge(&labels("h", "10", None), &me, alive, none),
+            Verdict::Owned
+        );
         assert!(matches!(
-            judge(&labels("other", "11", None), &me, alive),
+            judge(&labels("other", "11", None), &me, alive, none),
             Verdict::Foreign(_)
         ));
         assert!(matches!(
-            judge(&labels("h", "x", None), &me, alive),
+            judge(&labels("h", "x", None), &me, alive, none),
             Verdict::Foreign(_)
         ));
         // Same host name, but a container's pid namespace: not ours to judge.
         let mut l = labels("h", "11", Some("500"));
         l.insert(LABEL_OWNER_PIDNS.into(), "pid:[2]".into());
-        assert!(matches!(judge(&l, &me, alive), Verdict::Foreign(_)));
+        assert!(matches!(judge(&l, &me, alive, none), Verdict::Foreign(_)));
         // Same namespace, earlier boot: whatever the pid, its owner is gone.
         let mut l = labels("h", "10", Some("500"));
         l.insert(LABEL_OWNER_PIDNS.into(), "pid:[1]".into());
         l.insert(LABEL_OWNER_BOOT.into(), "b0".into());
-        assert!(matches!(judge(&l, &me, alive), Verdict::Orphan(_)));
+        assert!(matches!(judge(&l, &me, alive, none), Verdict::Orphan(_)));
+    }
+
+    #[test]
+    fn judges_a_job_containers_testbeds_by_that_container() {
+        // Owned from a job container: another host name, another pid
+        // namespace, a pid that means nothing here.
+        let mut l = labels("job-host", "7", Some("500"));
+        l.insert(LABEL_OWNER_PIDNS.into(), "pid:[9]".into());
+        l.insert(LABEL_OWNER_CONTAINER.into(), JOB.into());
+        let me = me();
+        let alive = |_: u32| None;
+        // The job container gone from the daemon: its owner too.
+        match judge(&l, &me, alive, |c| c == OTHER) {
+            Verdict::Orphan(why) => assert!(why.contains("1a1a1a1a1a1a is gone"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // Still there (running or stopped): left alone, whatever its pids.
+        match judge(&l, &me, alive, |c| c == JOB) {
+            Verdict::Foreign(why) => assert!(why.contains("still on the daemon"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // Without the label, as before: another host's, left alone.
+        let mut plain = l.clone();
+        plain.remove(LABEL_OWNER_CONTAINER);
+        assert!(matches!(
+            judge(&plain, &me, alive, none),
+            Verdict::Foreign(_)
+        ));
+        // A label that is no full id is never looked up (a prefix could
+        // match nothing and pass for gone).
+        for bad in ["1a1a1a1a1a1a", "", "../x", &JOB.to_uppercase()] {
+            let mut b = l.clone();
+            b.insert(LABEL_OWNER_CONTAINER.into(), bad.into());
+            assert!(
+                matches!(judge(&b, &me, alive, none), Verdict::Foreign(_)),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_the_owners_own_container_its_pids_decide() {
+        // --reap run in the job container itself: the container exists,
+        // and is ours, so the pid and start time decide as on a host.
+        let me = Owner {
+            host: "job-host".into(),
+            container: Some(JOB.into()),
+            pidns: Some("pid:[9]".into()),
+            ..me()
+        };
+        let mut l = labels("job-host", "7", Some("500"));
+        l.insert(LABEL_OWNER_PIDNS.into(), "pid:[9]".into());
+        l.insert(LABEL_OWNER_CONTAINER.into(), JOB.into());
+        let exists = |c: &str| c == JOB;
+        assert_eq!(
+            judge(&l, &me, |p| (p == 7).then_some(500), exists),
+            Verdict::Owned
+        );
+        assert!(matches!(
+            judge(&l, &me, |_| None, exists),
+            Verdict::Orphan(_)
+        ));
+        // Another job container's, from in this one: by its container.
+        l.insert(LABEL_OWNER_CONTAINER.into(), OTHER.into());
+        assert!(matches!(
+            judge(&l, &me, |p| (p == 7).then_some(500), exists),
+            Verdict::Orphan(_)
+        ));
+        assert!(matches!(
+            judge(&l, &me, |_| None, |_| true),
+            Verdict::Foreign(_)
+        ));
     }
 }
