@@ -23,6 +23,14 @@
 #            passes, its job summary lists each test of rdocker-hello as
 #            PASS with a duration, its log is folded into ::group::s, and
 #            the output-dir output names the output directory.
+#   apt-cache  the Action's script with its input apt-cache, in a GitHub
+#            container job on a network of its own (github_network_<id>),
+#            twice: the second job is a new container on a new network,
+#            given the first one's cache directory as actions/cache
+#            restores it.  Both pass; the first fetches .debs from the
+#            mirror, the second none: rdocker's -d summary at close
+#            ("apt cache: N .debs from the cache (..), M fetched and kept")
+#            says M = 0 and N > 0.  Prints both runs' counts and times.
 #   reference-remote  (opt-in, not in the default set) the reference with
 #            --remote in the socket job, for comparison.
 #
@@ -47,13 +55,14 @@
 #   --deb FILE  the rdocker .deb to install in the job image (default:
 #               target/deb/rdocker_*_amd64.deb; built with ci/build-deb.sh
 #               when there is none)
-#   SCENARIO    socket, reference, tcp, action, reference-remote (default:
-#               socket reference tcp action)
+#   SCENARIO    socket, reference, tcp, action, apt-cache, reference-remote
+#               (default: socket reference tcp action apt-cache)
 #
 # Environment: RDOCKER_TEST_BASE_IMAGE (rdocker-test/debian:bookworm),
 # RDOCKER_TEST_USER_IMAGE (rdocker-test/user:bookworm, the testbed),
 # RDOCKER_TEST_LOGS (target/test-logs; logs go to its e2e/ directory),
-# RDOCKER_E2E_TCP_PORT (23750).
+# RDOCKER_E2E_TCP_PORT (23750), RDOCKER_E2E_JOB_IMAGE (the job image's tag,
+# rdocker-test/ci-job:bookworm; the docker CLI one adds -docker-cli).
 #
 # Images it builds and caches (rebuilt only when their inputs change: the
 # .deb's sha256, the Dockerfile, the base image, the copied docker CLI):
@@ -76,8 +85,8 @@ E2E_DIR=$TREE/ci/e2e
 SOCK=/var/run/docker.sock
 BASE_IMAGE=${RDOCKER_TEST_BASE_IMAGE:-rdocker-test/debian:bookworm}
 TESTBED_IMAGE=${RDOCKER_TEST_USER_IMAGE:-rdocker-test/user:bookworm}
-JOB_IMAGE=rdocker-test/ci-job:bookworm
-CLI_IMAGE=rdocker-test/ci-job:bookworm-docker-cli
+JOB_IMAGE=${RDOCKER_E2E_JOB_IMAGE:-rdocker-test/ci-job:bookworm}
+CLI_IMAGE=$JOB_IMAGE-docker-cli
 PKG=$TREE/tests/pkg/rdocker-hello
 LOGS=${RDOCKER_TEST_LOGS:-$TREE/target/test-logs}/e2e
 TCP_PORT=${RDOCKER_E2E_TCP_PORT:-23750}
@@ -95,15 +104,16 @@ while [ $# -gt 0 ]; do
         --deb) [ $# -ge 2 ] || die "--deb needs a file"; DEB=$2; shift 2 ;;
         --deb=*) DEB=${1#*=}; shift ;;
         -h|--help) usage; exit 0 ;;
-        socket|reference|tcp|action|reference-remote) SCENARIOS+=("$1"); shift ;;
+        socket|reference|tcp|action|apt-cache|reference-remote) SCENARIOS+=("$1"); shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(socket reference tcp action)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(socket reference tcp action apt-cache)
 
 # --- state for cleanup -------------------------------------------------------
 RUN_ID="$$-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 JOBS=()          # job container names (= their hostnames)
+NETS=()          # networks made for jobs (github_network_<id>)
 SOCAT_PID=""
 EXEC_PID=""      # a running "docker exec" of a step
 AT_RC=0
@@ -131,7 +141,9 @@ cleanup() {
         docker rm -f "$j" >/dev/null 2>&1
         rm_containers --filter "label=$RDOCKER_LABEL=1" --filter "label=$OWNER_HOST_LABEL=$j"
         rm_containers --filter "label=$JOB_LABEL=$j"
+        docker network ls -q --filter "label=$OWNER_HOST_LABEL=$j" | xargs -r docker network rm >/dev/null 2>&1
     done
+    for n in "${NETS[@]}"; do docker network rm "$n" >/dev/null 2>&1; done
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -484,6 +496,74 @@ scenario_action() {
     return $ok
 }
 
+# apt_cache_job NAME LOG: a GitHub container job on a github_network_<id> of
+# its own, whose step runs the Action's script with apt-cache set to
+# /__w/_temp/apt-cache (restored from $TMP/apt-cache when that exists, as
+# actions/cache does) and saves it back there; its status in AT_RC, the
+# seconds the step took in STEP_S, rdocker's cache summary in CACHE_LINE.
+apt_cache_job() {
+    local name=$1 logf=$2 net="github_network_${RUN_ID//-/}$3" t
+    local ws=/__w/rdocker/rdocker fc=/__w/_temp/_runner_file_commands ap=/__w/_actions/rdocker/rdocker/main
+    docker network create --label "$JOB_LABEL=$name" "$net" >/dev/null || die "cannot make network $net"
+    NETS+=("$net")
+    start_job "$name" "$JOB_IMAGE" -v "$SOCK:$SOCK" --network "$net"
+    docker exec "$name" mkdir -p "$ws/tests/pkg" "$fc" "$ap/ci" || die "cannot make the runner's directories in $name"
+    docker cp "$PKG" "$name:$ws/tests/pkg/rdocker-hello" >/dev/null &&
+    docker cp "$TREE/action.yml" "$name:$ap/action.yml" >/dev/null &&
+    docker cp "$TREE/ci/action" "$name:$ap/ci/action" >/dev/null || die "cannot copy the action into $name"
+    if [ -d "$TMP/apt-cache" ]; then
+        docker cp "$TMP/apt-cache" "$name:/__w/_temp/apt-cache" >/dev/null || die "cannot restore the apt cache into $name"
+    fi
+    t=$(now)
+    docker exec -w "$ws" -e GITHUB_ACTIONS=true -e CI=true -e GITHUB_WORKSPACE="$ws" \
+        -e RUNNER_TEMP=/__w/_temp -e GITHUB_ACTION_PATH="$ap" \
+        -e GITHUB_STEP_SUMMARY="$fc/step_summary" -e GITHUB_OUTPUT="$fc/set_output" \
+        -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" \
+        -e INPUT_PLATFORM= -e INPUT_RDOCKER_DEB= -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d \
+        -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE=/__w/_temp/apt-cache -e INPUT_OUTPUT_DIR= \
+        "$name" bash "$ap/ci/action/run.sh" >"$logf" 2>&1 &
+    EXEC_PID=$!
+    AT_RC=0; wait "$EXEC_PID" || AT_RC=$?
+    EXEC_PID=""
+    STEP_S=$(( $(now) - t ))
+    rm -rf "$TMP/apt-cache"
+    docker cp "$name:/__w/_temp/apt-cache" "$TMP/apt-cache" >/dev/null 2>&1 || true
+    CACHE_LINE=$(grep -E 'DBG: apt cache: [0-9]+ \.debs from the cache' "$logf" | tail -n1 | sed 's/.*DBG: apt cache: //' || true)
+}
+
+scenario_apt_cache() {
+    local name1="rdocker-e2e-$RUN_ID-cache1" name2="rdocker-e2e-$RUN_ID-cache2" ok=0
+    local log1="$LOGS/apt-cache-1.log" log2="$LOGS/apt-cache-2.log" hit1 got1 hit2 got2 s1 s2
+    apt_cache_job "$name1" "$log1" a
+    s1=$STEP_S
+    if [ "$AT_RC" -ne 0 ]; then tail -40 "$log1" >&2; log "the first run exited with $AT_RC (log: $log1)"; ok=1; fi
+    grep -m1 'DBG: apt cache: .*served to the testbeds' "$log1" | sed 's/^/e2e:   /' >&2 ||
+        { log "rdocker served no apt cache to the testbeds (log: $log1):"; grep -m3 'apt cache\|apt:' "$log1" >&2; ok=1; }
+    read -r hit1 got1 < <(sed -nE 's/^([0-9]+) \.debs from the cache .*, ([0-9]+) fetched and kept.*/\1 \2/p' <<<"$CACHE_LINE")
+    log "  first job:  ${s1} s, apt cache: ${CACHE_LINE:-no summary}"
+    stop_job "$name1" || ok=1
+    [ -d "$TMP/apt-cache" ] || { log "the first job left no apt cache directory to save"; ok=1; }
+    apt_cache_job "$name2" "$log2" b
+    s2=$STEP_S
+    if [ "$AT_RC" -ne 0 ]; then tail -40 "$log2" >&2; log "the second run exited with $AT_RC (log: $log2)"; ok=1; fi
+    read -r hit2 got2 < <(sed -nE 's/^([0-9]+) \.debs from the cache .*, ([0-9]+) fetched and kept.*/\1 \2/p' <<<"$CACHE_LINE")
+    log "  second job: ${s2} s, apt cache: ${CACHE_LINE:-no summary}"
+    if [ -z "${got1:-}" ] || [ "$got1" -eq 0 ]; then
+        log "the first run fetched no .deb from the mirror through the cache (${got1:-no summary}); nothing was tested"; ok=1
+    fi
+    if [ -z "${got2:-}" ] || [ "$got2" -ne 0 ] || [ "${hit2:-0}" -eq 0 ]; then
+        log "the second run fetched ${got2:-?} .debs from the mirror and took ${hit2:-?} from the cache; expected 0 and more than 0"; ok=1
+    fi
+    for l in "$log1" "$log2"; do
+        for t in greets as-root build-and-artifacts; do
+            grep -Eq "^$t +PASS" "$l" || { log "$t did not pass in $l"; ok=1; }
+        done
+    done
+    stop_job "$name2" || ok=1
+    [ "$ok" = 0 ] && log "  apt-cache: mirror fetches ${got1} then ${got2}; step ${s1} s then ${s2} s"
+    return $ok
+}
+
 # --- run ---------------------------------------------------------------------
 FAILED=()
 SUMMARY=()
@@ -493,6 +573,7 @@ for s in "${SCENARIOS[@]}"; do
         reference) title="socket-mount reference autopkgtest-virt-docker (must fail)"; fn=scenario_reference ;;
         tcp) title="tcp DOCKER_HOST rdocker"; fn=scenario_tcp ;;
         action) title="the GitHub Action's script in a socket job"; fn=scenario_action ;;
+        apt-cache) title="the Action's apt-cache in jobs on networks of their own, restored between them"; fn=scenario_apt_cache ;;
         reference-remote) title="socket-mount reference autopkgtest-virt-docker --remote"; fn=scenario_reference_remote ;;
     esac
     log "--- $title"

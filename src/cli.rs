@@ -85,7 +85,8 @@ pub struct Cli {
     pub context: Option<String>,
 
     /// Remove rdocker containers whose owner process on this host is gone
-    /// (left by an rdocker killed with SIGKILL), and exit
+    /// (left by an rdocker killed with SIGKILL), or whose owner's container
+    /// is gone from the daemon (a cancelled CI job), and exit
     #[arg(long, conflicts_with_all = ["image", "pull", "init", "remote", "shared_dir"])]
     pub reap: bool,
 

@@ -530,6 +530,104 @@ fn a_job_container_joins_a_network_of_each_session() {
     );
 }
 
+/// A job container on a network of its own (GitHub's
+/// `github_network_<id>`, where the job's service containers live): its
+/// testbeds reach the apt cache, in the job container on their session's
+/// network, and nothing on the job's network, neither a service container
+/// there nor the job container's own address there.
+#[test]
+fn a_job_on_a_network_of_its_own_keeps_that_network_from_its_testbeds() {
+    let _one = serial();
+    let job = JobContainer::start("own-net", Some("ownnet"));
+    let net = job.own_network().unwrap().to_string();
+    let service = Service::start(&net);
+    let (svc_ip, job_ip) = (address_on(&service.0, &net), job.address_on(&net));
+    // Listeners on the job's network: the service's, and the job
+    // container's on its address there.
+    let job_sh = job.argv(&[]);
+    sh_ok(
+        &job_sh,
+        &format!(
+            "setsid perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(Listen => 5, \
+             LocalAddr => \"{job_ip}:{PORT}\", ReuseAddr => 1) or die $!; \
+             while ($c = $s->accept) {{ print $c \"secret-of-the-job\\n\"; close $c }}' \
+             </dev/null >/dev/null 2>&1 &"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let svc = connect_from(&job_sh, &format!("{svc_ip}:{PORT}"));
+        let own = connect_from(&job_sh, &format!("{job_ip}:{PORT}"));
+        if svc == "READ secret-of-the-service" && own == "READ secret-of-the-job" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listeners on {net} never came up: {svc}; {own}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut s = JobServer::start(&job);
+    assert!(s.cmd("open").starts_with("ok "));
+    let argv = job.argv(&s.exec_argv());
+    let (name, _, _, _) = only_network(&argv);
+    assert!(
+        name.starts_with("rdocker-") && name != net,
+        "the testbed is on {name}"
+    );
+    let proxy = apt_proxy_of(&argv);
+    assert!(
+        opens(&argv, &proxy),
+        "the testbed cannot reach the apt cache at {proxy}"
+    );
+    // The attacks.
+    for addr in [format!("{svc_ip}:{PORT}"), format!("{job_ip}:{PORT}")] {
+        let got = connect_from(&argv, &addr);
+        assert!(
+            got.starts_with("FAILED"),
+            "the testbed reached {addr} on {net}: {got}"
+        );
+    }
+    assert_eq!(s.cmd("close"), "ok");
+}
+
+/// A service container on a job's network, listening on PORT; removed
+/// when dropped.
+struct Service(String);
+
+impl Service {
+    fn start(net: &str) -> Service {
+        let name = format!("rdocker-test-service-{}", std::process::id());
+        let out = std::process::Command::new("docker")
+            .args(["run", "-d", "--name", &name, "--network", net, &image()])
+            .args([
+                "perl",
+                "-MIO::Socket::INET",
+                "-e",
+                &format!(
+                    "$s = IO::Socket::INET->new(Listen => 5, LocalPort => {PORT}, ReuseAddr => 1) \
+                     or die $!; while ($c = $s->accept) {{ print $c \"secret-of-the-service\\n\"; \
+                     close $c }}"
+                ),
+            ])
+            .output()
+            .expect("the docker CLI must run");
+        assert!(
+            out.status.success(),
+            "cannot start a service container: {out:?}"
+        );
+        Service(name)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
 /// `listen_in` for a testbed the host cannot reach (behind a job
 /// container's network): the testbed checks its own listener.
 fn listen_in_from(argv: &[String], secret: &str) {

@@ -41,6 +41,16 @@ impl JobContainer {
         job
     }
 
+    /// The `github_network_<id>` made for it.
+    pub fn own_network(&self) -> Option<&str> {
+        self.1.as_deref()
+    }
+
+    /// Its address on network `net`.
+    pub fn address_on(&self, net: &str) -> String {
+        address_on(&self.0, net)
+    }
+
     /// The job container's full id.
     pub fn id(&self) -> String {
         runtime_block(docker().inspect_container(&self.0, None))
@@ -184,4 +194,16 @@ impl Drop for JobServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address of container `c` on network `net`.
+pub fn address_on(c: &str, net: &str) -> String {
+    runtime_block(docker().inspect_container(c, None))
+        .expect("cannot inspect the container")
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|mut n| n.remove(net))
+        .and_then(|e| e.ip_address)
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| panic!("{c} has no address on {net}"))
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 mod job;
-pub use job::{JobContainer, JobServer};
+pub use job::{address_on, JobContainer, JobServer};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
