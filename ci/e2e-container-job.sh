@@ -533,7 +533,7 @@ apt_cache_job() {
 
 scenario_apt_cache() {
     local name1="rdocker-e2e-$RUN_ID-cache1" name2="rdocker-e2e-$RUN_ID-cache2" ok=0
-    local log1="$LOGS/apt-cache-1.log" log2="$LOGS/apt-cache-2.log" hit1 got1 hit2 got2 s1 s2
+    local log1="$LOGS/apt-cache-1.log" log2="$LOGS/apt-cache-2.log" hit1 got1 hit2 got2 s1 s2 l t
     apt_cache_job "$name1" "$log1" a
     s1=$STEP_S
     if [ "$AT_RC" -ne 0 ]; then tail -40 "$log1" >&2; log "the first run exited with $AT_RC (log: $log1)"; ok=1; fi

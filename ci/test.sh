@@ -10,7 +10,8 @@
 #      the parallel runner (rdocker-autopkgtest, ci/parallel-e2e.py),
 #      and of rdocker's own package tests (debian/tests) through rdocker,
 #   4. the CI container-job end-to-end scenarios (the GitHub Action too,
-#      and the GitLab template under gitlab-ci-local, socket and dind),
+#      its apt cache kept between two jobs on networks of their own, and
+#      the GitLab template under gitlab-ci-local, socket and dind),
 #      and the autopkgtest that users run today: trixie's (5.49) and sid's
 #      (6.x, a revert before every test) in container jobs,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
@@ -129,7 +130,7 @@ rm -rf "$out"
 done_step "rdocker's own autopkgtest passed"
 
 if [ -x ci/e2e-container-job.sh ]; then
-    step "CI container jobs (socket mount, TCP)"
+    step "CI container jobs (socket mount, TCP, the Action, its apt cache between jobs)"
     ci/e2e-container-job.sh
     # The Action with no cargo: rdocker from a release download, checksum checked.
     ci/e2e-action-release.sh
