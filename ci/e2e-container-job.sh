@@ -500,7 +500,8 @@ scenario_action() {
 # its own, whose step runs the Action's script with apt-cache set to
 # /__w/_temp/apt-cache (restored from $TMP/apt-cache when that exists, as
 # actions/cache does) and saves it back there; its status in AT_RC, the
-# seconds the step took in STEP_S, rdocker's cache summary in CACHE_LINE.
+# seconds the step took in STEP_S, rdocker's cache summary in CACHE_LINE
+# (jobs 1: one rdocker session, so one summary at close).
 apt_cache_job() {
     local name=$1 logf=$2 net="github_network_${RUN_ID//-/}$3" t
     local ws=/__w/rdocker/rdocker fc=/__w/_temp/_runner_file_commands ap=/__w/_actions/rdocker/rdocker/main
@@ -520,7 +521,7 @@ apt_cache_job() {
         -e GITHUB_STEP_SUMMARY="$fc/step_summary" -e GITHUB_OUTPUT="$fc/set_output" \
         -e INPUT_SOURCE=tests/pkg/rdocker-hello -e INPUT_IMAGE="$TESTBED_IMAGE" \
         -e INPUT_PLATFORM= -e INPUT_RDOCKER_DEB= -e INPUT_AUTOPKGTEST_ARGS= -e INPUT_RDOCKER_ARGS=-d \
-        -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE=/__w/_temp/apt-cache -e INPUT_OUTPUT_DIR= \
+        -e INPUT_DOCKER_RUN_ARGS= -e INPUT_APT_CACHE=/__w/_temp/apt-cache -e INPUT_OUTPUT_DIR= -e INPUT_JOBS=1 \
         "$name" bash "$ap/ci/action/run.sh" >"$logf" 2>&1 &
     EXEC_PID=$!
     AT_RC=0; wait "$EXEC_PID" || AT_RC=$?
