@@ -159,7 +159,7 @@ class Sampler(threading.Thread):
         if pid in host_pids:
             if comm.startswith("autopkgtest-vir") or comm == "rdocker":
                 return "rdocker"
-            if comm.startswith("rdocker-autopkg") or pid == self.root and not comm.startswith("autopkgtest"):
+            if comm.startswith(("rdocker-autopkg", "rdocker_autopkg")) or pid == self.root and not comm.startswith("autopkgtest"):
                 return "runner"
             if comm == "autopkgtest" or comm.startswith("python"):
                 return "autopkgtest"
@@ -241,7 +241,11 @@ def log_phases(outdir):
     and the build's seconds ("build needed" to the first "preparing
     testbed" after it, summed over files)."""
     tests, build = {}, 0.0
-    for fn in sorted(glob.glob(os.path.join(outdir, "**", "log"), recursive=True)):
+    logs = sorted(glob.glob(os.path.join(outdir, "**", "log"), recursive=True))
+    if len(logs) > 1:
+        # The runner's top-level log is its shards' logs one after another.
+        logs = [x for x in logs if x != os.path.join(outdir, "log")]
+    for fn in logs:
         day, prev, marks, b0 = 0, None, collections.defaultdict(dict), None
         with open(fn, errors="replace") as f:
             for line in f:
@@ -249,7 +253,7 @@ def log_phases(outdir):
                 if not m:
                     continue
                 t = int(m[1]) * 3600 + int(m[2]) * 60 + int(m[3])
-                if prev is not None and t + day < prev:
+                if prev is not None and t + day < prev - 43200:
                     day += 86400  # past midnight
                 t += day
                 prev = t
