@@ -138,7 +138,7 @@ class Sampler(threading.Thread):
         self.iowait = []
         self.last = {}  # (pid, start) -> ticks counted so far
         self.cids = {}  # container id -> ours?
-        self.cls = {}  # (pid, start) -> class, fixed at first sight
+        self.cls = {}  # (pid, start) -> (comm, class)
         self.builds = set()  # (pid, start) of dpkg-buildpackage in our testbeds
         self.build_seen = None  # seconds since start, last sample with a build running
         self.t0 = time.monotonic()
@@ -154,7 +154,7 @@ class Sampler(threading.Thread):
             self.cids[cid] = int(pid) in host_pids
         return self.cids[cid]
 
-    def classify(self, pid, procs, host_pids, ours_cache):
+    def classify(self, pid, procs, host_pids):
         comm = procs[pid][0]
         if pid in host_pids:
             if comm.startswith("autopkgtest-vir") or comm == "rdocker":
@@ -197,11 +197,12 @@ class Sampler(threading.Thread):
         building = False
         for pid, (comm, _, start, ticks) in procs.items():
             key = (pid, start)
-            if key not in self.cls:
-                self.cls[key] = self.classify(pid, procs, host_pids, None)
+            if key not in self.last:
                 # Processes that were there before the run count from now.
                 self.last[key] = ticks if self.first else 0
-            c = self.cls[key]
+            if self.cls.get(key, (None,))[0] != comm:  # new, or it ran exec
+                self.cls[key] = (comm, self.classify(pid, procs, host_pids))
+            c = self.cls[key][1]
             self.cpu[c] += (ticks - self.last[key]) / HZ
             self.last[key] = ticks
             if c == "build" and comm.startswith("dpkg-buildpack"):
