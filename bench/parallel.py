@@ -259,15 +259,22 @@ def log_phases(outdir):
                 t += day
                 prev = t
                 msg = m[4]
+                if b0 is not None:
+                    # The build prints no line of autopkgtest's until it ends.
+                    build += t - b0
+                    b0 = None
                 if msg.startswith("build needed for binaries"):
                     b0 = t
                 x = re.match(r"test (\S+): (preparing testbed|\[-+|-+\])$", msg)
                 if x:
                     kind = "prep" if x[2].startswith("preparing") else "open" if x[2].startswith("[") else "close"
                     marks[x[1]].setdefault(kind, t)
-                    if kind == "prep" and b0 is not None:
-                        build += t - b0
-                        b0 = None
+        if b0 is not None:
+            # autopkgtest --validate (the runner's build) stops after the
+            # build with no line of its own: the log's last write ends it.
+            lt = time.localtime(os.path.getmtime(fn))
+            end = lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + day
+            build += max(0, end - b0 + (86400 if end < b0 - 43200 else 0))
         for name, mk in marks.items():
             if "prep" in mk and "open" in mk and "close" in mk:
                 tests[name] = (mk["open"] - mk["prep"], mk["close"] - mk["open"])
@@ -311,8 +318,8 @@ class Bench:
     def sources(self):
         suite = self.a.suite
         for pkg in self.a.packages:
-            if pkg in LOCAL:
-                self.srcs[pkg] = (LOCAL[pkg] + "/", False)
+            if pkg in LOCAL or os.path.isdir(pkg):
+                self.srcs[pkg] = (os.path.abspath(LOCAL.get(pkg, pkg)) + "/", False)
                 continue
             d = os.path.join(self.a.src, pkg)
             have = glob.glob(os.path.join(d, "*.dsc"))
@@ -338,7 +345,7 @@ class Bench:
         return [self.a.runner, "-j", str(jobs)] + at
 
     def run(self, pkg, jobs, rnd):
-        name = f"{pkg}-{'serial' if jobs == 1 else f'j{jobs}'}-{rnd}"
+        name = f"{os.path.basename(pkg.rstrip('/'))}-{'serial' if jobs == 1 else f'j{jobs}'}-{rnd}"
         out = os.path.join(self.tmp, name)
         logf = os.path.join(self.a.logs, name + ".log")
         argv = self.argv(pkg, jobs, out)
@@ -501,7 +508,7 @@ def report(b, cmdline, started, loaded_note):
             busy = med([statistics.mean(r["busy"]) for r in rs if r["busy"]])
             hi = med([sum(x >= 0.9 for x in r["busy"]) / len(r["busy"]) for r in rs if r["busy"]])
             io = med([statistics.mean(r["iowait"]) for r in rs if r["iowait"]])
-            cpus = [f"{med([r['cpu'][c] for r in rs]):.0f}" for c in CLASSES]
+            cpus = [f"{med([r['cpu'][c] for r in rs]):.1f}" for c in CLASSES]
             prep = med([sum(x[0] for x in r["tests"].values()) for r in rs])
             body = med([sum(x[1] for x in r["tests"].values()) for r in rs])
             r0 = rs[0]
@@ -521,8 +528,8 @@ def report(b, cmdline, started, loaded_note):
       "the Docker daemon (shared), and every other process on the machine. Preparations and tests: sums "
       "over the tests of autopkgtest's own timestamps (\"preparing testbed\" to \"[-----\": revert, "
       "testbed setup, dependency install; \"[-----\" to \"-----]\": the test), so with -j they add up "
-      "time spent at once. Longest test: of the first round. Build (log): \"build needed\" to the first "
-      "test's \"preparing testbed\", summed over the output directory's log files.")
+      "time spent at once. Longest test: of the first round. Build (log): \"build needed\" to autopkgtest's next "
+      "line (or the log's end), summed over the output directory's log files.")
     if problems:
         p("")
         p("**Differences from the serial runs**:")
@@ -535,7 +542,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--packages", default=DEFAULT_PACKAGES,
-                    help="rdocker-eight (from source) and archive source packages (-B) (%(default)s)")
+                    help="rdocker-eight or a source directory (built in the testbed) and archive source "
+                    "packages (-B) (%(default)s)")
     ap.add_argument("--jobs", default="2,4", help="-j values for the runner (%(default)s)")
     ap.add_argument("--serial-only", action="store_true", help="only the serial runs (no runner needed)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds (%(default)s)")
