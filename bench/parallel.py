@@ -206,8 +206,10 @@ class Sampler(threading.Thread):
             self.cpu[c] += (ticks - self.last[key]) / HZ
             self.last[key] = ticks
             if c == "build" and comm.startswith("dpkg-buildpack"):
-                self.builds.add(key)
                 building = True
+                # Not a fork of one (perl's system() before its exec).
+                if not procs.get(procs[pid][1], ("",))[0].startswith("dpkg-buildpack"):
+                    self.builds.add(key)
         if building:
             self.build_seen = now
         self.first = False
@@ -237,16 +239,20 @@ class Sampler(threading.Thread):
 
 # --- logs ---------------------------------------------------------------------
 
+def log_files(outdir):
+    logs = sorted(glob.glob(os.path.join(outdir, "**", "log"), recursive=True))
+    if len(logs) > 1:
+        # The runner's top-level log is its shards' logs one after another.
+        logs = [x for x in logs if x != os.path.join(outdir, "log")]
+    return logs
+
+
 def log_phases(outdir):
     """From every file named log under OUTDIR: {test: (preparation s, test s)}
     and the build's seconds ("build needed" to the first "preparing
     testbed" after it, summed over files)."""
     tests, build = {}, 0.0
-    logs = sorted(glob.glob(os.path.join(outdir, "**", "log"), recursive=True))
-    if len(logs) > 1:
-        # The runner's top-level log is its shards' logs one after another.
-        logs = [x for x in logs if x != os.path.join(outdir, "log")]
-    for fn in logs:
+    for fn in log_files(outdir):
         day, prev, marks, b0 = 0, None, collections.defaultdict(dict), None
         with open(fn, errors="replace") as f:
             for line in f:
@@ -296,12 +302,12 @@ def summary_of(outdir, printed):
     return whole_runs.verdicts_of(printed)
 
 
-def count_build_lines(outdir, printed):
-    n = printed.count("dpkg-buildpackage: info: source package")
-    for fn in glob.glob(os.path.join(outdir, "**", "*"), recursive=True):
-        if os.path.isfile(fn) and os.path.basename(fn) == "log":
-            with open(fn, errors="replace") as f:
-                n += f.read().count("dpkg-buildpackage: info: source package")
+def count_build_lines(outdir):
+    """dpkg-buildpackage's first line, in the logs that log_phases reads."""
+    n = 0
+    for fn in log_files(outdir):
+        with open(fn, errors="replace") as f:
+            n += f.read().count("dpkg-buildpackage: info: source package")
     return n
 
 
@@ -374,7 +380,7 @@ class Bench:
             if os.path.isdir(out) else None
         shutil.rmtree(out, ignore_errors=True)
         r = dict(pkg=pkg, jobs=jobs, rnd=rnd, wall=wall, rc=rc, results=results, tests=tests,
-                 build_log=build_log, builds=len(s.builds), build_lines=count_build_lines(keep, printed),
+                 build_log=build_log, builds=len(s.builds), build_lines=count_build_lines(keep),
                  build_end=s.build_seen, cpu=dict(s.cpu), busy=s.busy, iowait=s.iowait,
                  load=(load0, os.getloadavg()[0]), logf=logf)
         after = f", tests after the build {wall - s.build_seen:.1f} s" if s.build_seen is not None else ""
@@ -459,7 +465,7 @@ def report(b, cmdline, started, loaded_note):
             after = [r["wall"] - r["build_end"] for r in rs if r["build_end"] is not None]
             ratio = f"{w / sw:.2f}" if jobs > 1 and sw else "-"
             aratio = f"{med(after) / sa:.2f}" if jobs > 1 and after and sa else "-"
-            builds = ", ".join(str(r["builds"]) for r in rs)
+            builds = ", ".join(f"{r['builds']} / {r['build_lines']}" for r in rs)
             same, exits = [], []
             for r in rs:
                 s = [x for x in ser if x["rnd"] == r["rnd"]]
@@ -477,15 +483,16 @@ def report(b, cmdline, started, loaded_note):
                     same.append(f"**no**: {diff or 'exit status'}")
                     problems.append(f"{pkg} -j {jobs} round {r['rnd']}: results {diff}, exit {r['rc']} "
                                     f"against serial {s[0]['rc']}")
-                if jobs > 1 and r["builds"] > 1:
+                if jobs > 1 and (r["builds"] > 1 or r["build_lines"] > 1):
                     problems.append(f"{pkg} -j {jobs} round {r['rnd']}: {r['builds']} builds")
             label = "serial" if jobs == 1 else f"-j {jobs}"
             p(f"| {pkg} | {label} | {cell([r['wall'] for r in rs])} | {ratio} | {cell(after)} | {aratio} "
               f"| {builds} | {'; '.join(same) if same else '-'} | {', '.join(exits)} |")
     p("")
     p("Wall time of the whole command, median (min - max) over the rounds. Tests after the build: from the "
-      "last sample with a dpkg-buildpackage running in this run's testbeds to the end. Builds: distinct "
-      "dpkg-buildpackage processes sampled in this run's testbeds, per round. Results as serial: every "
+      "last sample with a dpkg-buildpackage running in this run's testbeds to the end. Builds, per round: distinct "
+      "dpkg-buildpackage processes sampled in this run's testbeds / dpkg-buildpackage's first line in autopkgtest's "
+      "logs. Results as serial: every "
       "test's result and the exit status equal to the serial run of the same round.")
     p("")
     for pkg in a.packages:
