@@ -348,7 +348,15 @@ class Bench:
         at = (["-B"] if binaries else []) + [src, "-o", out, "--"] + virt
         if jobs == 1:
             return ["autopkgtest"] + at
-        return [self.a.runner, "-j", str(jobs)] + at
+        own = []
+        if self.a.durations:
+            # The latest serial run of this package kept in the logs (this
+            # round's if it came first, else the warm-up's or an earlier one).
+            base = os.path.basename(pkg.rstrip("/"))
+            have = sorted(glob.glob(os.path.join(self.a.logs, f"{base}-serial-*.out")), key=os.path.getmtime)
+            if have:
+                own = ["--durations", have[-1]]
+        return [self.a.runner, "-j", str(jobs)] + own + at
 
     def run(self, pkg, jobs, rnd):
         name = f"{os.path.basename(pkg.rstrip('/'))}-{'serial' if jobs == 1 else f'j{jobs}'}-{rnd}"
@@ -556,6 +564,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=1, help="rounds (%(default)s)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="no uncounted serial run per package first to fill the apt cache")
+    ap.add_argument("--durations", action="store_true",
+                    help="give the runner --durations: the latest serial run of the package in --logs, "
+                    "so that it balances the tests longest first")
     ap.add_argument("--runner", default=shutil.which("rdocker-autopkgtest")
                     or os.path.join(ROOT, "target/release/rdocker-autopkgtest"),
                     help="the parallel runner (default: rdocker-autopkgtest on PATH, else target/release/)")
