@@ -125,6 +125,23 @@ def container_of(pid):
     return m[1] if m else None
 
 
+def cgroup_cpu(cid):
+    """CPU seconds of a container's cgroup, or None (gone, or not found)."""
+    for path, scale in ((f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage", 1e-9),
+                        (f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat", 1e-6),
+                        (f"/sys/fs/cgroup/docker/{cid}/cpu.stat", 1e-6)):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            m = re.search(r"^usage_usec (\d+)", text, re.M)
+            return int(m[1]) * scale if m else None
+        return int(text) * scale
+    return None
+
+
 class Sampler(threading.Thread):
     """Samples /proc while one run goes on; see the module's docstring.
     ROOT_PID is the run's top process (autopkgtest or the runner)."""
@@ -141,6 +158,7 @@ class Sampler(threading.Thread):
         self.cls = {}  # (pid, start) -> (comm, class)
         self.builds = set()  # (pid, start) of dpkg-buildpackage in our testbeds
         self.build_seen = None  # seconds since start, last sample with a build running
+        self.cg = {}  # our container id -> CPU seconds its cgroup reported last
         self.t0 = time.monotonic()
         self.first = True
 
@@ -212,6 +230,13 @@ class Sampler(threading.Thread):
                     self.builds.add(key)
         if building:
             self.build_seen = now
+        # The testbeds' whole CPU time, short-lived processes included: the
+        # container's cgroup (v1 cpuacct or v2 cpu.stat), while it exists.
+        for cid, mine in self.cids.items():
+            if mine:
+                v = cgroup_cpu(cid)
+                if v is not None:
+                    self.cg[cid] = max(v, self.cg.get(cid, 0.0))
         self.first = False
 
     def run(self):
@@ -389,7 +414,7 @@ class Bench:
         shutil.rmtree(out, ignore_errors=True)
         r = dict(pkg=pkg, jobs=jobs, rnd=rnd, wall=wall, rc=rc, results=results, tests=tests,
                  build_log=build_log, builds=len(s.builds), build_lines=count_build_lines(keep),
-                 build_end=s.build_seen, cpu=dict(s.cpu), busy=s.busy, iowait=s.iowait,
+                 build_end=s.build_seen, cpu=dict(s.cpu), testbeds_cg=sum(s.cg.values()), busy=s.busy, iowait=s.iowait,
                  load=(load0, os.getloadavg()[0]), logf=logf)
         after = f", tests after the build {wall - s.build_seen:.1f} s" if s.build_seen is not None else ""
         note(f"{name}: {wall:.1f} s, exit {rc}, {len(s.builds)} build(s){after}, results {results}; "
@@ -512,9 +537,10 @@ def report(b, cmdline, started, loaded_note):
     prof = max([1] + a.jobs)
     p(f"Profile (runs with -j {prof}, and serial for comparison), medians over rounds:")
     p("")
-    p("| package | run | CPUs busy | ≥ 90 % busy | iowait | " + " | ".join(CLASS_TITLES[c] for c in CLASSES)
+    p("| package | run | CPUs busy | ≥ 90 % busy | iowait | testbeds (cgroups) | "
+      + " | ".join(CLASS_TITLES[c] for c in CLASSES)
       + " | preparations (sum) | tests (sum) | longest test (preparation + test) | build (log) |")
-    p("|---|---|---:|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---|---:|")
+    p("|---|---|---:|---:|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---|---:|")
     for pkg in a.packages:
         for jobs in sorted({1, prof}):
             rs = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == jobs]
@@ -524,6 +550,7 @@ def report(b, cmdline, started, loaded_note):
             hi = med([sum(x >= 0.9 for x in r["busy"]) / len(r["busy"]) for r in rs if r["busy"]])
             io = med([statistics.mean(r["iowait"]) for r in rs if r["iowait"]])
             cpus = [f"{med([r['cpu'][c] for r in rs]):.1f}" for c in CLASSES]
+            cg = med([r.get("testbeds_cg", 0.0) for r in rs])
             prep = med([sum(x[0] for x in r["tests"].values()) for r in rs])
             body = med([sum(x[1] for x in r["tests"].values()) for r in rs])
             r0 = rs[0]
@@ -533,14 +560,16 @@ def report(b, cmdline, started, loaded_note):
             else:
                 longest = "-"
             pct = (lambda v: f"{100 * v:.0f} %" if v is not None else "-")
-            p(f"| {pkg} | {'serial' if jobs == 1 else f'-j {jobs}'} | {pct(busy)} | {pct(hi)} | {pct(io)} | "
+            p(f"| {pkg} | {'serial' if jobs == 1 else f'-j {jobs}'} | {pct(busy)} | {pct(hi)} | {pct(io)} | {cg:.1f} | "
               + " | ".join(cpus) + f" | {prep:.0f} s | {body:.0f} s | {longest} | {med([r['build_log'] for r in rs]):.0f} s |")
     p("")
     p("CPUs busy: the mean over the run of 1 - idle share in /proc/stat (all CPUs, all processes); ≥ 90 % "
-      "busy: the share of sampling periods with the CPUs at least 90 % busy. The class columns are CPU "
+      "busy: the share of sampling periods with the CPUs at least 90 % busy. Testbeds (cgroups): CPU seconds of "
+      "this run's testbeds by their containers' cgroups, every process included. The class columns are CPU "
       "seconds (user + system) of the sampled processes: in this run's testbeds (apt, dpkg and the build "
       "by the process or an ancestor, the rest is the tests), on the host (autopkgtest, rdocker, the runner), "
-      "the Docker daemon (shared), and every other process on the machine. Preparations and tests: sums "
+      "the Docker daemon (shared), and every other process on the machine; processes that live less than a "
+      "sampling period are missed (dpkg's maintainer scripts, apt's methods). Preparations and tests: sums "
       "over the tests of autopkgtest's own timestamps (\"preparing testbed\" to \"[-----\": revert, "
       "testbed setup, dependency install; \"[-----\" to \"-----]\": the test), so with -j they add up "
       "time spent at once. Longest test: of the first round. Build (log): \"build needed\" to autopkgtest's next "
