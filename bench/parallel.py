@@ -501,6 +501,10 @@ def report(b, cmdline, started, loaded_note):
             builds = ", ".join(f"{r['builds']} / {r['build_lines']}" for r in rs)
             same, exits = [], []
             for r in rs:
+                if not r["results"] or r["rc"] >= 12:
+                    # 12 and up: erroneous package, testbed failure, ...
+                    problems.append(f"{pkg} {'serial' if jobs == 1 else f'-j {jobs}'} round {r['rnd']}: "
+                                    f"exit {r['rc']}, {len(r['results'])} results; see {r['logf']}")
                 s = [x for x in ser if x["rnd"] == r["rnd"]]
                 exits.append(f"{r['rc']}" + (f" ({s[0]['rc']})" if s and jobs > 1 else ""))
                 if jobs == 1:
@@ -576,7 +580,7 @@ def report(b, cmdline, started, loaded_note):
       "line (or the log's end), summed over the output directory's log files.")
     if problems:
         p("")
-        p("**Differences from the serial runs**:")
+        p("**Failed runs, or differences from the serial runs**:")
         for x in problems:
             p(f"- {x}")
     return "\n".join(out), problems
