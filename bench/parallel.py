@@ -520,7 +520,9 @@ def report(b, cmdline, started, loaded_note):
                     same.append(f"**no**: {diff or 'exit status'}")
                     problems.append(f"{pkg} -j {jobs} round {r['rnd']}: results {diff}, exit {r['rc']} "
                                     f"against serial {s[0]['rc']}")
-                if jobs > 1 and (r["builds"] > 1 or r["build_lines"] > 1):
+                built = s and (s[0]["builds"] or s[0]["build_lines"])
+                if jobs > 1 and (r["builds"] > 1 or r["build_lines"] > 1
+                                 or built and (r["builds"] != 1 or r["build_lines"] != 1)):
                     problems.append(f"{pkg} -j {jobs} round {r['rnd']}: {r['builds']} builds")
             label = "serial" if jobs == 1 else f"-j {jobs}"
             p(f"| {pkg} | {label} | {cell([r['wall'] for r in rs])} | {ratio} | {cell(after)} | {aratio} "
