@@ -31,7 +31,10 @@
 #                autopkgtest, rdocker against autopkgtest-virt-docker
 #                (ci/e2e-releases.sh bench, about 15 minutes), and whole
 #                runs of hello from the mirror's source, cold and warm,
-#                under 5.28 and 6.0 (bench/whole_runs.py, about 35 minutes)
+#                under 5.28 and 6.0 (bench/whole_runs.py, about 35 minutes),
+#                and rdocker-autopkgtest -j 2 and -j 4 against serial runs of
+#                rdocker-eight, imagemagick and dbus (bench/parallel.py,
+#                about 30 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -154,6 +157,13 @@ if [ -n "$SLOW" ]; then
     python3 bench/whole_runs.py --rdocker /usr/bin/autopkgtest-virt-rdocker --packages hello \
         --logs "$LOGS/whole-runs" | tee "$LOGS/whole-runs.md"
     done_step "whole runs done"
+    # Prints measurements; fails only when a run ends without results or a
+    # parallel run's results, exit status or build count differ from the
+    # serial run's (never on a time).
+    step "timing: rdocker-autopkgtest -j 2 and -j 4 against serial autopkgtest (rdocker-eight, imagemagick, dbus)"
+    python3 bench/parallel.py --rdocker /usr/bin/autopkgtest-virt-rdocker --runner /usr/bin/rdocker-autopkgtest \
+        --logs "$LOGS/parallel" | tee "$LOGS/parallel.md"
+    done_step "parallel runs done"
 fi
 
 step "upstream autopkgtest suite with rdocker"
