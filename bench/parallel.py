@@ -483,8 +483,8 @@ def report(b, cmdline, started, loaded_note):
         p(f"**Measured on a loaded machine**: {loaded_note}")
         p("")
     p("| package | run | wall | ÷ serial | tests after the build | ÷ serial | builds | results as serial "
-      "| exit (serial) |")
-    p("|---|---|---:|---:|---:|---:|---:|---|---|")
+      "| exit (serial) | other load |")
+    p("|---|---|---:|---:|---:|---:|---:|---|---|---:|")
     problems = []
     for pkg in a.packages:
         ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == 1]
@@ -526,13 +526,16 @@ def report(b, cmdline, started, loaded_note):
                     problems.append(f"{pkg} -j {jobs} round {r['rnd']}: {r['builds']} builds")
             label = "serial" if jobs == 1 else f"-j {jobs}"
             p(f"| {pkg} | {label} | {cell([r['wall'] for r in rs])} | {ratio} | {cell(after)} | {aratio} "
-              f"| {builds} | {'; '.join(same) if same else '-'} | {', '.join(exits)} |")
+              f"| {builds} | {'; '.join(same) if same else '-'} | {', '.join(exits)} "
+              f"| {', '.join('%.2f' % (r['cpu']['others'] / r['wall']) for r in rs)} |")
     p("")
     p("Wall time of the whole command, median (min - max) over the rounds. Tests after the build: from the "
       "last sample with a dpkg-buildpackage running in this run's testbeds to the end. Builds, per round: distinct "
       "dpkg-buildpackage processes sampled in this run's testbeds / dpkg-buildpackage's first line in autopkgtest's "
       "logs. Results as serial: every "
-      "test's result and the exit status equal to the serial run of the same round.")
+      "test's result and the exit status equal to the serial run of the same round. Other load: CPUs that "
+      "processes not of this run used on average during the run, per round (of the machine's "
+      f"{os.cpu_count()}).")
     p("")
     for pkg in a.packages:
         ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == 1]
