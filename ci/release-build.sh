@@ -148,7 +148,7 @@ for rel in trixie sid; do
     img=rdocker-test/debian:$rel
     [ "$ARCH" = "$host_arch" ] && docker image inspect "$img" >/dev/null 2>&1 || continue
     if ! out=$(docker run --rm -v "$deb:/tmp/rdocker.deb:ro" "$img" \
-            sh -c 'dpkg -i /tmp/rdocker.deb >/dev/null && autopkgtest-virt-rdocker --version' 2>&1); then
+            sh -c 'apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends /tmp/rdocker.deb >/dev/null && autopkgtest-virt-rdocker --version' 2>&1); then
         die "$(basename "$deb") does not install on $rel: $out"
     fi
     log "installs and runs on $rel: $out"
