@@ -596,8 +596,13 @@ class Runner:
                                                                   errors='replace') as lf:
                     shutil.copyfileobj(lf, f)
             f.write('\n'.join(self.notes) + '\n')
+        # A shard's console, shard after shard: its -o log, which holds
+        # every line autopkgtest printed (the captured console can miss
+        # autopkgtest's own lines, which its tee writes), else the console.
         for s in shards:
-            with contextlib.suppress(FileNotFoundError), open(s.out, 'rb') as o:
+            log = os.path.join(s.dir, 'log')
+            src = log if os.path.isfile(log) and os.path.getsize(log) else s.out
+            with contextlib.suppress(FileNotFoundError), open(src, 'rb') as o:
                 sys.stderr.flush()
                 shutil.copyfileobj(o, sys.stderr.buffer)
                 sys.stderr.buffer.flush()
