@@ -111,6 +111,14 @@ def shard_names(out):
     return sorted(f for f in os.listdir(os.path.join(out, 'shards')) if not f.endswith('.out'))
 
 
+def console(p, name, tests):
+    """The runner's console carries each test's own autopkgtest lines,
+    which the CI scripts fold into a group per test (ci/action/report.py)."""
+    for t in tests:
+        check(re.search(r'^autopkgtest \[\d\d:\d\d:\d\d\]: test %s: ' % t, p.stderr, re.M),
+              '%s: the console has no "autopkgtest [..]: test %s:" line' % (name, t))
+
+
 def results(tmp):
     args = ['-B', RESULTS]
     s_out, s = serial(tmp, 'results', args)
@@ -132,6 +140,9 @@ def results(tmp):
           'results: the step summary does not list the four tests:\n' + table)
     check(p.stdout == open(os.path.join(out, 'summary')).read(),
           'results: standard output is not the merged summary')
+    # The console carries each test's own autopkgtest lines, which the
+    # CI scripts fold into a group per test (ci/action/report.py).
+    console(p, 'results', ('passes', 'fails', 'skipped', 'flaky'))
 
 
 def dbus(tmp):
@@ -158,6 +169,7 @@ def build(tmp):
     check(all(v.startswith('PASS') for v in got.values()), 'build: %s' % got)
     check(os.path.exists(os.path.join(out, 'binaries', 'rdocker-five.deb')), 'build: no binaries/')
     check(shard_names(out) == ['1', '2', 'build'], 'build: shards %s' % shard_names(out))
+    console(p, 'build', sorted(got))
 
 
 def apt(tmp):
