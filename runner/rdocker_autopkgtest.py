@@ -235,8 +235,12 @@ def source_tree(kind, arg, tmp):
         return arg
     if kind == 'source':
         dest = os.path.join(tmp, 'src')
-        r = subprocess.run(['dpkg-source', '--no-check', '-x', arg, dest],
-                           capture_output=True, text=True)
+        try:
+            r = subprocess.run(['dpkg-source', '--no-check', '-x', arg, dest],
+                               capture_output=True, text=True)
+        except FileNotFoundError:
+            raise Error('cannot read the tests of %s: no dpkg-source to unpack it; install '
+                        'dpkg-dev (apt-get install dpkg-dev)' % arg) from None
         if r.returncode != 0:
             raise Error('dpkg-source -x %s failed (%s): install dpkg-dev, or check the .dsc'
                         % (arg, r.stderr.strip()[-500:]))

@@ -239,6 +239,8 @@ if [ "$jobs" -gt 1 ]; then
     if command -v rdocker-autopkgtest >/dev/null; then
         # The step summary is this script's, below.
         runner=(rdocker-autopkgtest -j "$jobs" --step-summary /dev/null)
+        # It reads a .dsc's tests from its unpacked tree, as autopkgtest would.
+        [ -d "$SOURCE" ] || command -v dpkg-source >/dev/null || apt_install dpkg-dev
     else
         w="no rdocker-autopkgtest in the installed rdocker (older than the parallel runner): the tests run one after another"
         if [ -n "$GITLAB" ]; then log "warning: $w"; else echo "::warning title=rdocker action::$w"; fi
