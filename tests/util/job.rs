@@ -78,10 +78,15 @@ impl JobContainer {
         n
     }
 
+    /// What its rdocker labels as its own: its host name.
+    fn owner_filter(&self) -> HashMap<String, Vec<String>> {
+        let host = format!("org.debian.autopkgtest.rdocker.owner-host={}", self.0);
+        HashMap::from([("label".to_string(), vec![host])])
+    }
+
     /// The testbeds (and spares) its rdocker made: by its host name.
     pub fn testbeds(&self) -> Vec<String> {
-        let host = format!("org.debian.autopkgtest.rdocker.owner-host={}", self.0);
-        let filters = HashMap::from([("label".to_string(), vec![host])]);
+        let filters = self.owner_filter();
         let opts = bollard::query_parameters::ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -97,8 +102,7 @@ impl JobContainer {
 
     /// The session networks its rdocker made: by its host name.
     pub fn session_networks(&self) -> Vec<String> {
-        let host = format!("org.debian.autopkgtest.rdocker.owner-host={}", self.0);
-        let filters = HashMap::from([("label".to_string(), vec![host])]);
+        let filters = self.owner_filter();
         let opts = bollard::query_parameters::ListNetworksOptionsBuilder::default()
             .filters(&filters)
             .build();
