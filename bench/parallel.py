@@ -40,6 +40,7 @@ directory): per test, the preparation (testbed, dependency install:
     bench/parallel.py --runner PATH                  # all, -j 2 and 4, 1 round
     bench/parallel.py --packages rdocker-eight --serial-only
     bench/parallel.py --rounds 3 --jobs 2,4 --output target/parallel.md
+    bench/parallel.py --jobs 2,2q                    # a list per shard, or a process per test
 
 Python 3 standard library only; reuses bench/whole_runs.py (stamped
 runs, summaries) and bench/bench.py (/proc/stat). Needs root (or the
@@ -367,27 +368,27 @@ class Bench:
             self.srcs[pkg] = (have[0], True)
             note(f"{pkg}: {os.path.basename(have[0])}, tested with -B")
 
-    def argv(self, pkg, jobs, out):
+    def argv(self, pkg, mode, out):
         src, binaries = self.srcs[pkg]
         virt = ["rdocker", "--apt-proxy", "none", "--apt-cache", self.a.apt_cache, self.a.image]
         at = (["-B"] if binaries else []) + [src, "-o", out, "--"] + virt
-        if jobs == 1:
+        if mode == SERIAL:
             return ["autopkgtest"] + at
-        own = []
+        own = ["--split", "queue"] if mode.endswith("q") else []
         if self.a.durations:
             # The latest serial run of this package kept in the logs (this
             # round's if it came first, else the warm-up's or an earlier one).
             base = os.path.basename(pkg.rstrip("/"))
             have = sorted(glob.glob(os.path.join(self.a.logs, f"{base}-serial-*.out")), key=os.path.getmtime)
             if have:
-                own = ["--durations", have[-1]]
-        return [self.a.runner, "-j", str(jobs)] + own + at
+                own += ["--durations", have[-1]]
+        return [self.a.runner, "-j", str(njobs(mode))] + own + at
 
-    def run(self, pkg, jobs, rnd):
-        name = f"{os.path.basename(pkg.rstrip('/'))}-{'serial' if jobs == 1 else f'j{jobs}'}-{rnd}"
+    def run(self, pkg, mode, rnd):
+        name = f"{os.path.basename(pkg.rstrip('/'))}-{'serial' if mode == SERIAL else f'j{mode}'}-{rnd}"
         out = os.path.join(self.tmp, name)
         logf = os.path.join(self.a.logs, name + ".log")
-        argv = self.argv(pkg, jobs, out)
+        argv = self.argv(pkg, mode, out)
         env = dict(os.environ, PATH=os.path.dirname(os.path.abspath(self.a.rdocker)) + ":" + os.environ["PATH"])
         note(f"{name}: {' '.join(shlex.quote(x) for x in argv)}")
         load0 = os.getloadavg()[0]
@@ -412,7 +413,7 @@ class Bench:
         shutil.copytree(out, keep, ignore=shutil.ignore_patterns("binaries"), dirs_exist_ok=True) \
             if os.path.isdir(out) else None
         shutil.rmtree(out, ignore_errors=True)
-        r = dict(pkg=pkg, jobs=jobs, rnd=rnd, wall=wall, rc=rc, results=results, tests=tests,
+        r = dict(pkg=pkg, jobs=mode, rnd=rnd, wall=wall, rc=rc, results=results, tests=tests,
                  build_log=build_log, builds=len(s.builds), build_lines=count_build_lines(keep),
                  build_end=s.build_seen, cpu=dict(s.cpu), testbeds_cg=sum(s.cg.values()), busy=s.busy, iowait=s.iowait,
                  load=(load0, os.getloadavg()[0]), logf=logf)
@@ -459,6 +460,20 @@ class Bench:
 
 # --- report ---------------------------------------------------------------------
 
+SERIAL = "1"
+
+
+def njobs(mode):
+    """-j of a mode: "2" is -j 2, "2q" is -j 2 --split queue."""
+    return int(mode.rstrip("q"))
+
+
+def label(mode):
+    if mode == SERIAL:
+        return "serial"
+    return f"-j {njobs(mode)}" + (" --split queue" if mode.endswith("q") else "")
+
+
 def med(xs):
     return statistics.median(xs) if xs else None
 
@@ -487,27 +502,27 @@ def report(b, cmdline, started, loaded_note):
     p("|---|---|---:|---:|---:|---:|---:|---|---|---:|")
     problems = []
     for pkg in a.packages:
-        ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == 1]
+        ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == SERIAL]
         sw = med([r["wall"] for r in ser])
         sa = med([r["wall"] - r["build_end"] for r in ser if r["build_end"] is not None])
-        for jobs in [1] + a.jobs:
+        for jobs in [SERIAL] + a.jobs:
             rs = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == jobs]
             if not rs:
                 continue
             w = med([r["wall"] for r in rs])
             after = [r["wall"] - r["build_end"] for r in rs if r["build_end"] is not None]
-            ratio = f"{w / sw:.2f}" if jobs > 1 and sw else "-"
-            aratio = f"{med(after) / sa:.2f}" if jobs > 1 and after and sa else "-"
+            ratio = f"{w / sw:.2f}" if jobs != SERIAL and sw else "-"
+            aratio = f"{med(after) / sa:.2f}" if jobs != SERIAL and after and sa else "-"
             builds = ", ".join(f"{r['builds']} / {r['build_lines']}" for r in rs)
             same, exits = [], []
             for r in rs:
                 if not r["results"] or r["rc"] >= 12:
                     # 12 and up: erroneous package, testbed failure, ...
-                    problems.append(f"{pkg} {'serial' if jobs == 1 else f'-j {jobs}'} round {r['rnd']}: "
+                    problems.append(f"{pkg} {label(jobs)} round {r['rnd']}: "
                                     f"exit {r['rc']}, {len(r['results'])} results; see {r['logf']}")
                 s = [x for x in ser if x["rnd"] == r["rnd"]]
-                exits.append(f"{r['rc']}" + (f" ({s[0]['rc']})" if s and jobs > 1 else ""))
-                if jobs == 1:
+                exits.append(f"{r['rc']}" + (f" ({s[0]['rc']})" if s and jobs != SERIAL else ""))
+                if jobs == SERIAL:
                     continue
                 if not s:
                     same.append("no serial run")
@@ -518,14 +533,13 @@ def report(b, cmdline, started, loaded_note):
                             for t in set(s[0]["results"]) | set(r["results"])
                             if s[0]["results"].get(t) != r["results"].get(t)}
                     same.append(f"**no**: {diff or 'exit status'}")
-                    problems.append(f"{pkg} -j {jobs} round {r['rnd']}: results {diff}, exit {r['rc']} "
+                    problems.append(f"{pkg} {label(jobs)} round {r['rnd']}: results {diff}, exit {r['rc']} "
                                     f"against serial {s[0]['rc']}")
                 built = s and (s[0]["builds"] or s[0]["build_lines"])
-                if jobs > 1 and (r["builds"] > 1 or r["build_lines"] > 1
+                if (r["builds"] > 1 or r["build_lines"] > 1
                                  or built and (r["builds"] != 1 or r["build_lines"] != 1)):
-                    problems.append(f"{pkg} -j {jobs} round {r['rnd']}: {r['builds']} builds")
-            label = "serial" if jobs == 1 else f"-j {jobs}"
-            p(f"| {pkg} | {label} | {cell([r['wall'] for r in rs])} | {ratio} | {cell(after)} | {aratio} "
+                    problems.append(f"{pkg} {label(jobs)} round {r['rnd']}: {r['builds']} builds")
+            p(f"| {pkg} | {label(jobs)} | {cell([r['wall'] for r in rs])} | {ratio} | {cell(after)} | {aratio} "
               f"| {builds} | {'; '.join(same) if same else '-'} | {', '.join(exits)} "
               f"| {', '.join('%.2f' % (r['cpu']['others'] / r['wall']) for r in rs)} |")
     p("")
@@ -538,20 +552,20 @@ def report(b, cmdline, started, loaded_note):
       f"{os.cpu_count()}).")
     p("")
     for pkg in a.packages:
-        ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == 1]
+        ser = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == SERIAL]
         if ser:
             p(f"- {pkg} serial results (round {ser[0]['rnd']}): "
               + ", ".join(f"{t} {v}" for t, v in ser[0]["results"].items()))
     p("")
-    prof = max([1] + a.jobs)
-    p(f"Profile (runs with -j {prof}, and serial for comparison), medians over rounds:")
+    prof = max([SERIAL] + a.jobs, key=lambda m: (njobs(m), not m.endswith("q")))
+    p(f"Profile (runs with {label(prof)}, and serial for comparison), medians over rounds:")
     p("")
     p("| package | run | CPUs busy | ≥ 90 % busy | iowait | testbeds (cgroups) | "
       + " | ".join(CLASS_TITLES[c] for c in CLASSES)
       + " | preparations (sum) | tests (sum) | longest test (preparation + test) | build (log) |")
     p("|---|---|---:|---:|---:|---:|" + "---:|" * len(CLASSES) + "---:|---:|---|---:|")
     for pkg in a.packages:
-        for jobs in sorted({1, prof}):
+        for jobs in dict.fromkeys([SERIAL, prof]):
             rs = [r for r in b.runs if r["pkg"] == pkg and r["jobs"] == jobs]
             if not rs:
                 continue
@@ -569,7 +583,7 @@ def report(b, cmdline, started, loaded_note):
             else:
                 longest = "-"
             pct = (lambda v: f"{100 * v:.0f} %" if v is not None else "-")
-            p(f"| {pkg} | {'serial' if jobs == 1 else f'-j {jobs}'} | {pct(busy)} | {pct(hi)} | {pct(io)} | {cg:.1f} | "
+            p(f"| {pkg} | {label(jobs)} | {pct(busy)} | {pct(hi)} | {pct(io)} | {cg:.1f} | "
               + " | ".join(cpus) + f" | {prep:.0f} s | {body:.0f} s | {longest} | {med([r['build_log'] for r in rs]):.0f} s |")
     p("")
     p("CPUs busy: the mean over the run of 1 - idle share in /proc/stat (all CPUs, all processes); ≥ 90 % "
@@ -597,7 +611,8 @@ def main():
     ap.add_argument("--packages", default=DEFAULT_PACKAGES,
                     help="rdocker-eight or a source directory (built in the testbed) and archive source "
                     "packages (-B) (%(default)s)")
-    ap.add_argument("--jobs", default="2,4", help="-j values for the runner (%(default)s)")
+    ap.add_argument("--jobs", default="2,4", help="-j values for the runner; 2q is -j 2 --split queue "
+                    "(%(default)s)")
     ap.add_argument("--serial-only", action="store_true", help="only the serial runs (no runner needed)")
     ap.add_argument("--rounds", type=int, default=1, help="rounds (%(default)s)")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
@@ -621,10 +636,10 @@ def main():
     ap.add_argument("--output", help="also write the report to this file")
     a = ap.parse_args()
     a.packages = [x for x in a.packages.split(",") if x]
-    a.jobs = [] if a.serial_only else [int(x) for x in a.jobs.split(",") if x]
+    a.jobs = [] if a.serial_only else [x for x in a.jobs.split(",") if x]
     a.suite = a.suite or a.image.rpartition(":")[2].split("-")[0]
-    if any(j < 2 for j in a.jobs) or a.rounds < 1:
-        die("--jobs values must be 2 or more, --rounds 1 or more")
+    if any(not re.fullmatch(r"[0-9]+q?", j) or njobs(j) < 2 for j in a.jobs) or a.rounds < 1:
+        die("--jobs values are N or Nq (--split queue), N 2 or more; --rounds 1 or more")
     if not os.access(a.rdocker, os.X_OK):
         die(f"no rdocker at {a.rdocker}: cargo build --release --locked, or --rdocker PATH")
     if a.jobs and not (a.runner and os.access(a.runner, os.X_OK)):
@@ -643,9 +658,9 @@ def main():
         b.sources()
         if a.warmup:
             for pkg in a.packages:
-                r = b.run(pkg, 1, 0)
+                r = b.run(pkg, SERIAL, 0)
                 b.runs.remove(r)
-        modes = [1] + a.jobs
+        modes = [SERIAL] + a.jobs
         for rnd in range(1, a.rounds + 1):
             for pkg in a.packages:
                 k = (rnd - 1) % len(modes)

@@ -13,6 +13,12 @@ Scenarios, each asserting what could fail:
             (one exits 0, the other 8): the merged status is the serial 2.
   build     tests/pkg/rdocker-five, unbuilt: built exactly once, the five
             tests over two shards with the .debs, all pass (exit 0).
+  build_needed
+            rdocker-five with a build-needed test put first (a Test-Command,
+            so the others' names shift unless every stanza is kept):
+            unbuilt, the build shard runs it and no other shard builds;
+            with -B, only the shard with that test builds the tree. Each
+            test passes, under its serial name.
   apt       `autopkgtest hello` (an apt source, two tests): the source is
             fetched once on the host, each shard tests that .dsc (autopkgtest's own
             apt-source in no shard), results and status as serial.
@@ -159,9 +165,7 @@ def dbus(tmp):
 
 def build(tmp):
     out, p = parallel(tmp, 'build', [FIVE], ['-j', '2'], expect=0)
-    builds = [d for d in shard_names(out)
-              if 'dpkg-buildpackage' in open(os.path.join(out, 'shards', d, 'log'),
-                                             errors='replace').read()]
+    builds = built_in(out)
     check(builds == ['build'], 'build: the package was built in %s, wanted once (in build)' % builds)
     got = summary(out)
     check(sorted(got) == ['as-root', 'command1', 'on-stderr', 'runs', 'without-package'],
@@ -170,6 +174,46 @@ def build(tmp):
     check(os.path.exists(os.path.join(out, 'binaries', 'rdocker-five.deb')), 'build: no binaries/')
     check(shard_names(out) == ['1', '2', 'build'], 'build: shards %s' % shard_names(out))
     console(p, 'build', sorted(got))
+
+
+def built_in(out):
+    """The shards whose autopkgtest ran dpkg-buildpackage."""
+    return [d for d in shard_names(out)
+            if 'dpkg-buildpackage' in open(os.path.join(out, 'shards', d, 'log'),
+                                           errors='replace').read()]
+
+
+def build_needed(tmp):
+    src = os.path.join(tmp, 'five-build-needed')
+    shutil.copytree(FIVE, src)
+    control = os.path.join(src, 'debian', 'tests', 'control')
+    with open(control) as f:
+        rest = f.read()
+    with open(control, 'w') as f:
+        # The built tree has dh's staging directory; the unbuilt one has not.
+        f.write('Test-Command: test -x debian/rdocker-five/usr/bin/rdocker-five\n'
+                'Depends:\nRestrictions: build-needed, superficial\n\n' + rest)
+    out, p = parallel(tmp, 'build-needed', [src], ['-j', '2'], expect=0)
+    got = summary(out)
+    want = ['as-root', 'command1', 'command2', 'on-stderr', 'runs', 'without-package']
+    check(sorted(got) == want and all(v.startswith('PASS') for v in got.values()),
+          'build_needed: results %s, wanted %s all PASS' % (got, want))
+    check(built_in(out) == ['build'], 'build_needed: built in shards %s, wanted only in build'
+          % built_in(out))
+    check('command1' in open(os.path.join(out, 'shards', 'build', 'summary')).read(),
+          'build_needed: the build-needed test did not run in the build shard')
+    # -B: no binaries to build, but the build-needed test still builds the
+    # tree, in its own shard only.
+    args = ['-B', src, '--test-name', 'command1', '--test-name', 'without-package']
+    out, p = parallel(tmp, 'build-needed-B', args, ['-j', '2'], expect=0)
+    got = summary(out)
+    check(sorted(got) == ['command1', 'without-package'] and
+          all(v.startswith('PASS') for v in got.values()), 'build_needed -B: results %s' % got)
+    built = built_in(out)
+    check(len(built) == 1 and 'command1' in open(os.path.join(
+        out, 'shards', built[0], 'summary')).read(),
+        'build_needed -B: the tree was built in shards %s, wanted only in the one that runs '
+        'command1' % built)
 
 
 def apt(tmp):
@@ -302,7 +346,7 @@ def main():
     check(shutil.which('autopkgtest-virt-rdocker'), 'no autopkgtest-virt-rdocker on PATH')
     check(subprocess.run(['docker', 'image', 'inspect', IMAGE], capture_output=True).returncode == 0,
           'the daemon has no image %s: sudo ci/provision.sh builds it' % IMAGE)
-    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'apt', 'build']
+    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'apt', 'build', 'build_needed']
     before = ours()
     tmp = tempfile.mkdtemp(prefix='rdocker-parallel-e2e-')
     keep = os.environ.get('RDOCKER_TEST_LOGS')

@@ -76,7 +76,7 @@ cargo clippy --locked --all-targets -- -D warnings
 cargo fmt --check
 python3 ci/check-imports.py
 actionlint -no-color -oneline   # .github/workflows (ci/install-actionlint.sh)
-python3 -m unittest discover -s ci/tests   # JUnit, step summary; the parallel runner's merging
+/usr/bin/python3 -m unittest discover -s ci/tests   # JUnit, step summary; the parallel runner's merging
 done_step "lint clean"
 
 step "cargo test (unit and integration, against the real daemon)"

@@ -229,6 +229,32 @@ def parse_tests(srcdir, opts):
     return found
 
 
+def control_without_builds(srcdir, opts, tmp):
+    """A copy of the tests' control file with no build-needed restriction,
+    or None when no control file has one.  autopkgtest builds the tree
+    when any test in the file is build-needed, whichever tests it runs:
+    the shards that run none of those read this copy, so that only the
+    shard that runs them builds.  Every stanza stays, so that
+    Test-Command stanzas keep their names (command1, ...)."""
+    autopkgtest_lib()
+    import testdesc
+    path = opts.override_control or os.path.join(srcdir, 'debian', 'tests', 'control')
+    records = list(testdesc.parse_rfc822(path))
+    if not any('build-needed' in r.get('Restrictions', '').replace(',', ' ').split()
+               for r in records):
+        return None
+    dest = os.path.join(tmp, 'control-no-build')
+    with open(dest, 'w', encoding='UTF-8') as f:
+        for r in records:
+            rest = [x for x in r.get('Restrictions', '').replace(',', ' ').split()
+                    if x != 'build-needed']
+            r.pop('Restrictions', None)
+            if rest:
+                r['Restrictions'] = ', '.join(rest)
+            f.write(''.join('%s: %s\n' % kv for kv in r.items()) + '\n')
+    return dest
+
+
 def source_tree(kind, arg, tmp):
     """A directory with the package's debian/ as autopkgtest would unpack it."""
     if kind in ('unbuilt-tree', 'built-tree'):
@@ -476,6 +502,8 @@ class Runner:
             kind, arg, built = 'source', dsc, False
         srcdir = source_tree(kind, arg, tmp)
         tests = parse_tests(srcdir, opts)
+        no_build = control_without_builds(srcdir, opts, tmp) if any(
+            'build-needed' in r for _, r in tests) else None
         skip = set(opts.skip_tests or [])
         wanted = set(opts.only_tests or [])
         tests = [(n, r) for n, r in tests if n not in skip and (not wanted or n in wanted)]
@@ -492,6 +520,7 @@ class Runner:
         daemons = self.own['daemons'] or [None]
         n = self.own['jobs']
         needs_build = [t for t, r in tests if 'build-needed' in r]
+        self.no_build, self.build_tests = no_build, set(needs_build)
         shards = []
         extra = []
         if not tests:
@@ -549,7 +578,10 @@ class Runner:
                     if not queue or self.stopping:
                         return
                     k, tests = queue.pop(0)
-                got = self.run_with_retry(Shard(str(k), tests, daemons[w % len(daemons)]), extra)
+                mine = extra
+                if self.no_build and not self.build_tests & set(tests):
+                    mine = extra + ['--override-control', self.no_build]
+                got = self.run_with_retry(Shard(str(k), tests, daemons[w % len(daemons)]), mine)
                 with qlock:
                     done.extend(got)
 

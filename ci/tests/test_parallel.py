@@ -4,6 +4,7 @@ options and the arguments it takes from autopkgtest's.  The runs against
 the real daemon and autopkgtest are ci/parallel-e2e.py.
 Run: python3 -m unittest discover -s ci/tests
 """
+import argparse
 import os
 import sys
 import tempfile
@@ -129,6 +130,34 @@ class Options(unittest.TestCase):
         self.assertEqual(args, ['--env=A=a', 'x.deb', 'b.deb', 'src/', '--shell-fail'])
         with self.assertRaises(r.Error):
             r.source_index(['a'], 'src/')
+
+    def test_control_without_builds_keeps_every_stanza(self):
+        d = tempfile.mkdtemp()
+        os.makedirs(os.path.join(d, 'debian', 'tests'))
+        with open(os.path.join(d, 'debian', 'tests', 'control'), 'w') as f:
+            f.write('# a comment\nTest-Command: make check\nRestrictions: build-needed,\n'
+                    ' allow-stderr\n\nTests: a\nDepends: @\n\n'
+                    'Test-Command: true\nRestrictions: superficial build-needed\n')
+        opts = argparse.Namespace(override_control=None)
+        copy = r.control_without_builds(d, opts, d)
+        r.autopkgtest_lib()
+        import testdesc
+        records = list(testdesc.parse_rfc822(copy))
+        self.assertEqual([x.get('Test-command', x.get('Tests')) for x in records],
+                         ['make check', 'a', 'true'])
+        self.assertEqual([x.get('Restrictions') for x in records],
+                         ['allow-stderr', None, 'superficial'])
+        # autopkgtest reads it: the same names, none build-needed
+        tests = r.parse_tests(d, argparse.Namespace(override_control=copy))
+        self.assertEqual([n for n, _ in tests], ['command1', 'a', 'command2'])
+        self.assertFalse(any('build-needed' in rs for _, rs in tests))
+
+    def test_control_without_builds_none_when_nothing_builds(self):
+        d = tempfile.mkdtemp()
+        os.makedirs(os.path.join(d, 'debian', 'tests'))
+        with open(os.path.join(d, 'debian', 'tests', 'control'), 'w') as f:
+            f.write('Tests: a\nRestrictions: needs-root\n')
+        self.assertIsNone(r.control_without_builds(d, argparse.Namespace(override_control=None), d))
 
     def test_durations_from_a_log(self):
         fx = os.path.join(HERE, 'fixtures', 'hello-6.0')
