@@ -373,7 +373,7 @@ class Bench:
         virt = ["rdocker", "--apt-proxy", "none", "--apt-cache", self.a.apt_cache, self.a.image]
         at = (["-B"] if binaries else []) + [src, "-o", out, "--"] + virt
         if mode == SERIAL:
-            return ["autopkgtest"] + at
+            return [self.a.autopkgtest] + at
         own = ["--split", "queue"] if mode.endswith("q") else []
         if self.a.durations:
             # The latest serial run of this package kept in the logs (this
@@ -390,11 +390,19 @@ class Bench:
         logf = os.path.join(self.a.logs, name + ".log")
         argv = self.argv(pkg, mode, out)
         env = dict(os.environ, PATH=os.path.dirname(os.path.abspath(self.a.rdocker)) + ":" + os.environ["PATH"])
+        if self.a.autopkgtest != "autopkgtest":
+            # The runner drives the same autopkgtest, with its modules:
+            # those of its source layout (runner/autopkgtest beside lib/).
+            at = os.path.abspath(self.a.autopkgtest)
+            lib = os.path.join(os.path.dirname(os.path.dirname(at)), "lib")
+            env.update(RDOCKER_AUTOPKGTEST=at,
+                       RDOCKER_AUTOPKGTEST_LIB=lib if os.path.isdir(lib) else "/usr/share/autopkgtest/lib")
         note(f"{name}: {' '.join(shlex.quote(x) for x in argv)}")
         load0 = os.getloadavg()[0]
         t0 = time.monotonic()
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         self.top_pids.append(p.pid)
+        self.current = p
         s = Sampler(p.pid, self.a.sample)
         s.start()
         with open(logf, "wb") as f:
@@ -426,6 +434,15 @@ class Bench:
         return r
 
     def cleanup(self):
+        # A run cut short (a signal to the bench): its autopkgtest or
+        # runner closes its own testbeds when told to stop.
+        p = getattr(self, "current", None)
+        if p and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
         # Testbeds whose rdocker owner was one of our processes (after a
         # kill, rdocker may not have closed them).
         r = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.debian.autopkgtest.rdocker=1",
@@ -492,7 +509,8 @@ def report(b, cmdline, started, loaded_note):
     out = []
     p = out.append
     p(f"Command: `{cmdline}`, started {started}; testbed {a.image}; rdocker {a.rdocker}; "
-      f"runner {a.runner if a.jobs else '(none: --serial-only)'}; {os.cpu_count()} CPUs.")
+      f"runner {a.runner if a.jobs else '(none: --serial-only)'}; autopkgtest {a.autopkgtest}; "
+      f"{os.cpu_count()} CPUs.")
     p("")
     if loaded_note:
         p(f"**Measured on a loaded machine**: {loaded_note}")
@@ -626,6 +644,10 @@ def main():
     ap.add_argument("--rdocker", default=os.path.join(ROOT, "target/release/autopkgtest-virt-rdocker"),
                     help="rdocker, put first on PATH for autopkgtest (%(default)s)")
     ap.add_argument("--image", default="rdocker-test/autopkgtest:bookworm")
+    ap.add_argument("--autopkgtest", default="autopkgtest",
+                    help="autopkgtest to run, serially and under the runner; another version runs from its "
+                    "source layout, e.g. the .deb's files with usr/bin/autopkgtest copied to runner/ and lib "
+                    "pointing at usr/share/autopkgtest/lib (%(default)s)")
     ap.add_argument("--suite", default=None, help="suite of the sources (default: IMAGE's tag)")
     ap.add_argument("--src", default=os.path.join(ROOT, "target/bench-parallel/src"),
                     help="where apt-get source puts the archive packages (kept)")
@@ -644,7 +666,7 @@ def main():
         die(f"no rdocker at {a.rdocker}: cargo build --release --locked, or --rdocker PATH")
     if a.jobs and not (a.runner and os.access(a.runner, os.X_OK)):
         die(f"no runner at {a.runner}: build it, give --runner PATH, or --serial-only")
-    if shutil.which("autopkgtest") is None:
+    if shutil.which(a.autopkgtest) is None:
         die("no autopkgtest: apt-get install autopkgtest")
     os.makedirs(a.logs, exist_ok=True)
     os.makedirs(a.apt_cache, exist_ok=True)

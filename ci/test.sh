@@ -32,9 +32,9 @@
 #                (ci/e2e-releases.sh bench, about 15 minutes), and whole
 #                runs of hello from the mirror's source, cold and warm,
 #                under 5.28 and 6.0 (bench/whole_runs.py, about 35 minutes),
-#                and rdocker-autopkgtest -j 2 and -j 4 against serial runs of
-#                rdocker-eight, imagemagick and dbus (bench/parallel.py,
-#                about 30 minutes)
+#                and rdocker-autopkgtest -j 2, -j 4 and -j 2 --split queue
+#                against serial runs of rdocker-eight, imagemagick and dbus
+#                under autopkgtest 6.0 (bench/parallel.py, about 20 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -160,8 +160,13 @@ if [ -n "$SLOW" ]; then
     # Prints measurements; fails only when a run ends without results or a
     # parallel run's results, exit status or build count differ from the
     # serial run's (never on a time).
-    step "timing: rdocker-autopkgtest -j 2 and -j 4 against serial autopkgtest (rdocker-eight, imagemagick, dbus)"
+    # Under sid's autopkgtest 6.0 (a fresh testbed per test, serially
+    # too), from the job image the release jobs built; balanced by the
+    # durations of the serial run before; -j 2 as lists and as a queue.
+    step "timing: rdocker-autopkgtest -j 2, -j 4 and -j 2 --split queue against serial autopkgtest 6.0 (rdocker-eight, imagemagick, dbus)"
+    at6=$(bench/autopkgtest-from-image.sh rdocker-test/ci-job:sid target/autopkgtest-sid)
     python3 bench/parallel.py --rdocker /usr/bin/autopkgtest-virt-rdocker --runner /usr/bin/rdocker-autopkgtest \
+        --autopkgtest "$at6" --durations --jobs 2,4,2q \
         --logs "$LOGS/parallel" | tee "$LOGS/parallel.md"
     done_step "parallel runs done"
 fi
