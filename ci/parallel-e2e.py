@@ -11,8 +11,9 @@ Scenarios, each asserting what could fail:
             merged summary and junit.xml.
   dbus      the dbus case: a passing and a skipped test split in two halves
             (one exits 0, the other 8): the merged status is the serial 2.
-  build     tests/pkg/rdocker-five, unbuilt: built exactly once, the five
-            tests over two shards with the .debs, all pass (exit 0).
+  build     tests/pkg/rdocker-five, unbuilt: built exactly once; the test
+            that installs none of the package runs beside the build, the
+            other four after it over two shards with the .debs; all pass.
   build_needed
             rdocker-five with a build-needed test put first (a Test-Command,
             so the others' names shift unless every stanza is kept):
@@ -172,7 +173,15 @@ def build(tmp):
           'build: tests %s' % sorted(got))
     check(all(v.startswith('PASS') for v in got.values()), 'build: %s' % got)
     check(os.path.exists(os.path.join(out, 'binaries', 'rdocker-five.deb')), 'build: no binaries/')
-    check(shard_names(out) == ['1', '2', 'build'], 'build: shards %s' % shard_names(out))
+    # without-package installs nothing of the package: it ran beside the
+    # build, in shard 1 (-B, no .debs), the others after it in two.
+    check(shard_names(out) == ['1', '2', '3', 'build'], 'build: shards %s' % shard_names(out))
+    log = p.stderr
+    check('shard 1: without-package' in log and 'shard build: exit' in log and
+          log.index('shard 1: without-package') < log.index('shard build: exit'),
+          'build: without-package did not start beside the build:\n' + log[-3000:])
+    check('without-package' in open(os.path.join(out, 'shards', '1', 'summary')).read(),
+          'build: without-package is not in shard 1')
     console(p, 'build', sorted(got))
 
 

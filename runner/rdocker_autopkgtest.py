@@ -190,10 +190,11 @@ def strip_own(at_args):
     return kept, removed
 
 
-def parse_tests(srcdir, opts):
+def parse_tests(srcdir, opts, depends=None):
     """[(name, restrictions)] of SRCDIR as autopkgtest reads them: its
     testdesc, every capability given so that only what no testbed could
-    run is left out (a shard reports those as autopkgtest does)."""
+    run is left out (a shard reports those as autopkgtest does).  Each
+    test's Depends (@ expanded) goes into the dict DEPENDS if given."""
     autopkgtest_lib()
     import testdesc
     import adtlog
@@ -222,11 +223,32 @@ def parse_tests(srcdir, opts):
     finally:
         adtlog.report = real_report
     found = [(t.name, set(t.restrictions)) for t in tests]
+    if depends is not None:
+        depends.update((t.name, list(t.depends)) for t in tests)
     names = {n for n, _ in found}
     # Tests that no testbed can run (an unknown restriction): a shard
     # given their name reports them SKIP, as the serial run does.
     found += [(n, set()) for n in skipped if n != '*' and n not in names]
     return found
+
+
+def binary_packages(srcdir):
+    """The binary packages that SRCDIR's debian/control builds."""
+    autopkgtest_lib()
+    import testdesc
+    return {r['Package'] for r in testdesc.parse_rfc822(os.path.join(srcdir, 'debian', 'control'))
+            if 'Package' in r}
+
+
+def needs_binaries(depends, packages):
+    """Whether a test with DEPENDS installs one of PACKAGES (the source's
+    own binaries), in any alternative: then it waits for the build."""
+    for dep in depends:
+        for alt in dep.split('|'):
+            name = re.split(r'[\s(\[<>=:]', alt.strip(), maxsplit=1)[0]
+            if name in packages:
+                return True
+    return False
 
 
 def control_without_builds(srcdir, opts, tmp):
@@ -375,8 +397,9 @@ def merge_summary(order, shard_rows, other_lines):
 # ---------- running
 
 class Shard:
-    def __init__(self, name, tests, daemon=None):
+    def __init__(self, name, tests, daemon=None, at_args=None):
         self.name, self.tests, self.daemon = name, tests, daemon
+        self.at_args = at_args   # beside the build: its own arguments
         self.code = None
         self.seconds = 0.0
         self.retry_of = None
@@ -389,6 +412,8 @@ class Runner:
         self.own = own
         self.args = args
         self.procs = set()
+        self.running = set()
+        self.early_halted = False
         self.lock = threading.Lock()
         self.stopping = False
 
@@ -406,7 +431,8 @@ class Runner:
             if self.apt_cache:
                 add += ['--apt-cache', self.apt_cache]
             virt[1:1] = add
-        return [AUTOPKGTEST] + self.at_args + extra + ['-o', shard.dir, '--'] + virt
+        at_args = self.at_args if shard.at_args is None else shard.at_args
+        return [AUTOPKGTEST] + at_args + extra + ['-o', shard.dir, '--'] + virt
 
     def run_one(self, shard, extra):
         shard.dir = os.path.join(self.shards_dir, shard.name)
@@ -417,30 +443,32 @@ class Runner:
         t0 = time.monotonic()
         with open(shard.out, 'wb') as out:
             with self.lock:
-                if self.stopping:
+                if self.stopping or self.halted(shard):
                     shard.code = 20
                     return
                 shard.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                               stderr=subprocess.STDOUT)
                 self.procs.add(shard.proc)
+                self.running.add(shard)
             code = shard.proc.wait()
             # Killed by a signal: "other unexpected failure", as autopkgtest.
             shard.code = code if code >= 0 else 20
             with self.lock:
                 self.procs.discard(shard.proc)
+                self.running.discard(shard)
         shard.seconds = time.monotonic() - t0
         self.log('shard %s: exit %d after %.1f s' % (shard.name, shard.code, shard.seconds))
 
     def run_with_retry(self, shard, extra):
         self.run_one(shard, extra)
-        if shard.code != TESTBED_FAILURE or self.stopping:
+        if shard.code != TESTBED_FAILURE or self.stopping or self.halted(shard):
             return [shard]
         rows, _ = report.parse_summary(shard.dir)
         done = {r[0] for r in rows}
         rest = [t for t in shard.tests if t not in done]
         if shard.tests and not rest:
             return [shard]
-        again = Shard(shard.name + '-retry', rest, shard.daemon)
+        again = Shard(shard.name + '-retry', rest, shard.daemon, shard.at_args)
         again.retry_of = shard
         self.log('shard %s: testbed failure (exit 16); retrying %s once on a fresh testbed'
                  % (shard.name, ' '.join(rest) or 'the build'))
@@ -501,7 +529,8 @@ class Runner:
             self.at_args.insert(0, '-B')
             kind, arg, built = 'source', dsc, False
         srcdir = source_tree(kind, arg, tmp)
-        tests = parse_tests(srcdir, opts)
+        depends = {}
+        tests = parse_tests(srcdir, opts, depends)
         no_build = control_without_builds(srcdir, opts, tmp) if any(
             'build-needed' in r for _, r in tests) else None
         skip = set(opts.skip_tests or [])
@@ -531,66 +560,136 @@ class Runner:
             shards += self.run_with_retry(Shard('1', removed.get('only_tests', []),
                                                 daemons[0]), [])
         else:
+            build = None
             if built:
                 # One build: with the build-needed tests, else --validate
                 # (autopkgtest builds, reads the tests and stops).
                 b = Shard('build', needs_build, daemons[0])
                 bextra = [] if needs_build else ['--validate']
-                self.log('building the package once (%s)' % (
-                    'with the build-needed tests' if needs_build else 'autopkgtest --validate'))
-                got = self.run_with_retry(b, bextra)
-                shards += got
-                last = got[-1]
-                debs = sorted(os.path.join(last.dir, 'binaries', f)
-                              for f in os.listdir(os.path.join(last.dir, 'binaries'))
-                              if f.endswith('.deb')) if os.path.isdir(
-                                  os.path.join(last.dir, 'binaries')) else []
-                if not debs:
-                    self.log('the build gave no .deb (exit %d): no tests run' % last.code)
-                    return self.finish(opts, shards, order, outdir, out, removed, t_start,
-                                       build_failed=True)
-                # The .debs go beside the source: autopkgtest's positional
-                # arguments must be one run of words.
-                i = source_index(self.at_args, arg)
-                self.at_args[i:i] = debs
-                self.at_args.insert(0, '-B')
+                what = 'with the build-needed tests' if needs_build else 'autopkgtest --validate'
+                built_shards = []
+
+                def build():
+                    self.log('building the package once (%s)' % what)
+                    got = self.run_with_retry(b, bextra)
+                    built_shards.extend(got)
+                    last = got[-1]
+                    bins = os.path.join(last.dir, 'binaries')
+                    debs = sorted(os.path.join(bins, f) for f in os.listdir(bins)
+                                  if f.endswith('.deb')) if os.path.isdir(bins) else []
+                    if not debs:
+                        self.log('the build gave no .deb (exit %d): no tests run' % last.code)
+                        return False
+                    # The .debs go beside the source: autopkgtest's
+                    # positional arguments must be one run of words.
+                    i = source_index(self.at_args, arg)
+                    self.at_args[i:i] = debs
+                    self.at_args.insert(0, '-B')
+                    return True
+
                 tests = [(t, r) for t, r in tests if t not in needs_build]
                 needs_build = []
             units = [[t] for t, _ in tests if t not in needs_build]
             if needs_build:
                 units.append(needs_build)   # one shard builds the tree, once
             durations = load_durations(self.own['durations'], [t for t, _ in tests])
-            jobs = balance(units, durations, n, self.own['split']) if units else []
-            self.log('%d tests in %d jobs on %d workers (%s%s)' % (
-                len(tests), len(jobs), min(n, len(jobs)), self.own['split'],
-                ', durations of %d tests known' % len(durations) if durations else ''))
-            shards += self.pool(jobs, extra, daemons, n)
+            split = self.own['split']
+            early = set()
+            if built and n > 1:
+                # Tests that install none of the package's binaries run
+                # beside the build, on the other workers (-B, no .debs).
+                own = binary_packages(srcdir)
+                early = {t for t, _ in tests if not needs_binaries(depends.get(t, []), own)}
+            early_args = ['-B'] + self.at_args
+            jobs = [dict(tests=j, at_args=early_args) for j in balance(
+                [u for u in units if u[0] in early], durations, n - 1, split)]
+            jobs += [dict(tests=j, after_build=built) for j in balance(
+                [u for u in units if u[0] not in early], durations, n, split)]
+            self.log('%d tests in %d jobs on %d workers (%s%s%s)' % (
+                len(tests), len(jobs), n, split,
+                ', durations of %d tests known' % len(durations) if durations else '',
+                ', %d beside the build: they install none of its packages' % len(early)
+                if early else ''))
+            got = self.pool(jobs, extra, daemons, n, build)
+            if built and not got[1]:
+                return self.finish(opts, built_shards, order, outdir, out, removed, t_start,
+                                   build_failed=True)
+            shards += (built_shards if built else []) + got[0]
         return self.finish(opts, shards, order, outdir, out, removed, t_start)
 
-    def pool(self, jobs, extra, daemons, n):
-        queue = list(enumerate(jobs, 1))
+    def pool(self, jobs, extra, daemons, n, build=None):
+        """Run JOBS (dicts: tests, at_args for their own arguments,
+        after_build) on N workers, at most N autopkgtest runs at once.
+        BUILD, when given, is run first, by one worker, and the jobs
+        after_build wait for it; when it fails, the other jobs are
+        stopped.  (shards, whether the build gave its .debs)."""
+        pending = list(enumerate(jobs, 1))
         done = []
-        qlock = threading.Lock()
+        cv = threading.Condition()
+        state = {'build': build, 'built': build is None, 'ok': True}
+
+        def take():
+            with cv:
+                while not self.stopping and state['ok']:
+                    if state['build']:
+                        job, state['build'] = state['build'], None
+                        return job
+                    ready = [i for i, (_, j) in enumerate(pending)
+                             if state['built'] or not j.get('after_build')]
+                    if ready:
+                        return pending.pop(ready[0])
+                    if not pending:
+                        return None
+                    cv.wait(1)   # and see self.stopping
+                return None
 
         def worker(w):
             while True:
-                with qlock:
-                    if not queue or self.stopping:
-                        return
-                    k, tests = queue.pop(0)
+                item = take()
+                if item is None:
+                    return
+                if callable(item):
+                    ok = False
+                    try:
+                        ok = item()
+                    finally:
+                        with cv:
+                            state['built'], state['ok'] = True, ok
+                            cv.notify_all()
+                        if not ok:
+                            self.halt_early()
+                    continue
+                k, job = item
                 mine = extra
-                if self.no_build and not self.build_tests & set(tests):
+                if self.no_build and not self.build_tests & set(job['tests']):
                     mine = extra + ['--override-control', self.no_build]
-                got = self.run_with_retry(Shard(str(k), tests, daemons[w % len(daemons)]), mine)
-                with qlock:
+                shard = Shard(str(k), job['tests'], daemons[w % len(daemons)], job.get('at_args'))
+                got = self.run_with_retry(shard, mine)
+                with cv:
                     done.extend(got)
 
-        threads = [threading.Thread(target=worker, args=(w,)) for w in range(min(n, len(jobs)))]
+        count = min(n, len(jobs) + (build is not None))
+        threads = [threading.Thread(target=worker, args=(w,)) for w in range(count)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return sorted(done, key=lambda s: (int(s.name.split('-')[0]), s.retry_of is not None))
+        return (sorted(done, key=lambda s: (int(s.name.split('-')[0]), s.retry_of is not None)),
+                state['ok'])
+
+    def halted(self, shard):
+        return self.early_halted and shard.at_args is not None
+
+    def halt_early(self):
+        """Stop the shards beside the build (their autopkgtest closes its
+        testbed): the build failed, and a serial run would have run no
+        test."""
+        with self.lock:
+            self.early_halted = True
+            for s in self.running:
+                if s.at_args is not None and s.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        s.proc.send_signal(signal.SIGTERM)
 
     def finish(self, opts, shards, order, outdir, out, removed, t_start, build_failed=False):
         rows, other, codes, erroneous = [], [], [], False

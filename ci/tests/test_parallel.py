@@ -152,6 +152,29 @@ class Options(unittest.TestCase):
         self.assertEqual([n for n, _ in tests], ['command1', 'a', 'command2'])
         self.assertFalse(any('build-needed' in rs for _, rs in tests))
 
+    def test_needs_binaries_in_any_alternative(self):
+        own = {'foo', 'libfoo1'}
+        self.assertTrue(r.needs_binaries(['bar', 'libfoo1 (>= 1.2)'], own))
+        self.assertTrue(r.needs_binaries(['bar | foo:any'], own))
+        self.assertTrue(r.needs_binaries(['foo[amd64]'], own))
+        self.assertFalse(r.needs_binaries(['foobar', 'python3-foo', 'bar (= 1) | baz'], own))
+        self.assertFalse(r.needs_binaries([], own))
+
+    def test_tests_that_install_none_of_the_package_go_beside_the_build(self):
+        d = tempfile.mkdtemp()
+        os.makedirs(os.path.join(d, 'debian', 'tests'))
+        with open(os.path.join(d, 'debian', 'control'), 'w') as f:
+            f.write('Source: foo\n\nPackage: foo\nArchitecture: all\n\n'
+                    'Package: foo-data\nArchitecture: all\n')
+        with open(os.path.join(d, 'debian', 'tests', 'control'), 'w') as f:
+            f.write('Tests: a\nDepends: @\n\nTests: b\nDepends:\n\n'
+                    'Tests: c\nDepends: coreutils, foo-data\n\nTests: d\nDepends: coreutils\n')
+        deps = {}
+        r.parse_tests(d, argparse.Namespace(override_control=None), deps)
+        own = r.binary_packages(d)
+        self.assertEqual(own, {'foo', 'foo-data'})
+        self.assertEqual([t for t in 'abcd' if not r.needs_binaries(deps[t], own)], ['b', 'd'])
+
     def test_control_without_builds_none_when_nothing_builds(self):
         d = tempfile.mkdtemp()
         os.makedirs(os.path.join(d, 'debian', 'tests'))
