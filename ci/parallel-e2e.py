@@ -20,6 +20,11 @@ Scenarios, each asserting what could fail:
             unbuilt, the build shard runs it and no other shard builds;
             with -B, only the shard with that test builds the tree. Each
             test passes, under its serial name.
+  build_fails
+            the same package whose build fails while its test that needs
+            no build (made to sleep 600 s) runs beside it: that shard is
+            stopped at once, and
+            the exit status (12) and the results (none) are the serial run's.
   apt       `autopkgtest hello` (an apt source, two tests): the source is
             fetched once on the host, each shard tests that .dsc (autopkgtest's own
             apt-source in no shard), results and status as serial.
@@ -225,6 +230,33 @@ def build_needed(tmp):
         'command1' % built)
 
 
+def build_fails(tmp):
+    """The build fails while without-package runs beside it: that shard is
+    stopped and dropped, and the result is the serial run's (no test)."""
+    src = os.path.join(tmp, 'five-build-fails')
+    shutil.copytree(FIVE, src)
+    with open(os.path.join(src, 'debian', 'rules'), 'a') as f:
+        f.write('\noverride_dh_auto_build:\n\tfalse\n')
+    # The test beside the build outlasts it: it must be stopped.
+    test = os.path.join(src, 'debian', 'tests', 'without-package')
+    with open(test) as f:
+        body = f.read()
+    with open(test, 'w') as f:
+        f.write(body.replace('set -e\n', 'set -e\nsleep 600\n', 1))
+    s_out, s = serial(tmp, 'build-fails', [src])
+    check(s.returncode == 12, 'build_fails: serial autopkgtest exited %d, not 12' % s.returncode)
+    t0 = time.monotonic()
+    out, p = parallel(tmp, 'build-fails', [src], ['-j', '2'], expect=s.returncode)
+    check(time.monotonic() - t0 < 300, 'build_fails: the shard beside the failed build was not '
+          'stopped (the run took %.0f s; its test sleeps 600 s)' % (time.monotonic() - t0))
+    check(summary(out) == {} == summary(s_out), 'build_fails: results %s, serial %s, wanted none'
+          % (summary(out), summary(s_out)))
+    check('shard 1: without-package' in p.stderr, 'build_fails: without-package did not start '
+          'beside the build:\n' + p.stderr[-3000:])
+    check('badpkg' in open(os.path.join(out, 'summary')).read(),
+          'build_fails: the merged summary does not say the build failed')
+
+
 def apt(tmp):
     s_out, s = serial(tmp, 'apt', ['hello'])
     out, p = parallel(tmp, 'apt', ['hello'], ['-j', '2'], expect=s.returncode)
@@ -355,7 +387,8 @@ def main():
     check(shutil.which('autopkgtest-virt-rdocker'), 'no autopkgtest-virt-rdocker on PATH')
     check(subprocess.run(['docker', 'image', 'inspect', IMAGE], capture_output=True).returncode == 0,
           'the daemon has no image %s: sudo ci/provision.sh builds it' % IMAGE)
-    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'apt', 'build', 'build_needed']
+    only = sys.argv[2:] or ['results', 'dbus', 'retry', 'daemons', 'apt', 'build', 'build_needed',
+                             'build_fails']
     before = ours()
     tmp = tempfile.mkdtemp(prefix='rdocker-parallel-e2e-')
     keep = os.environ.get('RDOCKER_TEST_LOGS')
