@@ -35,7 +35,8 @@ Scenarios, each asserting what could fail:
             (a throwaway sshd), both in front of the test daemon: each
             carried a shard, and the results are right.
 No container of ours may be left behind.
-Uses autopkgtest and autopkgtest-virt-rdocker from PATH, and
+Uses autopkgtest (or $RDOCKER_AUTOPKGTEST, for the serial runs and the
+runner alike) and autopkgtest-virt-rdocker from PATH, and
 RDOCKER_TEST_USER_IMAGE (default rdocker-test/user:bookworm; `sudo
 ci/provision.sh` builds it).
 """
@@ -52,6 +53,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 IMAGE = os.environ.get('RDOCKER_TEST_USER_IMAGE', 'rdocker-test/user:bookworm')
 RUNNER = sys.argv[1] if len(sys.argv) > 1 else shutil.which('rdocker-autopkgtest')
+# The autopkgtest of the serial runs, and the runner's (it reads this too).
+AUTOPKGTEST = os.environ.get('RDOCKER_AUTOPKGTEST', 'autopkgtest')
 RESULTS = os.path.join(HERE, 'tests', 'pkg', 'rdocker-results')
 FIVE = os.path.join(ROOT, 'tests', 'pkg', 'rdocker-five')
 LABELS = ['--filter', 'label=org.debian.autopkgtest.rdocker=1',
@@ -113,7 +116,7 @@ def parallel(tmp, name, args, own=(), env=None, expect=None):
 
 def serial(tmp, name, args):
     out = os.path.join(tmp, name + '-serial')
-    p, took = run(['autopkgtest'] + args + ['-o', out, '--', 'rdocker', IMAGE],
+    p, took = run([AUTOPKGTEST] + args + ['-o', out, '--', 'rdocker', IMAGE],
                   log=out + '.console')
     print('parallel-e2e: %s: serial run exit %d in %.1f s' % (name, p.returncode, took))
     return out, p

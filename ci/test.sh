@@ -13,7 +13,8 @@
 #      its apt cache kept between two jobs on networks of their own, and
 #      the GitLab template under gitlab-ci-local, socket and dind),
 #      and the autopkgtest that users run today: trixie's (5.49) and sid's
-#      (6.x, a revert before every test) in container jobs,
+#      (6.x, a revert before every test) in container jobs, and the
+#      parallel runner under sid's 6.x,
 #   5. autopkgtest's own upstream suite (DockerRunner's tests) with rdocker,
 #      then LxdRunner's (system container, logind, reboot) with rdocker
 #      --init on Docker and on Podman,
@@ -144,7 +145,15 @@ fi
 
 step "the autopkgtest users run today: trixie's and sid's, in container jobs"
 ci/e2e-releases.sh trixie sid
-done_step "trixie and sid jobs passed"
+# The parallel runner under sid's autopkgtest 6.0 (its files from the job
+# image, on the host): its test list, build and merging against 6.x's
+# modules, which read dependencies and summaries differently from 5.x's.
+at6=$(bench/autopkgtest-from-image.sh rdocker-test/ci-job:sid target/autopkgtest-sid)
+RDOCKER_AUTOPKGTEST="$at6" RDOCKER_AUTOPKGTEST_LIB="$(dirname "$(dirname "$at6")")/lib" \
+    /usr/bin/python3 -m unittest discover -s ci/tests
+RDOCKER_AUTOPKGTEST="$at6" RDOCKER_AUTOPKGTEST_LIB="$(dirname "$(dirname "$at6")")/lib" \
+    python3 ci/parallel-e2e.py /usr/bin/rdocker-autopkgtest results dbus build build_needed
+done_step "trixie and sid jobs passed, and the parallel runner under 6.0"
 
 if [ -n "$SLOW" ]; then
     step "timing: a five-test package under sid's autopkgtest, rdocker and autopkgtest-virt-docker"

@@ -17,6 +17,7 @@ status combined as autopkgtest combines it.  docs/parallel.md has the design.
 """
 import inspect
 import io
+import itertools
 import os
 import re
 import shutil
@@ -244,8 +245,9 @@ def needs_binaries(depends, packages):
     """Whether a test with DEPENDS installs one of PACKAGES (the source's
     own binaries), in any alternative: then it waits for the build."""
     for dep in depends:
-        for alt in dep.split('|'):
-            name = re.split(r'[\s(\[<>=:]', alt.strip(), maxsplit=1)[0]
+        # 5.x: "a (>= 1) | b"; 6.x: the alternatives as a list
+        for alt in (dep.split('|') if isinstance(dep, str) else dep):
+            name = re.split(r'[\s(\[<>=:]', str(alt).strip(), maxsplit=1)[0]
             if name in packages:
                 return True
     return False
@@ -739,7 +741,7 @@ class Runner:
             src = log if os.path.isfile(log) and os.path.getsize(log) else s.out
             with contextlib.suppress(FileNotFoundError), open(src, 'rb') as o:
                 sys.stderr.flush()
-                shutil.copyfileobj(o, sys.stderr.buffer)
+                console_lines(o, sys.stderr.buffer)
                 sys.stderr.buffer.flush()
         sys.stdout.write(summary)
         sys.stdout.flush()
@@ -776,6 +778,19 @@ class Runner:
                         shutil.copyfile(src, os.path.join(outdir, name))
                     continue
                 move_into(src, os.path.join(outdir, name))
+
+
+ELAPSED = re.compile(rb'^ *[0-9]+s ')
+
+
+def console_lines(log, out):
+    """LOG's lines as autopkgtest printed them: 6.x's log file puts the
+    seconds since the start before each line ("  3s autopkgtest [...]"),
+    its console does not, and CI logs group by the console's lines."""
+    first = log.readline()
+    strip = ELAPSED.match(first) and first.lstrip().split(b' ', 2)[1:2] == [b'autopkgtest']
+    for line in itertools.chain([first], log):
+        out.write(ELAPSED.sub(b'', line, count=1) if strip else line)
 
 
 def source_index(at_args, source):

@@ -159,6 +159,9 @@ class Options(unittest.TestCase):
         self.assertTrue(r.needs_binaries(['foo[amd64]'], own))
         self.assertFalse(r.needs_binaries(['foobar', 'python3-foo', 'bar (= 1) | baz'], own))
         self.assertFalse(r.needs_binaries([], own))
+        # autopkgtest 6.x: each dependency as its list of alternatives
+        self.assertTrue(r.needs_binaries([['bar'], ['baz', 'foo (>= 1)']], own))
+        self.assertFalse(r.needs_binaries([['bar'], ['baz', 'foobar']], own))
 
     def test_tests_that_install_none_of_the_package_go_beside_the_build(self):
         d = tempfile.mkdtemp()
@@ -181,6 +184,16 @@ class Options(unittest.TestCase):
         with open(os.path.join(d, 'debian', 'tests', 'control'), 'w') as f:
             f.write('Tests: a\nRestrictions: needs-root\n')
         self.assertIsNone(r.control_without_builds(d, argparse.Namespace(override_control=None), d))
+
+    def test_console_lines_drop_6x_log_seconds_only(self):
+        import io
+        for log, want in ((b'  0s autopkgtest [10:00:00]: starting\n 12s out\n',
+                           b'autopkgtest [10:00:00]: starting\nout\n'),
+                          (b'autopkgtest [10:00:00]: starting\n12s out\n',
+                           b'autopkgtest [10:00:00]: starting\n12s out\n')):
+            got = io.BytesIO()
+            r.console_lines(io.BytesIO(log), got)
+            self.assertEqual(got.getvalue(), want)
 
     def test_durations_from_a_log(self):
         fx = os.path.join(HERE, 'fixtures', 'hello-6.0')
