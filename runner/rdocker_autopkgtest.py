@@ -608,7 +608,7 @@ class Runner:
             jobs += [dict(tests=j, after_build=built) for j in balance(
                 [u for u in units if u[0] not in early], durations, n, split)]
             self.log('%d tests in %d jobs on %d workers (%s%s%s)' % (
-                len(tests), len(jobs), n, split,
+                len(tests), len(jobs), min(n, len(jobs) + bool(built)), split,
                 ', durations of %d tests known' % len(durations) if durations else '',
                 ', %d beside the build: they install none of its packages' % len(early)
                 if early else ''))
