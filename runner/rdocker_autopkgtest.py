@@ -712,7 +712,7 @@ class Runner:
             if s.code not in (0, 2, 4, 6, 8, 12, 14):
                 codes.append(s.code)
         if build_failed and not codes:
-            codes.append(final[-1].code if final[-1].code else 20)
+            codes.append(final[-1].code if final and final[-1].code else 20)
         rows, lines = merge_summary(order, rows, other)
         code = merge_status(rows, codes, erroneous)
         if not rows and not codes and all(s.code == 8 for s in final):
