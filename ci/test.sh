@@ -149,10 +149,11 @@ ci/e2e-releases.sh trixie sid
 # image, on the host): its test list, build and merging against 6.x's
 # modules, which read dependencies and summaries differently from 5.x's.
 at6=$(bench/autopkgtest-from-image.sh rdocker-test/ci-job:sid target/autopkgtest-sid)
-RDOCKER_AUTOPKGTEST="$at6" RDOCKER_AUTOPKGTEST_LIB="$(dirname "$(dirname "$at6")")/lib" \
+(
+    export RDOCKER_AUTOPKGTEST="$at6" RDOCKER_AUTOPKGTEST_LIB="$(dirname "$(dirname "$at6")")/lib"
     /usr/bin/python3 -m unittest discover -s ci/tests
-RDOCKER_AUTOPKGTEST="$at6" RDOCKER_AUTOPKGTEST_LIB="$(dirname "$(dirname "$at6")")/lib" \
     python3 ci/parallel-e2e.py /usr/bin/rdocker-autopkgtest results dbus build build_needed
+)
 done_step "trixie and sid jobs passed, and the parallel runner under 6.0"
 
 if [ -n "$SLOW" ]; then
@@ -170,10 +171,9 @@ if [ -n "$SLOW" ]; then
     # parallel run's results, exit status or build count differ from the
     # serial run's (never on a time).
     # Under sid's autopkgtest 6.0 (a fresh testbed per test, serially
-    # too), from the job image the release jobs built; balanced by the
-    # durations of the serial run before; -j 2 as lists and as a queue.
+    # too), laid out above from the job image; balanced by the durations
+    # of the serial run before; -j 2 as lists and as a queue.
     step "timing: rdocker-autopkgtest -j 2, -j 4 and -j 2 --split queue against serial autopkgtest 6.0 (rdocker-eight, imagemagick, dbus)"
-    at6=$(bench/autopkgtest-from-image.sh rdocker-test/ci-job:sid target/autopkgtest-sid)
     python3 bench/parallel.py --rdocker /usr/bin/autopkgtest-virt-rdocker --runner /usr/bin/rdocker-autopkgtest \
         --autopkgtest "$at6" --durations --jobs 2,4,2q \
         --logs "$LOGS/parallel" | tee "$LOGS/parallel.md"
